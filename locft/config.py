@@ -1,0 +1,308 @@
+"""Configuration: one frozen dataclass per concern, loaded from $LOCFT_HOME/locft.toml.
+
+Unknown keys and wrong types are errors (a typo must never silently fall back to a default).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from locft.errors import ConfigError
+
+CONFIG_FILE = "locft.toml"
+
+PromptFormat = Literal["auto", "chat", "raw"]
+Pipeline = Literal["breadth-first", "depth-first"]
+ForwardMode = Literal["cached", "full", "reference"]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which base model. `path` None means the embedded SmolLM2-135M-Instruct GGUF."""
+
+    path: str | None = None
+    gguf_file: str | None = None  # a .gguf inside `path`, when `path` is a directory
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: fp32 on CPU, bf16 on CUDA
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    def __post_init__(self) -> None:
+        if self.path is not None and not str(self.path).strip():
+            raise ConfigError("model.path is empty; remove it to use the embedded model")
+
+
+@dataclass(frozen=True)
+class EditConfig:
+    """How LocFT-BF edits. Defaults `None` are resolved per model (see engine.targets)."""
+
+    # where: a parameter-name template ({L} = layer) or a module name; None = per-architecture default
+    location: str | None = None
+    layers: tuple[int, ...] | None = None
+    # how the prompt is shown to the model, for training AND asking (they must agree)
+    prompt_format: PromptFormat = "auto"
+    lr: float | None = None  # None: 5e-4 (paper) for unknown models, the measured value for the embedded one
+    batch_size: int = 100
+    max_epochs: int = 25
+    skip_loss: float = 1e-2  # skip a batch whose loss is already below this
+    stop_loss: float = 1e-2  # stop when an epoch's mean loss is below this
+    seed: int = 0
+    pipeline: Pipeline = "breadth-first"
+    # cached: activations below the tuned layer computed once (exact); full: every forward from the
+    # embeddings; reference: the paper's loop (full forward, logits at every position)
+    forward_mode: ForwardMode = "cached"
+    max_new_tokens: int = 32  # generation budget for evaluation
+
+    def __post_init__(self) -> None:
+        if self.lr is not None and not (0 < self.lr < 1):
+            raise ConfigError(f"edit.lr must be in (0, 1), got {self.lr}")
+        if self.batch_size < 1:
+            raise ConfigError(f"edit.batch_size must be >= 1, got {self.batch_size}")
+        if self.max_epochs < 1:
+            raise ConfigError(f"edit.max_epochs must be >= 1, got {self.max_epochs}")
+        if self.skip_loss < 0 or self.stop_loss < 0:
+            raise ConfigError("edit.skip_loss and edit.stop_loss must be >= 0")
+        if self.layers is not None:
+            if not self.layers or any(layer < 0 for layer in self.layers):
+                raise ConfigError(f"edit.layers must be non-negative layer numbers, got {list(self.layers)}")
+        if self.location is not None and "{L}" not in self.location and self.layers:
+            raise ConfigError("edit.layers is set but edit.location has no {L} placeholder")
+        if self.max_new_tokens < 1:
+            raise ConfigError("edit.max_new_tokens must be >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+
+@dataclass(frozen=True)
+class GatePolicy:
+    """Thresholds a candidate version must pass before promotion (absolute and vs promoted)."""
+
+    promotion: Literal["auto", "manual"] = "auto"
+    min_reliability: float = 0.95
+    min_generalization: float | None = None  # reported always; gated only when set
+    min_locality: float = 0.80  # token-level agreement with the base model on probe prompts
+    max_retention_drop: float = 0.02  # facts the promoted version knew, still active
+    max_capability_drop: float = 0.02  # lm-eval score drop vs the base model (absolute)
+    capability_tasks: tuple[str, ...] = ("arc_easy", "piqa")
+    capability_limit: int | None = 200  # items per task; None = whole split
+    reliability_sample: int = 2000  # above this many active facts, a seeded sample is measured
+    probe_set_size: int = 100  # fixed probe prompts recorded from the base model
+
+    def __post_init__(self) -> None:
+        for name in ("min_reliability", "min_locality", "max_retention_drop", "max_capability_drop"):
+            value = getattr(self, name)
+            if not 0 <= value <= 1:
+                raise ConfigError(f"gates.{name} must be within [0, 1], got {value}")
+        if self.min_generalization is not None and not 0 <= self.min_generalization <= 1:
+            raise ConfigError("gates.min_generalization must be within [0, 1]")
+        if self.capability_limit is not None and self.capability_limit < 1:
+            raise ConfigError("gates.capability_limit must be >= 1")
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """When rounds run: a cron expression, a pending-facts trigger, explicit requests."""
+
+    cron: str | None = "0 2 * * *"  # nightly at 02:00 local time; None disables the cron trigger
+    min_pending_facts: int | None = None  # a round as soon as this many facts wait; None = off
+    poll_seconds: float = 5.0  # how often requests and pending facts are checked
+    misfire_grace_seconds: int = 6 * 3600  # a run missed while down still happens within this
+    round_timeout_seconds: int = 6 * 3600
+
+    def __post_init__(self) -> None:
+        if self.min_pending_facts is not None and self.min_pending_facts < 1:
+            raise ConfigError("schedule.min_pending_facts must be >= 1 (or absent to turn it off)")
+        if self.poll_seconds <= 0:
+            raise ConfigError("schedule.poll_seconds must be > 0")
+        if self.cron is not None and len(self.cron.split()) != 5:
+            raise ConfigError(f"schedule.cron must have 5 fields (min hour day month weekday), got {self.cron!r}")
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    host: str = "127.0.0.1"
+    port: int = 8765
+    api_token: str | None = None  # required when host is not loopback
+    max_prompt_chars: int = 8000
+    max_tokens_limit: int = 512
+    max_batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"serve.port must be 1..65535, got {self.port}")
+        if self.host not in ("127.0.0.1", "localhost", "::1") and not self.api_token:
+            raise ConfigError(f"serve.host {self.host!r} is not loopback: set serve.api_token too")
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    database_url: str | None = None  # None: sqlite:///$LOCFT_HOME/locft.db
+    keep_promoted: int = 5  # promoted snapshots kept for rollback
+    keep_rejected: int = 3
+
+    def __post_init__(self) -> None:
+        if self.keep_promoted < 1:
+            raise ConfigError("store.keep_promoted must be >= 1")
+        if self.keep_rejected < 0:
+            raise ConfigError("store.keep_rejected must be >= 0")
+
+
+@dataclass(frozen=True)
+class LocftConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    edit: EditConfig = field(default_factory=EditConfig)
+    gates: GatePolicy = field(default_factory=GatePolicy)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+
+
+T = TypeVar("T")
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where} must be one of {', '.join(map(repr, args))}, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        return tuple(_coerce(v, args[0], f"{where}[]") for v in value)
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be an integer, got {value!r}")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, got {value!r}")
+        return value
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ConfigError(f"[{where}] must be a table")
+        return from_dict(hint, value, where)
+    raise ConfigError(f"{where}: unsupported type {hint}")
+
+
+def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
+    """Build a config dataclass from plain data; unknown keys and wrong types raise ConfigError."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - names)
+    if unknown:
+        prefix = f"[{where}] " if where else ""
+        raise ConfigError(f"{prefix}unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """A dataclass as JSON-ready data (tuples become lists)."""
+    def plain(v: Any) -> Any:
+        if isinstance(v, tuple):
+            return [plain(x) for x in v]
+        return v
+
+    return {f.name: plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+
+
+def default_home() -> Path:
+    """$LOCFT_HOME, else the user data dir (~/.local/share/locft on Linux)."""
+    env = os.environ.get("LOCFT_HOME")
+    if env:
+        return Path(env).expanduser().resolve()
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("locft", appauthor=False))
+
+
+def load_config(home: Path | None = None) -> LocftConfig:
+    """Read $LOCFT_HOME/locft.toml; a missing file means all defaults."""
+    home = home or default_home()
+    path = home / CONFIG_FILE
+    if not path.exists():
+        return LocftConfig()
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    try:
+        return from_dict(LocftConfig, data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+CONFIG_TEMPLATE = """\
+# locft configuration. Every key is optional; the values shown commented are the defaults.
+# Unknown keys are errors, so a typo never silently falls back to a default.
+
+[model]
+# path = "/models/my-hf-model-dir"   # a local Hugging Face directory, or a .gguf file
+# gguf_file = "model.Q4_1.gguf"      # a .gguf inside `path`, when `path` is a directory
+# dtype = "auto"                     # auto: float32 on CPU, bfloat16 on CUDA
+# device = "auto"                    # auto | cpu | cuda
+
+[edit]
+# location = "model.layers.{L}.mlp.down_proj.weight"   # default: chosen per architecture
+# layers = [22]
+# prompt_format = "auto"     # auto (chat template when the model has one) | chat | raw
+# lr = 5e-3                  # default: measured per model (paper: 5e-4 for 7B models)
+# batch_size = 100
+# max_epochs = 25
+# skip_loss = 0.01
+# stop_loss = 0.01
+# seed = 0
+
+[gates]
+# promotion = "auto"         # auto: promote when every gate passes | manual: wait for `locft promote`
+# min_reliability = 0.95
+# min_generalization = 0.5   # off unless set
+# min_locality = 0.80
+# max_retention_drop = 0.02
+# max_capability_drop = 0.02
+# capability_tasks = ["arc_easy", "piqa"]
+# capability_limit = 200
+
+[schedule]
+# cron = "0 2 * * *"         # nightly at 02:00 local time
+# min_pending_facts = 50     # also run as soon as this many facts wait (off unless set)
+# poll_seconds = 5
+
+[serve]
+# host = "127.0.0.1"
+# port = 8765
+# api_token = "..."          # required when host is not loopback
+
+[store]
+# database_url = "sqlite:///..."   # default: locft.db in this directory
+# keep_promoted = 5
+# keep_rejected = 3
+"""
