@@ -1,0 +1,108 @@
+"""`locft bench` as a library call: edit N facts of a benchmark file into the base model, evaluate.
+
+Used by the CLI and by bench/; results are plain JSON-ready dicts, never asserted.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import resource
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+from locft import __version__
+from locft.config import EditConfig, ModelConfig, to_dict
+from locft.readers import load_edit_facts
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BenchSpec:
+    data: Path
+    n: int
+    edit: EditConfig
+    model: ModelConfig
+    home: Path
+    data_format: str = "auto"
+    offset: int = 0  # skip the first `offset` items (e.g. a held-out slice)
+
+
+def peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def environment() -> dict[str, Any]:
+    import torch
+    import transformers
+
+    return {
+        "locft": __version__,
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "platform": platform.platform(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def run_benchmark(spec: BenchSpec, on_event: Callable[[str, Any], None] | None = None) -> dict[str, Any]:
+    """Load, measure the base answers to probes, train, evaluate; return the result record."""
+    from locft.engine.data import resolve_prompt_format
+    from locft.engine.model_io import load_base
+    from locft.engine.train import edit
+    from locft.engine.weights import applied
+    from locft.evaluation.editing import base_probe_generations, evaluate_edits
+
+    emit = on_event or (lambda kind, payload: None)
+    facts = load_edit_facts(spec.data, spec.data_format, limit=spec.offset + spec.n)[spec.offset :]
+    if len(facts) < spec.n:
+        log.warning("%s has only %d facts after offset %d", spec.data, len(facts), spec.offset)
+    t0 = time.perf_counter()
+    loaded = load_base(spec.model, spec.home)
+    load_seconds = time.perf_counter() - t0
+    prompt_format = resolve_prompt_format(spec.edit.prompt_format, loaded.tokenizer)
+    cfg = replace(spec.edit, prompt_format=prompt_format)
+    probes = [p.prompt for f in facts for p in f.probes]
+    emit("phase", "base answers to probes")
+    t1 = time.perf_counter()
+    base = base_probe_generations(loaded, probes, prompt_format, cfg.max_new_tokens)
+    base_seconds = time.perf_counter() - t1
+    emit("phase", f"training on {len(facts)} facts ({cfg.pipeline})")
+    result = edit(loaded, facts, cfg, progress=lambda p: emit("train", p))
+    emit("phase", "evaluating")
+    t2 = time.perf_counter()
+    with applied(loaded.model, result.tensors):
+        evaluation = evaluate_edits(
+            loaded, facts, prompt_format, probes, base, cfg.max_new_tokens,
+            progress=lambda label, done, total: emit("eval", (label, done, total)),
+        )
+    eval_seconds = time.perf_counter() - t2
+    train = result.summary()
+    return {
+        "data": str(spec.data),
+        "n": len(facts),
+        "offset": spec.offset,
+        "pipeline": cfg.pipeline,
+        "metrics": evaluation.metrics(),
+        "training": train,
+        "seconds": {
+            "load": round(load_seconds, 2),
+            "base_probe_answers": round(base_seconds, 2),
+            "cache": train["cache_seconds"],
+            "train": train["train_seconds"],
+            "evaluate": round(eval_seconds, 2),
+        },
+        "edits_per_second": round(len(facts) / result.train_seconds, 3) if result.train_seconds else None,
+        "peak_memory_bytes": peak_rss_bytes(),
+        "config": to_dict(cfg) | {"lr": result.lr, "location": result.location.describe()},
+        "model": {"source": loaded.source, "fingerprint": loaded.fingerprint},
+        "samples": evaluation.samples,
+        "environment": environment(),
+        "command": " ".join(["locft"] + sys.argv[1:]) if Path(sys.argv[0]).name == "locft" else " ".join(sys.argv),
+    }

@@ -1,0 +1,132 @@
+"""`locft bench`: measure editing quality and speed on a benchmark file."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+
+from locft.config import EditConfig, ModelConfig, default_home, load_config
+from locft.readers import FORMATS
+
+
+def _table(record: dict[str, Any]) -> str:
+    m, t = record["metrics"], record["training"]
+
+    def f(x: Any) -> str:
+        return "-" if x is None else f"{x:.3f}" if isinstance(x, float) else str(x)
+
+    rows = [
+        ("facts", record["n"]),
+        ("pipeline", record["pipeline"]),
+        ("location", record["config"]["location"]),
+        ("prompt format / lr", f"{record['config']['prompt_format']} / {record['config']['lr']}"),
+        ("reliability", m["reliability"]),
+        ("generalization", m["generalization"]),
+        ("locality (token)", m["locality_token"]),
+        ("locality (exact)", m["locality_exact"]),
+        ("epochs / converged", f"{t['epochs']} / {t['converged']}"),
+        ("train seconds", t["train_seconds"]),
+        ("seconds per epoch", t["seconds_per_epoch"]),
+        ("edits x epochs / s", t["edits_x_epochs_per_second"]),
+        ("peak memory (GiB)", record["peak_memory_bytes"] / 2**30),
+    ]
+    return "\n".join(f"  {k:<22} {f(v)}" for k, v in rows)
+
+
+@click.command()
+@click.option("--data", "data", type=click.Path(path_type=Path), required=True,
+              help="Fact file: ZsRE / COUNTERFACT / WikiBigEdit JSON, or plain JSONL/JSON/CSV.")
+@click.option("--n", "n", type=click.IntRange(min=1), default=100, show_default=True, help="Edit the first N facts.")
+@click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True, help="Skip this many facts first.")
+@click.option("--format", "data_format", type=click.Choice(FORMATS), default="auto", show_default=True)
+@click.option("--pipeline", type=click.Choice(["breadth-first", "depth-first"]), default=None,
+              help="breadth-first is LocFT-BF; depth-first (each fact alone, in turn) is the baseline.")
+@click.option("--location", default=None, help="Parameter template, e.g. 'model.layers.{L}.mlp.down_proj.weight'.")
+@click.option("--layer", "layers", type=int, multiple=True, help="Layer(s) for {L}; repeat for several.")
+@click.option("--lr", type=float, default=None, help="Learning rate (default: measured per model).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None)
+@click.option("--epochs", "max_epochs", type=click.IntRange(min=1), default=None, help="Maximum epochs.")
+@click.option("--prompt-format", type=click.Choice(["auto", "chat", "raw"]), default=None)
+@click.option("--forward-mode", type=click.Choice(["cached", "full", "reference"]), default=None,
+              help="cached (fast, exact) | full | reference (the paper's loop).")
+@click.option("--seed", type=int, default=None)
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads (default: all cores).")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Write the result record as JSON here.")
+def bench(data: Path, n: int, offset: int, data_format: str, pipeline: str | None, location: str | None,
+          layers: tuple[int, ...], lr: float | None, batch_size: int | None, max_epochs: int | None,
+          prompt_format: str | None, forward_mode: str | None, seed: int | None, threads: int | None,
+          out: Path | None) -> None:
+    """Edit N facts of a benchmark file into the base model and measure the result.
+
+    Prints reliability, generalization and locality (by greedy generation and normalized exact
+    match), training time and speed; --out writes the full record (metrics, loss per epoch,
+    config, versions, peak memory) as JSON. Options left out come from locft.toml's [edit].
+
+    \b
+    Examples:
+      locft bench --data ../shared/data/zsre_dev.json --n 100
+      locft bench --data ../shared/data/zsre_dev.json --n 100 --pipeline depth-first
+      locft bench --data facts.jsonl --n 50 --layer 8 --lr 5e-3 --out results.json
+    """
+    import dataclasses
+
+    from tqdm import tqdm
+
+    from locft.benchmark import BenchSpec, run_benchmark
+
+    home = default_home()
+    config = load_config(home)
+    overrides = {
+        k: v for k, v in {
+            "pipeline": pipeline, "location": location, "layers": tuple(layers) or None, "lr": lr,
+            "batch_size": batch_size, "max_epochs": max_epochs, "prompt_format": prompt_format,
+            "forward_mode": forward_mode, "seed": seed,
+        }.items() if v is not None
+    }
+    edit_cfg: EditConfig = dataclasses.replace(config.edit, **overrides)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    bar: tqdm | None = None
+
+    def on_event(kind: str, payload: Any) -> None:
+        nonlocal bar
+        if kind == "phase":
+            if bar is not None:
+                bar.close()
+                bar = None
+            click.echo(f"- {payload}", err=True)
+        elif kind == "train" and payload.phase == "train":
+            total = payload.max_epochs if edit_cfg.pipeline == "breadth-first" else payload.max_epochs
+            if bar is None:
+                bar = tqdm(total=total, unit="epoch" if edit_cfg.pipeline == "breadth-first" else "fact",
+                           file=click.get_text_stream("stderr"), leave=False)
+            bar.n = payload.epoch - (0 if payload.step == payload.steps_per_epoch else 1)
+            bar.set_postfix(loss=f"{payload.loss:.4f}", edits_per_s=f"{payload.edits_per_second:.1f}")
+            bar.refresh()
+        elif kind == "eval":
+            label, done, total = payload
+            if bar is None or bar.desc != label:
+                if bar is not None:
+                    bar.close()
+                bar = tqdm(total=total, desc=label, unit="prompt", file=click.get_text_stream("stderr"), leave=False)
+            bar.n = done
+            bar.refresh()
+
+    spec = BenchSpec(data=data, n=n, edit=edit_cfg, model=config.model, home=home,
+                     data_format=data_format, offset=offset)
+    record = run_benchmark(spec, on_event)
+    if bar is not None:
+        bar.close()
+    click.echo(_table(record))
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(out.suffix + ".tmp")
+        tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, out)
+        click.echo(f"wrote {out}", err=True)

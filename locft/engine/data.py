@@ -1,0 +1,105 @@
+"""Facts -> token ids: prompt (raw or chat template) + target (" " + answer + eos), target-only loss.
+
+The same `encode_prompt` is used for training and for asking, so an edit made through the
+CLI is what a chat client sees.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+from locft.errors import ConfigError
+
+
+def resolve_prompt_format(requested: str, tokenizer: Any) -> str:
+    """'auto' -> 'chat' when the tokenizer has a chat template, else 'raw'."""
+    if requested == "auto":
+        return "chat" if getattr(tokenizer, "chat_template", None) else "raw"
+    if requested == "chat" and not getattr(tokenizer, "chat_template", None):
+        raise ConfigError("edit.prompt_format is 'chat' but this tokenizer has no chat template; use 'raw'")
+    if requested not in ("chat", "raw"):
+        raise ConfigError(f"unknown prompt format {requested!r}")
+    return requested
+
+
+def encode_prompt(tokenizer: Any, prompt: str, prompt_format: str) -> list[int]:
+    if prompt_format == "chat":
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
+        return list(tokenizer(text, add_special_tokens=False).input_ids)
+    return list(tokenizer(prompt, add_special_tokens=True).input_ids)
+
+
+def encode_target(tokenizer: Any, answer: str, prompt_format: str) -> list[int]:
+    # Raw prompts continue the text, so the answer is a new word; a chat turn starts fresh.
+    text = " " + answer if prompt_format == "raw" else answer
+    return list(tokenizer(text, add_special_tokens=False).input_ids) + [tokenizer.eos_token_id]
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training sequence: prompt ids then target ids; loss only on the target."""
+
+    input_ids: tuple[int, ...]
+    prompt_len: int
+
+    @property
+    def target_len(self) -> int:
+        return len(self.input_ids) - self.prompt_len
+
+
+def build_example(tokenizer: Any, prompt: str, answer: str, prompt_format: str) -> Example:
+    p = encode_prompt(tokenizer, prompt, prompt_format)
+    t = encode_target(tokenizer, answer, prompt_format)
+    return Example(tuple(p + t), len(p))
+
+
+def example_from_ids(prompt_ids: Sequence[int], target_ids: Sequence[int]) -> Example:
+    return Example(tuple(prompt_ids) + tuple(target_ids), len(prompt_ids))
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor  # [B, T], right-padded
+    attention_mask: torch.Tensor  # [B, T], from lengths (pad == eos here, so never from ids)
+    # positions whose logits predict a target token, and those tokens (flattened over the batch)
+    rows: torch.Tensor
+    cols: torch.Tensor
+    labels: torch.Tensor
+    lengths: torch.Tensor  # [B] full sequence lengths
+    target_lens: torch.Tensor  # [B]
+
+
+def collate(examples: Sequence[Example], pad_id: int, device: torch.device) -> Batch:
+    lengths = [len(e.input_ids) for e in examples]
+    width = max(lengths)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    rows, cols, labels = [], [], []
+    for i, e in enumerate(examples):
+        ids[i, : lengths[i]] = torch.tensor(e.input_ids, dtype=torch.long)
+        mask[i, : lengths[i]] = 1
+        for pos in range(e.prompt_len, lengths[i]):
+            rows.append(i)
+            cols.append(pos - 1)  # the logit at pos-1 predicts the token at pos
+            labels.append(e.input_ids[pos])
+    return Batch(
+        input_ids=ids.to(device),
+        attention_mask=mask.to(device),
+        rows=torch.tensor(rows, dtype=torch.long, device=device),
+        cols=torch.tensor(cols, dtype=torch.long, device=device),
+        labels=torch.tensor(labels, dtype=torch.long, device=device),
+        lengths=torch.tensor(lengths, dtype=torch.long),
+        target_lens=torch.tensor([e.target_len for e in examples], dtype=torch.long, device=device),
+    )
+
+
+def per_sample_mean(token_losses: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """Mean token loss per sample (the recipe: per-sample mean, then batch mean)."""
+    sums = torch.zeros(len(batch.target_lens), dtype=token_losses.dtype, device=token_losses.device)
+    sums.index_add_(0, batch.rows, token_losses)
+    return sums / batch.target_lens.to(token_losses.dtype)

@@ -1,0 +1,141 @@
+"""Edit locations: a parameter-name template plus layers, resolved by EXACT name.
+
+`model.layers.{L}.mlp.down_proj.weight` with layers (22,) names one weight matrix; a template
+that names a module (`model.layers.{L}`) selects every parameter inside it (the paper's
+"whole layer" choice for Mistral). Architecture comes from `model.config`, never from a name.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from locft.config import EditConfig
+from locft.errors import LocationError
+
+DOWN_PROJ = "model.layers.{L}.mlp.down_proj.weight"
+
+# (model_type, num_hidden_layers, hidden_size) -> (template, layer): the LocFT-BF paper's
+# choices for its 7-8B models, and the measured default of the embedded SmolLM2-135M
+# (bench/results/embedded_defaults.md).
+MEASURED_DEFAULTS: dict[tuple[str, int, int], tuple[str, int]] = {
+    ("llama", 32, 4096): (DOWN_PROJ, 22),  # Llama-3-8B
+    ("qwen2", 28, 3584): (DOWN_PROJ, 6),  # Qwen2.5-7B
+    ("mistral", 32, 4096): ("model.layers.{L}", 23),  # Mistral-7B: the whole layer
+    ("llama", 30, 576): (DOWN_PROJ, 22),  # SmolLM2-135M (embedded default)
+}
+# Measured learning rates; other models start from the paper's 5e-4.
+MEASURED_LR: dict[tuple[str, int, int], float] = {("llama", 30, 576): 5e-3}
+PAPER_LR = 5e-4
+
+# MLP output projections by naming family, for the proportional-depth fallback.
+_MLP_OUT = re.compile(
+    r"^(?P<prefix>.*?)\.(?P<layer>\d+)\.(?P<suffix>mlp\.down_proj|mlp\.c_proj|mlp\.dense_4h_to_h|fc2|mlp\.fc2)\.weight$"
+)
+_LAYER_INDEX = re.compile(r"\.(\d+)(?=\.|$)")
+
+
+@dataclass(frozen=True)
+class EditLocation:
+    template: str
+    layers: tuple[int, ...]
+
+    def describe(self) -> str:
+        layers = ",".join(map(str, self.layers))
+        return self.template.replace("{L}", layers) if "{L}" in self.template else self.template
+
+
+def _arch_key(config: Any) -> tuple[str, int, int]:
+    return (
+        str(getattr(config, "model_type", "")),
+        int(getattr(config, "num_hidden_layers", 0) or 0),
+        int(getattr(config, "hidden_size", 0) or 0),
+    )
+
+
+def default_lr(config: Any) -> float:
+    return MEASURED_LR.get(_arch_key(config), PAPER_LR)
+
+
+def default_location(model: torch.nn.Module) -> EditLocation:
+    """The paper's / measured choice when known; else the MLP output projection at ~69% depth
+    (layer 22 of Llama-3-8B's 32, the paper's default, scaled to this model's depth)."""
+    key = _arch_key(model.config)
+    if key in MEASURED_DEFAULTS:
+        template, layer = MEASURED_DEFAULTS[key]
+        return EditLocation(template, (layer,))
+    families: dict[tuple[str, str], set[int]] = {}
+    for name, _ in model.named_parameters():
+        m = _MLP_OUT.match(name)
+        if m:
+            families.setdefault((m["prefix"], m["suffix"]), set()).add(int(m["layer"]))
+    if not families:
+        raise LocationError(
+            f"no default edit location for model_type {key[0]!r}: set [edit] location, e.g. "
+            f"one of {', '.join(candidate_templates(model)[:8])}"
+        )
+    (prefix, suffix), layers = max(families.items(), key=lambda kv: len(kv[1]))
+    n_layers = max(layers) + 1
+    layer = min(n_layers - 1, round(n_layers * 22 / 32))
+    return EditLocation(f"{prefix}.{{L}}.{suffix}.weight", (layer,))
+
+
+def location_from_config(model: torch.nn.Module, cfg: EditConfig) -> EditLocation:
+    if cfg.location is None:
+        default = default_location(model)
+        return EditLocation(default.template, cfg.layers or default.layers)
+    if "{L}" in cfg.location:
+        if not cfg.layers:
+            default = default_location(model)
+            return EditLocation(cfg.location, default.layers)
+        return EditLocation(cfg.location, cfg.layers)
+    return EditLocation(cfg.location, ())
+
+
+def candidate_templates(model: torch.nn.Module) -> list[str]:
+    """Distinct parameter names with the layer number replaced by {L}: what a template may name."""
+    seen: dict[str, None] = {}
+    for name, _ in model.named_parameters():
+        seen[_LAYER_INDEX.sub(".{L}", name, count=1)] = None
+    return list(seen)
+
+
+def resolve_location(model: torch.nn.Module, location: EditLocation) -> list[str]:
+    """Exact parameter names for a location (never substring matching: layers.1 != layers.10)."""
+    params = dict(model.named_parameters())
+    modules = dict(model.named_modules())
+    concrete = (
+        [location.template.replace("{L}", str(layer)) for layer in location.layers]
+        if "{L}" in location.template
+        else [location.template]
+    )
+    names: list[str] = []
+    for item in concrete:
+        if item in params:
+            names.append(item)
+        elif item and item in modules:
+            inside = [f"{item}.{n}" for n, _ in modules[item].named_parameters()]
+            if not inside:
+                raise LocationError(f"module {item!r} has no parameters to tune")
+            names.extend(inside)
+        else:
+            candidates = candidate_templates(model)
+            raise LocationError(
+                f"edit location {item!r} matches no parameter or module of this model. "
+                f"Parameter templates: {', '.join(candidates[:24])}"
+                + (" ..." if len(candidates) > 24 else "")
+            )
+    if len(set(names)) != len(names):
+        raise LocationError(f"edit location {location.describe()!r} names a parameter twice")
+    return names
+
+
+def layer_index(name: str, layer_prefix: str) -> int | None:
+    """The layer number of `name` if it lies under `layer_prefix.<n>.`."""
+    if not name.startswith(layer_prefix + "."):
+        return None
+    head = name[len(layer_prefix) + 1 :].split(".", 1)[0]
+    return int(head) if head.isdigit() else None

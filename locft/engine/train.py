@@ -1,0 +1,365 @@
+"""The one training loop of LocFT-BF.
+
+Breadth-first (the method): epochs of shuffled mini-batches over ALL facts; Adam on the
+located tensor(s) only; loss on target tokens (per-sample mean, then batch mean); a batch
+whose loss is already below `skip_loss` is skipped; training stops when an epoch's mean loss
+is below `stop_loss`. Depth-first (each fact alone to convergence, one after another) exists
+only as the benchmark's baseline.
+
+Forward modes give the same loss (checked on the first batch, else we fall back):
+- cached: the hidden states entering the lowest tuned layer are constant (everything below is
+  frozen, the texts do not change), so they are computed once and each step runs only the
+  layers above, with logits only at target positions;
+- full: every step runs from the embeddings, logits only at target positions;
+- reference: the paper's loop: full forward, logits at every position.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from locft.config import EditConfig
+from locft.engine.data import Batch, Example, build_example, collate, per_sample_mean, resolve_prompt_format
+from locft.engine.model_io import LoadedModel
+from locft.engine.targets import EditLocation, default_lr, layer_index, location_from_config, resolve_location
+from locft.engine.weights import applied, parameters_by_name
+from locft.errors import LocftError
+from locft.facts import EditFact
+
+log = logging.getLogger(__name__)
+
+_CAPTURE_BATCH = 64
+_MODE_CHECK_RTOL = 1e-3
+
+
+class EditCancelled(LocftError):
+    """Training was asked to stop (daemon shutdown); nothing was produced."""
+
+
+@dataclass(frozen=True)
+class TrainProgress:
+    phase: str  # "cache" or "train"
+    epoch: int  # 1-based; for depth-first, the fact number
+    max_epochs: int
+    step: int  # steps done in this epoch
+    steps_per_epoch: int
+    loss: float | None
+    edits_per_second: float
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    epoch: int
+    mean_loss: float
+    seconds: float
+    steps: int
+    skipped: int
+
+
+@dataclass
+class EditResult:
+    """The trained tensors (detached CPU copies) and how training went."""
+
+    tensors: dict[str, torch.Tensor]
+    location: EditLocation
+    prompt_format: str
+    lr: float
+    forward_mode: str  # the mode actually used (after the first-batch check)
+    epochs: list[EpochStats] = field(default_factory=list)
+    converged: bool = False
+    cache_seconds: float = 0.0
+    train_seconds: float = 0.0
+    steps: int = 0
+    n_facts: int = 0
+    examples_seen: int = 0  # fact forward passes: edits x epochs for breadth-first
+
+    @property
+    def edits_x_epochs_per_second(self) -> float:
+        return self.examples_seen / self.train_seconds if self.train_seconds > 0 else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "location": self.location.describe(),
+            "parameters": list(self.tensors),
+            "prompt_format": self.prompt_format,
+            "lr": self.lr,
+            "forward_mode": self.forward_mode,
+            "epochs": len(self.epochs),
+            "converged": self.converged,
+            "final_loss": self.epochs[-1].mean_loss if self.epochs else None,
+            "loss_per_epoch": [round(e.mean_loss, 6) for e in self.epochs],
+            "steps": self.steps,
+            "cache_seconds": round(self.cache_seconds, 3),
+            "train_seconds": round(self.train_seconds, 3),
+            "seconds_per_epoch": round(self.train_seconds / len(self.epochs), 3) if self.epochs else None,
+            "edits_x_epochs_per_second": round(self.edits_x_epochs_per_second, 3),
+        }
+
+
+ProgressCallback = Callable[[TrainProgress], None]
+
+
+class _Captured(Exception):
+    """Raised from a pre-hook to stop a forward pass once the wanted activations are captured."""
+
+
+@dataclass
+class _LayerStack:
+    decoder: torch.nn.Module  # e.g. LlamaModel
+    attr: str  # its ModuleList attribute, e.g. "layers"
+    start: int  # lowest tuned layer
+
+
+def _layer_stack(model: torch.nn.Module, names: Sequence[str]) -> _LayerStack | None:
+    """Where the tuned tensors sit in the decoder's layer list, if they all do."""
+    get_decoder = getattr(model, "get_decoder", None)
+    decoder = get_decoder() if callable(get_decoder) else None
+    if decoder is None or decoder is model:
+        return None
+    prefix = next((n for n, m in model.named_modules() if m is decoder), None)
+    if not prefix:
+        return None
+    attrs = {name[len(prefix) + 1 :].split(".", 1)[0] for name in names if name.startswith(prefix + ".")}
+    if len(attrs) != 1:
+        return None
+    attr = attrs.pop()
+    if not isinstance(getattr(decoder, attr, None), torch.nn.ModuleList):
+        return None
+    layers = [layer_index(n, f"{prefix}.{attr}") for n in names]
+    if any(layer is None for layer in layers):
+        return None
+    return _LayerStack(decoder, attr, min(layers))  # type: ignore[type-var]
+
+
+@contextmanager
+def _only_layers_from(stack: _LayerStack) -> Iterator[None]:
+    """Run the decoder's own forward over layers[start:] only (same module objects)."""
+    full = getattr(stack.decoder, stack.attr)
+    setattr(stack.decoder, stack.attr, torch.nn.ModuleList(list(full)[stack.start :]))
+    try:
+        yield
+    finally:
+        setattr(stack.decoder, stack.attr, full)
+
+
+class _Forward:
+    """Computes the training loss of a batch of example indices in one of the three modes."""
+
+    def __init__(self, loaded: LoadedModel, examples: Sequence[Example], names: Sequence[str], mode: str):
+        self.model = loaded.model
+        self.device = loaded.device
+        self.pad_id = loaded.tokenizer.pad_token_id
+        self.examples = examples
+        self.head = self.model.get_output_embeddings()
+        self.stack = _layer_stack(self.model, names)
+        self.mode = mode
+        if mode == "cached" and self.stack is None:
+            log.warning("cached forward is not possible for these parameters; using full forward")
+            self.mode = "full"
+        self.cache: list[torch.Tensor] = []
+
+    def build_cache(self, progress: ProgressCallback | None) -> None:
+        """Hidden states entering layer `start`, per example, computed once without grad."""
+        assert self.stack is not None
+        layers = getattr(self.stack.decoder, self.stack.attr)
+        captured: list[torch.Tensor] = []
+
+        def hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+            captured.append((args[0] if args else kwargs["hidden_states"]).detach())
+            raise _Captured
+
+        order = sorted(range(len(self.examples)), key=lambda i: len(self.examples[i].input_ids))
+        self.cache = [torch.empty(0)] * len(self.examples)
+        handle = layers[self.stack.start].register_forward_pre_hook(hook, with_kwargs=True)
+        try:
+            with torch.no_grad():
+                for b in range(0, len(order), _CAPTURE_BATCH):
+                    idx = order[b : b + _CAPTURE_BATCH]
+                    batch = collate([self.examples[i] for i in idx], self.pad_id, self.device)
+                    captured.clear()
+                    try:
+                        self.stack.decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+                    except _Captured:
+                        pass
+                    hidden = captured[0]
+                    for j, i in enumerate(idx):
+                        self.cache[i] = hidden[j, : len(self.examples[i].input_ids)].clone()
+                    if progress:
+                        progress(TrainProgress("cache", 0, 0, b + len(idx), len(order), None, 0.0))
+        finally:
+            handle.remove()
+
+    def loss(self, indices: Sequence[int], mode: str | None = None) -> torch.Tensor:
+        mode = mode or self.mode
+        batch = collate([self.examples[i] for i in indices], self.pad_id, self.device)
+        if mode == "reference":
+            logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+            selected = logits[batch.rows, batch.cols]
+        else:
+            if mode == "cached":
+                hidden_in = torch.nn.utils.rnn.pad_sequence([self.cache[i] for i in indices], batch_first=True)
+                assert self.stack is not None
+                with _only_layers_from(self.stack):
+                    out = self.stack.decoder(inputs_embeds=hidden_in, attention_mask=batch.attention_mask)
+            else:
+                decoder = self.stack.decoder if self.stack else self.model.get_decoder()
+                out = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+            hidden = out.last_hidden_state
+            selected = self.head(hidden[batch.rows, batch.cols])
+        token_losses = F.cross_entropy(selected.float(), batch.labels, reduction="none")
+        return per_sample_mean(token_losses, batch).mean()
+
+    def check_mode(self, indices: Sequence[int]) -> None:
+        """Fall back to the reference loop if this architecture's fast path disagrees with it."""
+        if self.mode == "reference":
+            return
+        with torch.no_grad():
+            ref = float(self.loss(indices, "reference"))
+            fast = float(self.loss(indices))
+        if abs(fast - ref) > _MODE_CHECK_RTOL * max(1.0, abs(ref)):
+            log.warning("%s forward gives loss %.6f vs reference %.6f; using the reference loop", self.mode, fast, ref)
+            self.mode = "reference"
+
+
+def _resolve_edit(loaded: LoadedModel, cfg: EditConfig) -> tuple[EditLocation, list[str], str, float]:
+    location = location_from_config(loaded.model, cfg)
+    names = resolve_location(loaded.model, location)
+    prompt_format = resolve_prompt_format(cfg.prompt_format, loaded.tokenizer)
+    lr = cfg.lr if cfg.lr is not None else default_lr(loaded.config)
+    return location, names, prompt_format, lr
+
+
+def edit(
+    loaded: LoadedModel,
+    facts: Sequence[EditFact],
+    cfg: EditConfig,
+    progress: ProgressCallback | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> EditResult:
+    """Train the located tensors on `facts`; the model's own weights are left exactly as they were."""
+    if not facts:
+        raise LocftError("no facts to edit")
+    location, names, prompt_format, lr = _resolve_edit(loaded, cfg)
+    examples = [build_example(loaded.tokenizer, f.prompt, f.answer, prompt_format) for f in facts]
+    result = EditResult({}, location, prompt_format, lr, cfg.forward_mode, n_facts=len(facts))
+    torch.manual_seed(cfg.seed)
+    base = parameters_by_name(loaded.model, names)
+    working = {n: p.detach().clone() for n, p in base.items()}
+
+    with applied(loaded.model, working):
+        params = list(parameters_by_name(loaded.model, names).values())
+        for p in params:
+            p.requires_grad_(True)
+        try:
+            forward = _Forward(loaded, examples, names, cfg.forward_mode)
+            t0 = time.perf_counter()
+            if forward.mode == "cached":
+                forward.build_cache(progress)
+            result.cache_seconds = time.perf_counter() - t0
+            forward.check_mode(list(range(min(cfg.batch_size, len(examples)))))
+            result.forward_mode = forward.mode
+            loaded.model.train(False)  # dropout off: training is deterministic
+            run = _breadth_first if cfg.pipeline == "breadth-first" else _depth_first
+            t1 = time.perf_counter()
+            run(forward, params, cfg, lr, result, progress, should_stop)
+            result.train_seconds = time.perf_counter() - t1
+        finally:
+            for p in params:
+                p.requires_grad_(False)
+                p.grad = None
+        result.tensors = {n: p.detach().to("cpu", copy=True).contiguous() for n, p in zip(names, params)}
+    return result
+
+
+def _check_stop(should_stop: Callable[[], bool] | None) -> None:
+    if should_stop is not None and should_stop():
+        raise EditCancelled("training was cancelled")
+
+
+def _breadth_first(
+    forward: _Forward,
+    params: list[torch.nn.Parameter],
+    cfg: EditConfig,
+    lr: float,
+    result: EditResult,
+    progress: ProgressCallback | None,
+    should_stop: Callable[[], bool] | None,
+) -> None:
+    n = len(forward.examples)
+    optimizer = torch.optim.Adam(params, lr=lr)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    steps_per_epoch = (n + cfg.batch_size - 1) // cfg.batch_size
+    started = time.perf_counter()
+    for epoch in range(1, cfg.max_epochs + 1):
+        t_epoch = time.perf_counter()
+        order = torch.randperm(n, generator=generator).tolist()
+        losses: list[float] = []
+        skipped = 0
+        for step in range(steps_per_epoch):
+            _check_stop(should_stop)
+            indices = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+            loss = forward.loss(indices)
+            result.examples_seen += len(indices)
+            losses.append(loss.item())
+            if losses[-1] < cfg.skip_loss:
+                skipped += 1
+            else:
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                result.steps += 1
+            if progress:
+                done = (epoch - 1) * n + min((step + 1) * cfg.batch_size, n)
+                rate = done / max(time.perf_counter() - started, 1e-9)
+                progress(TrainProgress("train", epoch, cfg.max_epochs, step + 1, steps_per_epoch, losses[-1], rate))
+        mean = sum(losses) / len(losses)
+        result.epochs.append(EpochStats(epoch, mean, time.perf_counter() - t_epoch, len(losses), skipped))
+        log.info("epoch %d/%d: mean loss %.4f (%d skipped)", epoch, cfg.max_epochs, mean, skipped)
+        if mean < cfg.stop_loss:
+            result.converged = True
+            break
+
+
+def _depth_first(
+    forward: _Forward,
+    params: list[torch.nn.Parameter],
+    cfg: EditConfig,
+    lr: float,
+    result: EditResult,
+    progress: ProgressCallback | None,
+    should_stop: Callable[[], bool] | None,
+) -> None:
+    """Baseline: each fact alone, fresh Adam, up to max_epochs steps (the same per-fact step
+    budget as breadth-first), stopping once its loss is below stop_loss; edits accumulate."""
+    n = len(forward.examples)
+    started = time.perf_counter()
+    all_converged = True
+    for i in range(n):
+        t_fact = time.perf_counter()
+        optimizer = torch.optim.Adam(params, lr=lr)
+        losses: list[float] = []
+        for step in range(cfg.max_epochs):
+            _check_stop(should_stop)
+            loss = forward.loss([i])
+            result.examples_seen += 1
+            losses.append(loss.item())
+            if losses[-1] < cfg.stop_loss:
+                break
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            result.steps += 1
+        else:
+            all_converged = False
+        result.epochs.append(EpochStats(i + 1, losses[-1], time.perf_counter() - t_fact, len(losses), 0))
+        if progress:
+            rate = (i + 1) / max(time.perf_counter() - started, 1e-9)
+            progress(TrainProgress("train", i + 1, n, len(losses), cfg.max_epochs, losses[-1], rate))
+    result.converged = all_converged

@@ -1,0 +1,125 @@
+"""Edit quality by greedy generation and normalized exact match (never teacher-forced answers).
+
+- reliability: the edit prompt's generated answer matches the new answer;
+- generalization: the same on each paraphrase;
+- locality (exact): an unrelated probe's cut answer is unchanged from the base model's;
+- locality (token): the base model's own continuation of a probe, fed to the edited model,
+  is reproduced token by token (share of positions whose argmax equals the base token).
+Measures only: deciding is locft.policies.gating's job.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+
+from locft.engine.data import collate, encode_prompt, example_from_ids
+from locft.engine.generate import Generation, greedy_generate
+from locft.engine.model_io import LoadedModel
+from locft.facts import EditFact
+from locft.text import exact_match, normalize_answer
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class EditEvaluation:
+    reliability: float
+    generalization: float | None
+    locality_exact: float | None
+    locality_token: float | None
+    n_facts: int
+    n_paraphrases: int
+    n_probes: int
+    correct: list[bool] = field(default_factory=list)  # per fact, edit prompt (for retention)
+    samples: list[dict[str, str]] = field(default_factory=list)  # a few answers to show
+
+    def metrics(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("correct")
+        d.pop("samples")
+        return d
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def token_agreement(
+    loaded: LoadedModel,
+    prompts: Sequence[str],
+    base: Sequence[Generation],
+    prompt_format: str,
+    batch_size: int = 32,
+) -> list[float]:
+    """Per prompt: share of the base continuation's tokens that the current model's argmax reproduces."""
+    tok = loaded.tokenizer
+    examples = [
+        example_from_ids(encode_prompt(tok, p, prompt_format), g.token_ids) for p, g in zip(prompts, base)
+    ]
+    scores = [1.0] * len(examples)
+    order = [i for i in sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids)) if base[i].token_ids]
+    with torch.no_grad():
+        for b in range(0, len(order), batch_size):
+            idx = order[b : b + batch_size]
+            batch = collate([examples[i] for i in idx], tok.pad_token_id, loaded.device)
+            logits = loaded.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+            hits = (logits[batch.rows, batch.cols].argmax(-1) == batch.labels).float()
+            per = torch.zeros(len(idx), device=hits.device).index_add_(0, batch.rows, hits)
+            for j, i in enumerate(idx):
+                scores[i] = float(per[j]) / len(examples[i].input_ids[examples[i].prompt_len :])
+    return scores
+
+
+def base_probe_generations(
+    loaded: LoadedModel, prompts: Sequence[str], prompt_format: str, max_new_tokens: int
+) -> list[Generation]:
+    """The base model's answers to probe prompts: call on the unedited model, cache per fingerprint."""
+    return greedy_generate(loaded, prompts, prompt_format, max_new_tokens)
+
+
+def evaluate_edits(
+    loaded: LoadedModel,
+    facts: Sequence[EditFact],
+    prompt_format: str,
+    probe_prompts: Sequence[str] = (),
+    base_probes: Sequence[Generation] = (),
+    max_new_tokens: int = 32,
+    progress: Progress | None = None,
+    n_samples: int = 5,
+) -> EditEvaluation:
+    """Evaluate the model as it is now (apply the edit first) against the facts and probes."""
+    if len(probe_prompts) != len(base_probes):
+        raise ValueError("probe_prompts and base_probes must have the same length")
+
+    def gen(label: str, prompts: Sequence[str]) -> list[Generation]:
+        cb = (lambda done, total: progress(label, done, total)) if progress else None
+        return greedy_generate(loaded, prompts, prompt_format, max_new_tokens, progress=cb)
+
+    answers = gen("reliability", [f.prompt for f in facts])
+    correct = [exact_match(g.answer, f.answer) for g, f in zip(answers, facts)]
+    para_pairs = [(p, f.answer) for f in facts for p in f.paraphrases]
+    para_answers = gen("generalization", [p for p, _ in para_pairs]) if para_pairs else []
+    para_correct = [exact_match(g.answer, a) for g, (_, a) in zip(para_answers, para_pairs)]
+    loc_exact: list[float] = []
+    loc_token: list[float] = []
+    if probe_prompts:
+        now = gen("locality", probe_prompts)
+        loc_exact = [float(normalize_answer(a.answer) == normalize_answer(b.answer)) for a, b in zip(now, base_probes)]
+        loc_token = token_agreement(loaded, probe_prompts, base_probes, prompt_format)
+    samples = [
+        {"prompt": f.prompt, "target": f.answer, "answer": g.answer} for f, g in list(zip(facts, answers))[:n_samples]
+    ]
+    return EditEvaluation(
+        reliability=_mean([float(c) for c in correct]) or 0.0,
+        generalization=_mean([float(c) for c in para_correct]),
+        locality_exact=_mean(loc_exact),
+        locality_token=_mean(loc_token),
+        n_facts=len(facts),
+        n_paraphrases=len(para_pairs),
+        n_probes=len(probe_prompts),
+        correct=correct,
+        samples=samples,
+    )
