@@ -1,0 +1,1 @@
+"""Policies decide, never measure: pure functions of numbers and states, no torch, no database."""

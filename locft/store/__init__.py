@@ -1,0 +1,40 @@
+"""The versioned knowledge store: the only package that talks to the database (SQLModel).
+
+    from locft.store import Store
+    with Store.open() as store:                # $LOCFT_HOME/locft.db, migrated on open
+        store.add_fact(EditFact("Q?", "A"))    # -> AddResult(status="added", fact_id=1, ...)
+        store.active_facts()                   # -> [FactEntry(revision_id, fact_id, EditFact)]
+"""
+
+from locft.store.events import EventInfo
+from locft.store.facts import (
+    AddResult,
+    FactCounts,
+    FactEntry,
+    FactHistory,
+    FactInfo,
+    FactRevisionInfo,
+    ImportIssue,
+    ImportSummary,
+    PendingFact,
+    RevisionResult,
+)
+from locft.store.rounds import ClaimedRequests, Recovery, RoundInfo, RoundRequestInfo
+from locft.store.snapshots import RetentionResult
+from locft.store.store import Store, StoreSummary
+from locft.store.versions import (
+    FactChange,
+    GateResultInfo,
+    PointerMove,
+    PromotionInfo,
+    VersionDiff,
+    VersionInfo,
+    snapshot_digest,
+)
+
+__all__ = [
+    "AddResult", "ClaimedRequests", "EventInfo", "FactChange", "FactCounts", "FactEntry", "FactHistory",
+    "FactInfo", "FactRevisionInfo", "GateResultInfo", "ImportIssue", "ImportSummary", "PendingFact",
+    "PointerMove", "PromotionInfo", "Recovery", "RetentionResult", "RevisionResult", "RoundInfo",
+    "RoundRequestInfo", "Store", "StoreSummary", "VersionDiff", "VersionInfo", "snapshot_digest",
+]
