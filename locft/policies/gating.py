@@ -1,0 +1,231 @@
+"""Gate policy: measured numbers of a candidate version -> promote or reject, with reasons.
+
+Decides, never measures: pure functions of numbers (no torch, no store). The measuring lives in
+`locft.evaluation`; the round wires the two together.
+
+Rules (thresholds from `locft.config.GatePolicy`):
+
+- reliability >= min_reliability (share of active facts the candidate answers with the new answer);
+- generalization >= min_generalization, only when that threshold is set (always reported);
+- locality >= min_locality, when it was measured (token-level agreement with the base model on
+  the probe prompts); exact locality is reported only;
+- retention drop (1 - retention) <= max_retention_drop, when there is a promoted version with
+  facts to retain;
+- for every capability task: drop vs the base model <= max_capability_drop, where the drop is
+  base - candidate (candidate - base for tasks whose score improves downwards, e.g. bits per byte).
+  A task score missing on either side is a failed check, never a silent pass.
+
+`None` means "not measured" (an optional gate is then skipped and says so); NaN means the
+measurement broke and never passes. A value exactly at its threshold passes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from locft.config import GatePolicy
+
+# Scores are sums of ratios: 1 - 0.98 is 0.020000000000000018. A value "at" the threshold passes.
+EPSILON = 1e-9
+
+
+@dataclass(frozen=True)
+class GateMetrics:
+    """Everything the gates look at for one candidate version."""
+
+    reliability: float | None  # None only when there is nothing to learn (n_facts == 0)
+    n_facts: int
+    generalization: float | None = None  # None: no fact has a paraphrase
+    locality: float | None = None  # token-level agreement with the base model on probes
+    exact_locality: float | None = None  # share of probe answers unchanged (reported only)
+    # Share of the facts the promoted version answered correctly that the candidate still answers
+    # correctly. None: no promoted version, or it knew none of the still-active facts.
+    retention: float | None = None
+    n_retained: int | None = None  # the denominator of `retention`
+    capability: Mapping[str, float] = field(default_factory=dict)
+    base_capability: Mapping[str, float] = field(default_factory=dict)
+    # capability tasks whose score improves downwards (see evaluation.capability.lower_is_better)
+    capability_lower_is_better: frozenset[str] = frozenset()
+    promoted_version: int | None = None  # only for the wording of reasons
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["capability"] = dict(self.capability)
+        data["base_capability"] = dict(self.base_capability)
+        data["capability_lower_is_better"] = sorted(self.capability_lower_is_better)
+        return _json_safe(data)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> GateMetrics:
+        values = dict(data)
+        values["capability"] = {k: _num(v) for k, v in (values.get("capability") or {}).items()}
+        values["base_capability"] = {k: _num(v) for k, v in (values.get("base_capability") or {}).items()}
+        values["capability_lower_is_better"] = frozenset(values.get("capability_lower_is_better") or ())
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class Check:
+    """One gate. `threshold` None: reported only (or skipped, then `detail` says why)."""
+
+    name: str
+    value: float | None
+    threshold: float | None
+    passed: bool
+    detail: str
+    gated: bool = True  # False: shown for information, cannot fail
+
+    def to_dict(self) -> dict[str, Any]:
+        return _json_safe(asdict(self))
+
+
+@dataclass(frozen=True)
+class Verdict:
+    passed: bool
+    checks: list[Check]
+    reasons: list[str]  # one sentence per failed check; empty when passed
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"passed": self.passed, "checks": [c.to_dict() for c in self.checks], "reasons": list(self.reasons)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Verdict:
+        checks = [Check(**c) for c in data.get("checks", [])]
+        return cls(passed=bool(data["passed"]), checks=checks, reasons=list(data.get("reasons", [])))
+
+    def check(self, name: str) -> Check:
+        for c in self.checks:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN/inf are not JSON: store them as None (the check's `detail` keeps the word 'nan')."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _num(value: Any) -> float:
+    return math.nan if value is None else float(value)
+
+
+def fmt(value: float | None, decimals: int = 4) -> str:
+    """0.91, 0.9499, 0.02: at most `decimals` decimals, no trailing zeros."""
+    if value is None:
+        return "n/a"
+    if math.isnan(value):
+        return "nan"
+    text = f"{value:.{decimals}f}".rstrip("0").rstrip(".")
+    return "0" if text in ("-0", "") else text
+
+
+def _fmt_apart(a: float, b: float) -> tuple[str, str]:
+    """Both numbers with enough decimals that a failed comparison never reads "0.95 < 0.95"."""
+    for decimals in range(4, 10):
+        if fmt(a, decimals) != fmt(b, decimals):
+            break
+    return fmt(a, decimals), fmt(b, decimals)
+
+
+def _pct(value: float) -> str:
+    return f"{fmt(value * 100)}%"
+
+
+def _at_least(name: str, value: float | None, minimum: float) -> Check:
+    """value >= minimum; None and NaN fail (callers skip optional gates before calling this)."""
+    if value is None:
+        return Check(name, None, minimum, False, f"{name} was not measured (needs >= {fmt(minimum)})")
+    if math.isnan(value):
+        return Check(name, value, minimum, False, f"{name} is nan (measurement failed; needs >= {fmt(minimum)})")
+    if value + EPSILON >= minimum:
+        return Check(name, value, minimum, True, f"{name} {fmt(value)} >= {fmt(minimum)}")
+    shown, needed = _fmt_apart(value, minimum)
+    return Check(name, value, minimum, False, f"{name} {shown} < {needed}")
+
+
+def _reported(name: str, value: float | None, why: str) -> Check:
+    shown = "not measured" if value is None else fmt(value)
+    return Check(name, value, None, True, f"{name} {shown} ({why})", gated=False)
+
+
+def _reliability(policy: GatePolicy, m: GateMetrics) -> Check:
+    if m.n_facts == 0 and m.reliability is None:
+        return _reported("reliability", None, "no active facts")
+    return _at_least("reliability", m.reliability, policy.min_reliability)
+
+
+def _generalization(policy: GatePolicy, m: GateMetrics) -> Check:
+    if policy.min_generalization is None:
+        return _reported("generalization", m.generalization, "reported only: gates.min_generalization is not set")
+    if m.generalization is None:
+        return _reported("generalization", None, "skipped: no fact has a paraphrase")
+    return _at_least("generalization", m.generalization, policy.min_generalization)
+
+
+def _locality(policy: GatePolicy, m: GateMetrics) -> Check:
+    if m.locality is None:
+        return _reported("locality", None, "skipped: no probe prompts")
+    return _at_least("locality", m.locality, policy.min_locality)
+
+
+def _retention(policy: GatePolicy, m: GateMetrics) -> Check:
+    name, limit = "retention_drop", policy.max_retention_drop
+    if m.retention is None:
+        why = "no promoted version" if m.promoted_version is None else "no earlier fact to retain"
+        return _reported(name, None, f"skipped: {why}")
+    if math.isnan(m.retention):
+        return Check(name, math.nan, limit, False, f"retention is nan (measurement failed; max drop {_pct(limit)})")
+    drop = 1.0 - m.retention
+    of = f" of {m.n_retained}" if m.n_retained is not None else ""
+    since = f"version {m.promoted_version}" if m.promoted_version is not None else "the promoted version"
+    text = (f"retention {fmt(m.retention)}: the candidate lost {_pct(drop)}{of} facts {since} answered "
+            f"(max {_pct(limit)})")
+    return Check(name, drop, limit, drop <= limit + EPSILON, text)
+
+
+def _capability(task: str, policy: GatePolicy, m: GateMetrics) -> Check:
+    name, limit = f"capability:{task}", policy.max_capability_drop
+    cand, base = m.capability.get(task), m.base_capability.get(task)
+    if cand is None or base is None:
+        side = " and ".join(s for s, v in (("candidate", cand), ("base model", base)) if v is None)
+        return Check(name, None, limit, False, f"{task}: no score for the {side} (a missing score fails)")
+    if math.isnan(cand) or math.isnan(base):
+        return Check(name, math.nan, limit, False, f"{task}: score is nan (candidate {fmt(cand)}, base {fmt(base)})")
+    lower = task in m.capability_lower_is_better
+    drop = cand - base if lower else base - cand
+    direction = " (lower is better)" if lower else ""
+    if drop <= limit + EPSILON:
+        return Check(name, drop, limit, True,
+                     f"{task} {fmt(cand)} vs base {fmt(base)}{direction}: worse by {fmt(max(drop, 0.0))} <= {fmt(limit)}")
+    shown, allowed = _fmt_apart(drop, limit)
+    return Check(name, drop, limit, False,
+                 f"{task} {fmt(cand)} vs base {fmt(base)}{direction}: worse by {shown} > {allowed}")
+
+
+def capability_tasks(policy: GatePolicy, metrics: GateMetrics) -> list[str]:
+    """The policy's tasks first (each must have scores), then any other measured task."""
+    extra = sorted((set(metrics.capability) | set(metrics.base_capability)) - set(policy.capability_tasks))
+    return list(dict.fromkeys([*policy.capability_tasks, *extra]))
+
+
+def judge(policy: GatePolicy, metrics: GateMetrics) -> Verdict:
+    """Every gate, in a fixed order; passed only if every gated check passed."""
+    checks: list[Check] = [
+        _reliability(policy, metrics),
+        _generalization(policy, metrics),
+        _locality(policy, metrics),
+        _reported("exact_locality", metrics.exact_locality, "reported only"),
+        _retention(policy, metrics),
+        *(_capability(task, policy, metrics) for task in capability_tasks(policy, metrics)),
+    ]
+    reasons = [c.detail for c in checks if not c.passed]
+    return Verdict(passed=not reasons, checks=checks, reasons=reasons)
