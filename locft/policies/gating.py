@@ -61,6 +61,9 @@ class GateMetrics:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> GateMetrics:
         values = dict(data)
+        for name in _METRIC_FLOATS:
+            if name in values:
+                values[name] = _num(values[name])
         values["capability"] = {k: _num(v) for k, v in (values.get("capability") or {}).items()}
         values["base_capability"] = {k: _num(v) for k, v in (values.get("base_capability") or {}).items()}
         values["capability_lower_is_better"] = frozenset(values.get("capability_lower_is_better") or ())
@@ -93,7 +96,8 @@ class Verdict:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Verdict:
-        checks = [Check(**c) for c in data.get("checks", [])]
+        checks = [Check(**{**c, "value": _num(c.get("value")), "threshold": _num(c.get("threshold"))})
+                  for c in data.get("checks", [])]
         return cls(passed=bool(data["passed"]), checks=checks, reasons=list(data.get("reasons", [])))
 
     def check(self, name: str) -> Check:
@@ -104,9 +108,9 @@ class Verdict:
 
 
 def _json_safe(value: Any) -> Any:
-    """NaN/inf are not JSON: store them as None (the check's `detail` keeps the word 'nan')."""
+    """NaN/inf are not JSON: stored as the strings "nan"/"inf" so a failed measurement stays failed."""
     if isinstance(value, float) and not math.isfinite(value):
-        return None
+        return str(value)
     if isinstance(value, dict):
         return {k: _json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -114,8 +118,12 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def _num(value: Any) -> float:
-    return math.nan if value is None else float(value)
+def _num(value: Any) -> float | None:
+    """Back from JSON: None stays None (not measured), "nan" becomes NaN (measurement failed)."""
+    return None if value is None else float(value)
+
+
+_METRIC_FLOATS = ("reliability", "generalization", "locality", "exact_locality", "retention")
 
 
 def fmt(value: float | None, decimals: int = 4) -> str:

@@ -124,10 +124,12 @@ def test_every_gate_is_reported_even_when_skipped() -> None:
 
 def test_verdict_round_trips_through_strict_json() -> None:
     verdict = judge(POLICY, good(reliability=NAN, capability={"arc_easy": 0.4}))
-    text = json.dumps(verdict.to_dict(), allow_nan=False)  # NaN is not JSON: stored as null
+    text = json.dumps(verdict.to_dict(), allow_nan=False)  # NaN is not JSON: stored as "nan"
     again = Verdict.from_dict(json.loads(text))
     assert again.passed is False and again.reasons == verdict.reasons
-    assert again.check("reliability").value is None and "nan" in again.check("reliability").detail
+    assert math.isnan(again.check("reliability").value)  # type: ignore[arg-type]
+    assert again.check("exact_locality").threshold is None
+    assert [c.name for c in again.checks] == [c.name for c in verdict.checks]
     assert isinstance(again.checks[0], Check)
 
 
@@ -135,6 +137,15 @@ def test_metrics_round_trip() -> None:
     metrics = good(capability_lower_is_better=frozenset({"wiki_bpb"}))
     again = GateMetrics.from_dict(json.loads(json.dumps(metrics.to_dict(), allow_nan=False)))
     assert again == metrics
+
+
+def test_a_failed_measurement_stays_failed_after_storage() -> None:
+    """NaN must not come back as None: None would skip the optional locality gate."""
+    metrics = good(locality=NAN, capability={"arc_easy": NAN, "piqa": 0.64})
+    again = GateMetrics.from_dict(json.loads(json.dumps(metrics.to_dict(), allow_nan=False)))
+    assert math.isnan(again.locality)  # type: ignore[arg-type]
+    assert judge(POLICY, again).reasons == judge(POLICY, metrics).reasons
+    assert not judge(POLICY, again).passed
 
 
 @pytest.mark.parametrize("value, text", [(0.91, "0.91"), (0.95, "0.95"), (0.94999, "0.95"), (0.9499, "0.9499"),
