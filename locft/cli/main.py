@@ -15,6 +15,15 @@ from locft.errors import LocftError
 COMMANDS: dict[str, str] = {
     "bench": "locft.cli.bench:bench",
     "demo": "locft.cli.demo:demo",
+    "init": "locft.cli.init:init",
+    "status": "locft.cli.status:status",
+    "add-fact": "locft.cli.facts:add_fact",
+    "facts": "locft.cli.facts:facts",
+    "import": "locft.cli.importing:import_facts",
+    "versions": "locft.cli.versions:versions",
+    "promote": "locft.cli.versions:promote",
+    "rollback": "locft.cli.versions:rollback",
+    "export": "locft.cli.versions:export",
 }
 
 

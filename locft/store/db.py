@@ -16,7 +16,7 @@ from typing import Any, Iterator
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session
 
 from locft.config import StoreConfig
@@ -154,14 +154,24 @@ class StoreBase:
     @contextmanager
     def _read(self) -> Iterator[Session]:
         """A read transaction: one consistent snapshot for every query inside it."""
-        with Session(self._engine, expire_on_commit=False) as session, session.begin():
+        with self._database_errors(), Session(self._engine, expire_on_commit=False) as session, session.begin():
             yield session
 
     @contextmanager
     def _write(self) -> Iterator[Session]:
         """A write transaction: committed when the block ends, rolled back on any exception."""
-        with Session(self._writer, expire_on_commit=False) as session, session.begin():
+        with self._database_errors(), Session(self._writer, expire_on_commit=False) as session, session.begin():
             yield session
+
+    @contextmanager
+    def _database_errors(self) -> Iterator[None]:
+        """Driver errors become StoreErrors: callers (the CLI) print one line, not a traceback."""
+        try:
+            yield
+        except IntegrityError as exc:
+            raise StoreError(f"the store changed concurrently ({exc.orig}); try again") from exc
+        except OperationalError as exc:
+            raise StoreError(f"database error at {safe_url(self.url)}: {exc.orig}") from exc
 
     def close(self) -> None:
         self._engine.dispose()

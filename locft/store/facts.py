@@ -403,14 +403,17 @@ class FactsMixin(StoreBase):
                 summary.invalid.append(ImportIssue(record.line, str(exc)))
         summary.invalid.sort(key=lambda i: i.line)
 
+        refs: list[tuple[list[ImportIssue], int, _Planned]] = []
         with self._write() as session:
-            plan = _plan_import(session, checked, replace, summary)
+            plan = _plan_import(session, checked, replace, summary, refs)
             if summary.refused and not skip_invalid:
                 summary.added.clear()
                 summary.revised.clear()
                 return summary  # the transaction commits nothing: no statement wrote
             _write_import(session, plan, author=author, origin=origin, summary=summary, progress=progress)
             summary.written = True
+        for issues, i, planned in refs:  # rows that pointed at a fact this import created
+            issues[i] = ImportIssue(issues[i].line, issues[i].message, planned.fact_id)
         return summary
 
     def revise_fact(
@@ -628,6 +631,7 @@ def _plan_import(
     checked: Sequence[tuple[FactRecord, EditFact, tuple[str, ...]]],
     replace: bool,
     summary: ImportSummary,
+    refs: list[tuple[list[ImportIssue], int, _Planned]],
 ) -> list[_Planned]:
     """Decide per row: new fact, revision (replace), duplicate, or conflict. Nothing is written."""
     # prompt_key -> the current state of that question: (existing row | planned row)
@@ -644,11 +648,15 @@ def _plan_import(
         other = [m for m in matches if _answer_key(m) != answer_key]
         if same:
             m = same[0]
+            if isinstance(m, _Planned):  # its id exists only once written
+                refs.append((summary.duplicates, len(summary.duplicates), m))
             summary.duplicates.append(ImportIssue(record.line, _describe_duplicate(m), _fact_id(m)))
             continue
         if other and not replace:
             m = other[0]
             where = f"fact {m.fact_id}" if isinstance(m, FactRevision) else f"line {m.line} of this file"
+            if isinstance(m, _Planned):
+                refs.append((summary.conflicts, len(summary.conflicts), m))
             summary.conflicts.append(ImportIssue(
                 record.line,
                 f"{fact.prompt!r} conflicts with {where}, which answers {_answer(m)!r}; "

@@ -1,0 +1,70 @@
+"""`locft status`: home, model, promoted version, facts, last round, daemon."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from locft.cli.common import echo_json, json_option, open_store, resolve_home, when
+
+EMBEDDED_MODEL = "embedded SmolLM2-135M-Instruct (GGUF)"
+
+
+@click.command("status")
+@json_option
+def status(as_json: bool) -> None:
+    """Where things stand: the promoted version, facts waiting, the last round, the daemon.
+
+    "pending" counts the facts the promoted version does not know yet: added or revised since
+    it was trained, plus retractions it still knows; the next round picks them up.
+
+    \b
+    Examples:
+      locft status
+      locft status --json | jq .facts.pending
+    """
+    from locft.config import load_config
+    from locft.home import read_daemon_info
+
+    home = resolve_home()
+    config = load_config(home.root)
+    with open_store() as store:
+        summary = store.summary()
+    daemon = read_daemon_info(home)
+    model = config.model.path or EMBEDDED_MODEL
+    if as_json:
+        data: dict[str, Any] = {"home": str(home.root), "model": model, **summary.to_dict()}
+        data["daemon"] = daemon.to_dict() if daemon else None
+        echo_json(data)
+        return
+    p = summary.promoted
+    f = summary.facts
+    rows: list[tuple[str, str]] = [
+        ("home", str(home.root)),
+        ("database", summary.database),
+        ("model", model),
+        ("promoted", f"version {p.id}" + (" (the base model)" if p.is_base else f", {p.fact_count} facts, built {when(p.created_at)}")),
+        ("facts", f"{f.active} active, {f.pending} pending since version {p.id}, {f.retracted} retracted"),
+        ("versions", ", ".join(f"{n} {state}" for state, n in sorted(summary.versions.items()))),
+    ]
+    r = summary.last_round
+    if r is None:
+        rows.append(("last round", "none yet"))
+    else:
+        took = f" in {r.seconds:.1f} s" if r.seconds is not None else ""
+        made = f", version {r.version_id}" if r.version_id is not None else ""
+        ended = f"finished {when(r.finished_at)}{took}" if r.finished_at else f"started {when(r.started_at)}"
+        rows.append(("last round", f"#{r.id} ({r.trigger}) {r.outcome}{made}, {ended}" + (f": {r.error}" if r.error else "")))
+    if summary.open_requests:
+        rows.append(("requests", f"{summary.open_requests} round request(s) waiting for the daemon"))
+    if daemon is None:
+        rows.append(("daemon", "not running (start it with `locftd start`)"))
+    else:
+        rows.append(("daemon", f"running, pid {daemon.pid}, since {daemon.started_at}"))
+        rows.append(("next round", daemon.next_round_at or "not scheduled"))
+        if daemon.api_url:
+            rows.append(("api", daemon.api_url))
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        click.echo(f"{key.ljust(width)}  {value}")

@@ -1,0 +1,237 @@
+"""`locft versions list|show|diff`, `locft promote`, `locft rollback`, `locft export`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from locft.cli.common import (
+    author_option,
+    clip,
+    default_author,
+    echo_json,
+    json_option,
+    open_store,
+    resolve_home,
+    table,
+    when,
+)
+
+if TYPE_CHECKING:
+    from locft.store import FactRevisionInfo, PointerMove, VersionInfo
+
+
+def _gate(v: "VersionInfo") -> str:
+    if v.is_base:
+        return "-"
+    if v.gate is None:
+        return "not gated"
+    return "passed" if v.gate.passed else "FAILED"
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+@click.group("versions")
+def versions() -> None:
+    """Model versions: each one the base model plus one tuned weight, trained on an exact fact set.
+
+    A version never changes once recorded. Its state is derived: promoted (being served),
+    retired (was promoted), rejected (failed its gates), candidate (anything else).
+
+    \b
+    Examples:
+      locft versions list
+      locft versions show 3             config, facts, metrics, gate report
+      locft versions diff 2 3           facts added / removed / changed between them
+      locft promote 3                   serve version 3
+      locft rollback                    serve the previously promoted version again
+    """
+
+
+@versions.command("list")
+@json_option
+def list_versions(as_json: bool) -> None:
+    """Every version, newest first, with its state."""
+    with open_store() as store:
+        items = store.list_versions()
+    if as_json:
+        echo_json([v.to_dict() for v in items])
+        return
+    rows = [
+        [v.id, v.state, v.fact_count, _gate(v), when(v.created_at), "-" if v.parent_id is None else v.parent_id,
+         "base model" if v.is_base else (_size(v.snapshot_size) if v.snapshot_present else "deleted")]
+        for v in items
+    ]
+    table(["ID", "STATE", "FACTS", "GATES", "CREATED", "PARENT", "SNAPSHOT"], rows)
+
+
+def _metric(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else json.dumps(value, default=str)
+
+
+@versions.command("show")
+@click.argument("version_id", metavar="V", type=int)
+@json_option
+def show_version(version_id: int, as_json: bool) -> None:
+    """One version: its config, facts, metrics and gate report."""
+    with open_store() as store:
+        v = store.get_version(version_id)
+        gates = store.gate_results(version_id)
+        moves = [p for p in store.promotion_history() if p.version_id == version_id]
+    if as_json:
+        echo_json({**v.to_dict(), "gate_results": [g.to_dict() for g in gates],
+                   "promotions": [p.to_dict() for p in moves]})
+        return
+    click.echo(f"version {v.id}  {v.state}" + ("  (the base model)" if v.is_base else ""))
+    click.echo(f"  created      {when(v.created_at)}" + (f" by round {v.round_id}" if v.round_id else ""))
+    click.echo(f"  parent       {'-' if v.parent_id is None else v.parent_id}")
+    click.echo(f"  base model   {v.base_fingerprint or 'not recorded yet'}")
+    click.echo(f"  facts        {v.fact_count} (digest {v.fact_set_digest[:16]}...)")
+    if v.snapshot_path:
+        present = "" if v.snapshot_present else "  (DELETED)"
+        click.echo(f"  snapshot     {v.snapshot_path}  {_size(v.snapshot_size)}  sha256 "
+                   f"{(v.snapshot_sha256 or '')[:16]}...{present}")
+    if v.note:
+        click.echo(f"  note         {v.note}")
+    if v.edit_config:
+        click.echo("  edit config")
+        for key, value in sorted(v.edit_config.items()):
+            click.echo(f"    {key:<20} {json.dumps(value, default=str)}")
+    for move in moves:
+        forced = " (forced)" if move.forced else ""
+        click.echo(f"  {move.action:<12} {when(move.created_at)} by {move.actor or '?'}{forced}"
+                   + (f": {move.reason}" if move.reason else ""))
+    if not gates:
+        click.echo("  gates        " + ("-" if v.is_base else "not gated"))
+    for g in gates:
+        click.echo(f"  gates        {'passed' if g.passed else 'FAILED'} at {when(g.created_at)}")
+        for key, value in sorted(g.metrics.items()):
+            click.echo(f"    {key:<20} {_metric(value)}")
+        reasons = g.report.get("reasons")
+        if isinstance(reasons, list):
+            for reason in reasons:
+                click.echo(f"    - {reason}")
+        rest = {k: val for k, val in g.report.items() if k != "reasons"}
+        if rest:
+            click.echo("    report " + json.dumps(rest, default=str))
+
+
+def _fact_row(r: "FactRevisionInfo") -> list[Any]:
+    return [r.fact_id, f"r{r.revision}", f"{r.prompt} -> {r.answer}"]
+
+
+@versions.command("diff")
+@click.argument("old", metavar="V1", type=int)
+@click.argument("new", metavar="V2", type=int)
+@json_option
+def diff_versions(old: int, new: int, as_json: bool) -> None:
+    """Facts added, removed and changed from version V1 to version V2."""
+    with open_store() as store:
+        diff = store.diff_versions(old, new)
+    if as_json:
+        echo_json(diff.to_dict())
+        return
+    click.echo(f"version {old} -> {new}: {len(diff.added)} added, {len(diff.removed)} removed, "
+               f"{len(diff.changed)} changed")
+    if diff.added:
+        click.echo("\nadded:")
+        table(["ID", "REV", "PROMPT -> ANSWER"], [_fact_row(r) for r in diff.added], flex=2)
+    if diff.removed:
+        click.echo("\nremoved:")
+        table(["ID", "REV", "PROMPT -> ANSWER"], [_fact_row(r) for r in diff.removed], flex=2)
+    if diff.changed:
+        click.echo("\nchanged:")
+        table(
+            ["ID", "REVS", "PROMPT", "ANSWER"],
+            [[c.fact_id, f"r{c.before.revision}->r{c.after.revision}", clip(c.after.prompt, 50),
+              f"{c.before.answer} -> {c.after.answer}"] for c in diff.changed],
+            flex=3,
+        )
+
+
+def _moved(move: "PointerMove", as_json: bool) -> None:
+    if as_json:
+        echo_json(move.to_dict())
+    elif not move.changed:
+        click.echo(f"version {move.version_id} is already promoted; nothing changed")
+    else:
+        verb = "promoted" if move.action == "promote" else "rolled back to"
+        forced = " (forced past its gates)" if move.forced else ""
+        click.echo(f"{verb} version {move.version_id}{forced}; was version {move.previous_version_id}")
+
+
+@click.command("promote")
+@click.argument("version_id", metavar="V", type=int)
+@click.option("--force", is_flag=True, help="Promote even though its gates failed or never ran (logged).")
+@click.option("--reason", help="Why, for the audit log.")
+@author_option
+@json_option
+def promote(version_id: int, force: bool, reason: str | None, author: str | None, as_json: bool) -> None:
+    """Serve version V from now on (a running daemon and API pick it up).
+
+    \b
+    Examples:
+      locft promote 3
+      locft promote 4 --force --reason "locality gate too strict for this batch"
+      locft promote 0                   back to the base model
+    """
+    with open_store() as store:
+        move = store.promote(version_id, force=force, actor=default_author(author), reason=reason)
+    _moved(move, as_json)
+
+
+@click.command("rollback")
+@click.option("--to", "to", type=int, metavar="V", help="A version that was promoted before (default: the previous one).")
+@click.option("--reason", help="Why, for the audit log.")
+@author_option
+@json_option
+def rollback(to: int | None, reason: str | None, author: str | None, as_json: bool) -> None:
+    """Serve the previously promoted version again (repeat to go further back).
+
+    \b
+    Examples:
+      locft rollback
+      locft rollback --to 2 --reason "v3 answers the Acme facts wrong"
+    """
+    with open_store() as store:
+        move = store.rollback(to, actor=default_author(author), reason=reason)
+    _moved(move, as_json)
+
+
+@click.command("export")
+@click.argument("version_id", metavar="V", type=int)
+@click.argument("out_dir", metavar="DIR", type=click.Path(path_type=Path, file_okay=False))
+def export(version_id: int, out_dir: Path) -> None:
+    """Write version V as a full Hugging Face checkpoint in DIR (a new directory).
+
+    The snapshot is checked against its recorded sha256 first. Version 0 exports the base model.
+
+    \b
+    Examples:
+      locft export 3 ./acme-kb-v3
+      python -c "import transformers as t; t.AutoModelForCausalLM.from_pretrained('./acme-kb-v3')"
+    """
+    from locft.config import load_config
+
+    home = resolve_home()
+    config = load_config(home.root)
+    with open_store() as store:
+        store.get_version(version_id)  # NotFoundError first, before any heavy import
+        store.verify_version_snapshot(version_id)
+        snapshot_dir = store.snapshot_dir(version_id)
+    from locft.engine.snapshot import export_checkpoint  # torch: only here
+
+    click.echo(f"exporting version {version_id} to {out_dir} (loading the base model)...", err=True)
+    written = export_checkpoint(home.root, config.model, snapshot_dir, out_dir)
+    click.echo(f"exported version {version_id} to {written}")
