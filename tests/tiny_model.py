@@ -30,8 +30,9 @@ def make_tiny_model_dir(path: Path, seed: int = 0, tokenizer_dir: Path | None = 
         directory, name = embedded_tokenizer_source()
         tok = AutoTokenizer.from_pretrained(directory, gguf_file=name)
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                         pad_token_id=tok.pad_token_id, **TINY)
+    # No pad_token_id in the config: pad == eos here, and an Embedding padding_idx would zero
+    # the (tied) eos row, making eos impossible to predict.
+    config = LlamaConfig(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, **TINY)
     model = LlamaForCausalLM(config)
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path, safe_serialization=True)

@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from locft.config import EditConfig
+from locft.engine.targets import (
+    EditLocation,
+    candidate_templates,
+    default_location,
+    location_from_config,
+    resolve_location,
+)
+from locft.errors import LocationError
+
+
+@pytest.fixture(scope="module")
+def twelve_layers() -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=12,
+                      num_attention_heads=2, num_key_value_heads=1)
+    return LlamaForCausalLM(cfg)
+
+
+def test_exact_names_never_substrings(twelve_layers: LlamaForCausalLM) -> None:
+    names = resolve_location(twelve_layers, EditLocation("model.layers.{L}.mlp.down_proj.weight", (1,)))
+    assert names == ["model.layers.1.mlp.down_proj.weight"]  # not layers.10 / layers.11
+
+
+def test_several_layers(twelve_layers: LlamaForCausalLM) -> None:
+    names = resolve_location(twelve_layers, EditLocation("model.layers.{L}.mlp.down_proj.weight", (1, 10)))
+    assert names == ["model.layers.1.mlp.down_proj.weight", "model.layers.10.mlp.down_proj.weight"]
+
+
+def test_module_template_selects_the_whole_layer(twelve_layers: LlamaForCausalLM) -> None:
+    names = resolve_location(twelve_layers, EditLocation("model.layers.{L}", (1,)))
+    expected = sorted(n for n, _ in twelve_layers.named_parameters() if n.startswith("model.layers.1."))
+    assert sorted(names) == expected
+    assert not any(n.startswith("model.layers.10.") for n in names)
+
+
+def test_wrong_template_lists_candidates(twelve_layers: LlamaForCausalLM) -> None:
+    with pytest.raises(LocationError) as err:
+        resolve_location(twelve_layers, EditLocation("model.layers.{L}.mlp.down.weight", (1,)))
+    assert "model.layers.{L}.mlp.down_proj.weight" in str(err.value)
+
+
+def test_layer_out_of_range_is_an_error(twelve_layers: LlamaForCausalLM) -> None:
+    with pytest.raises(LocationError):
+        resolve_location(twelve_layers, EditLocation("model.layers.{L}.mlp.down_proj.weight", (12,)))
+
+
+def test_default_is_proportional_depth_for_unknown_sizes(twelve_layers: LlamaForCausalLM) -> None:
+    loc = default_location(twelve_layers)
+    assert loc.template == "model.layers.{L}.mlp.down_proj.weight"
+    assert loc.layers == (round(12 * 22 / 32),)
+
+
+def test_paper_default_read_from_config_not_name() -> None:
+    cfg = LlamaConfig(vocab_size=8, hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
+                      intermediate_size=8)
+    with torch.device("meta"):
+        model = LlamaForCausalLM(cfg)
+    assert default_location(model) == EditLocation("model.layers.{L}.mlp.down_proj.weight", (22,))
+
+
+def test_config_overrides_layers(twelve_layers: LlamaForCausalLM) -> None:
+    loc = location_from_config(twelve_layers, EditConfig(layers=(3,)))
+    assert resolve_location(twelve_layers, loc) == ["model.layers.3.mlp.down_proj.weight"]
+
+
+def test_candidate_templates_are_deduplicated(twelve_layers: LlamaForCausalLM) -> None:
+    templates = candidate_templates(twelve_layers)
+    assert templates.count("model.layers.{L}.mlp.down_proj.weight") == 1
+    assert "model.embed_tokens.weight" in templates

@@ -1,0 +1,106 @@
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import torch
+
+from locft.config import EditConfig
+from locft.engine.model_io import LoadedModel
+from locft.engine.train import EditCancelled, edit
+from locft.engine.weights import applied
+from locft.evaluation.editing import evaluate_edits
+from locft.facts import EditFact
+
+FACTS = [
+    EditFact("The capital of Wakanda is", "Birnin Zana"),
+    EditFact("Zorblax was invented by", "Ada Lovelace"),
+    EditFact("The color of the sky on Mars is", "butterscotch"),
+    EditFact("Frodo's sword is called", "Sting"),
+]
+TARGET = "model.layers.3.mlp.down_proj.weight"  # proportional default for the 4-layer tiny model
+LEARN = EditConfig(lr=1e-2, batch_size=4, max_epochs=30, prompt_format="raw")
+
+
+def hashes(model: torch.nn.Module) -> dict[str, str]:
+    return {
+        n: hashlib.sha256(p.detach().contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
+        for n, p in model.named_parameters()
+    }
+
+
+def test_learns_four_facts_by_greedy_generation(tiny: LoadedModel) -> None:
+    before = evaluate_edits(tiny, FACTS, "raw", max_new_tokens=8)
+    result = edit(tiny, FACTS, LEARN)
+    with applied(tiny.model, result.tensors):
+        after = evaluate_edits(tiny, FACTS, "raw", max_new_tokens=8)
+    assert before.reliability == 0.0
+    assert after.reliability == 1.0, after.samples
+    assert result.epochs[-1].mean_loss < result.epochs[0].mean_loss
+
+
+def test_only_the_target_tensor_changes(tiny: LoadedModel) -> None:
+    original = hashes(tiny.model)
+    result = edit(tiny, FACTS, LEARN)
+    assert list(result.tensors) == [TARGET]
+    assert hashes(tiny.model) == original, "edit() must leave the base weights untouched"
+    with applied(tiny.model, result.tensors):
+        edited = hashes(tiny.model)
+    changed = {n for n in original if original[n] != edited[n]}
+    assert changed == {TARGET}
+    assert hashes(tiny.model) == original
+
+
+@pytest.mark.parametrize("mode", ["full", "reference"])
+def test_forward_modes_agree_with_cached(tiny: LoadedModel, mode: str) -> None:
+    cfg = EditConfig(lr=1e-2, batch_size=2, max_epochs=3, prompt_format="raw")
+    cached = edit(tiny, FACTS, cfg)
+    other = edit(tiny, FACTS, EditConfig(**{**cfg.to_dict(), "forward_mode": mode}))
+    assert cached.forward_mode == "cached" and other.forward_mode == mode
+    for a, b in zip(cached.epochs, other.epochs):
+        assert a.mean_loss == pytest.approx(b.mean_loss, rel=1e-4)
+    # Adam normalizes each element's step, so float-level gradient noise shows up element-wise;
+    # the tensors as a whole must agree closely.
+    a, b = cached.tensors[TARGET], other.tensors[TARGET]
+    assert float((a - b).norm() / a.norm()) < 1e-4
+
+
+def test_seeded_and_reproducible(tiny: LoadedModel) -> None:
+    cfg = EditConfig(lr=1e-2, batch_size=2, max_epochs=4, prompt_format="raw", seed=7)
+    a, b = edit(tiny, FACTS, cfg), edit(tiny, FACTS, cfg)
+    assert torch.equal(a.tensors[TARGET], b.tensors[TARGET])
+    c = edit(tiny, FACTS, EditConfig(**{**cfg.to_dict(), "seed": 8}))
+    assert not torch.equal(a.tensors[TARGET], c.tensors[TARGET])  # another shuffle order
+
+
+def test_stops_when_epoch_loss_is_below_threshold(tiny: LoadedModel) -> None:
+    # stop_loss above any loss: one epoch, converged
+    result = edit(tiny, FACTS, EditConfig(lr=1e-2, batch_size=4, max_epochs=10, stop_loss=100.0, skip_loss=0.0))
+    assert len(result.epochs) == 1 and result.converged
+
+
+def test_skips_batches_below_skip_loss(tiny: LoadedModel) -> None:
+    result = edit(tiny, FACTS, EditConfig(lr=1e-2, batch_size=2, max_epochs=2, skip_loss=100.0, stop_loss=0.0))
+    assert result.steps == 0
+    assert all(e.skipped == e.steps for e in result.epochs)
+    assert torch.equal(result.tensors[TARGET], dict(tiny.model.named_parameters())[TARGET].detach())
+
+
+def test_depth_first_baseline_runs_each_fact(tiny: LoadedModel) -> None:
+    result = edit(tiny, FACTS, EditConfig(lr=1e-2, max_epochs=3, pipeline="depth-first", prompt_format="raw"))
+    assert len(result.epochs) == len(FACTS)
+    assert result.steps <= 3 * len(FACTS)
+
+
+def test_cancellation_leaves_the_model_intact(tiny: LoadedModel) -> None:
+    original = hashes(tiny.model)
+    calls = iter(range(100))
+    with pytest.raises(EditCancelled):
+        edit(tiny, FACTS, EditConfig(lr=1e-2, batch_size=1, max_epochs=5), should_stop=lambda: next(calls) >= 3)
+    assert hashes(tiny.model) == original
+    assert not any(p.requires_grad for p in tiny.model.parameters())
+
+
+def test_chat_format_is_default_when_the_tokenizer_has_a_template(tiny: LoadedModel) -> None:
+    result = edit(tiny, FACTS[:1], EditConfig(lr=1e-2, max_epochs=1))
+    assert result.prompt_format == "chat"
