@@ -403,7 +403,8 @@ class FactsMixin(StoreBase):
                 summary.invalid.append(ImportIssue(record.line, str(exc)))
         summary.invalid.sort(key=lambda i: i.line)
 
-        refs: list[tuple[list[ImportIssue], int, _Planned]] = []
+        # issues that name a fact this import creates: their id is known once written
+        refs: list[tuple[list[ImportIssue], int, _Planned, str]] = []
         with self._write() as session:
             plan = _plan_import(session, checked, replace, summary, refs)
             if summary.refused and not skip_invalid:
@@ -412,8 +413,8 @@ class FactsMixin(StoreBase):
                 return summary  # the transaction commits nothing: no statement wrote
             _write_import(session, plan, author=author, origin=origin, summary=summary, progress=progress)
             summary.written = True
-        for issues, i, planned in refs:  # rows that pointed at a fact this import created
-            issues[i] = ImportIssue(issues[i].line, issues[i].message, planned.fact_id)
+        for issues, i, planned, template in refs:
+            issues[i] = ImportIssue(issues[i].line, template.format(ref=_describe(planned)), planned.fact_id)
         return summary
 
     def revise_fact(
@@ -631,7 +632,7 @@ def _plan_import(
     checked: Sequence[tuple[FactRecord, EditFact, tuple[str, ...]]],
     replace: bool,
     summary: ImportSummary,
-    refs: list[tuple[list[ImportIssue], int, _Planned]],
+    refs: list[tuple[list[ImportIssue], int, _Planned, str]],
 ) -> list[_Planned]:
     """Decide per row: new fact, revision (replace), duplicate, or conflict. Nothing is written."""
     # prompt_key -> the current state of that question: (existing row | planned row)
@@ -649,20 +650,15 @@ def _plan_import(
         if same:
             m = same[0]
             if isinstance(m, _Planned):  # its id exists only once written
-                refs.append((summary.duplicates, len(summary.duplicates), m))
-            summary.duplicates.append(ImportIssue(record.line, _describe_duplicate(m), _fact_id(m)))
+                refs.append((summary.duplicates, len(summary.duplicates), m, "duplicate of {ref}"))
+            summary.duplicates.append(ImportIssue(record.line, f"duplicate of {_describe(m)}", _fact_id(m)))
             continue
         if other and not replace:
             m = other[0]
-            where = f"fact {m.fact_id}" if isinstance(m, FactRevision) else f"line {m.line} of this file"
+            template = f"{fact.prompt!r} conflicts with {{ref}}, which answers {_answer(m)!r}; use --replace to revise it"
             if isinstance(m, _Planned):
-                refs.append((summary.conflicts, len(summary.conflicts), m))
-            summary.conflicts.append(ImportIssue(
-                record.line,
-                f"{fact.prompt!r} conflicts with {where}, which answers {_answer(m)!r}; "
-                "use --replace to revise it",
-                _fact_id(m),
-            ))
+                refs.append((summary.conflicts, len(summary.conflicts), m, template))
+            summary.conflicts.append(ImportIssue(record.line, template.format(ref=_describe(m)), _fact_id(m)))
             continue
         if other:  # replace: a new revision of the conflicting fact
             m = other[0]
@@ -693,11 +689,11 @@ def _fact_id(m: FactRevision | _Planned) -> int | None:
 
 
 def _describe(m: FactRevision | _Planned) -> str:
-    return f"fact {m.fact_id}" if isinstance(m, FactRevision) else f"the fact of line {m.line}"
-
-
-def _describe_duplicate(m: FactRevision | _Planned) -> str:
-    return f"duplicate of {_describe(m)}"
+    if isinstance(m, FactRevision):
+        return f"fact {m.fact_id}"
+    if m.fact_id is not None and m.row is not None:  # written by this import
+        return f"fact {m.fact_id} (line {m.line})"
+    return f"line {m.line} of this file"
 
 
 def _write_import(

@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlmodel import SQLModel
+
+from locft.config import StoreConfig
+from locft.errors import StoreError
+from locft.facts import EditFact
+from locft.home import Home
+from locft.store import Store
+from locft.store import db as store_db
+from locft.store.migrations import MIGRATIONS, Migration
+
+
+def columns(engine: sa.Engine) -> dict[str, dict[str, bool]]:
+    inspector = sa.inspect(engine)
+    return {t: {c["name"]: c["nullable"] for c in inspector.get_columns(t)} for t in inspector.get_table_names()}
+
+
+def test_the_migration_chain_builds_exactly_the_models_schema(store: Store, tmp_path: Path) -> None:
+    reference = sa.create_engine(f"sqlite:///{tmp_path / 'reference.db'}")
+    SQLModel.metadata.create_all(reference)
+    assert columns(store._engine) == columns(reference)
+    indexes = {t: {i["name"] for i in sa.inspect(store._engine).get_indexes(t)} for t in SQLModel.metadata.tables}
+    expected = {t: {i["name"] for i in sa.inspect(reference).get_indexes(t)} for t in SQLModel.metadata.tables}
+    assert indexes == expected
+
+
+def test_sqlite_runs_in_wal_mode_with_a_busy_timeout(store: Store) -> None:
+    with store._engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+
+
+def test_opening_an_older_store_migrates_it_and_keeps_its_data(home: Home) -> None:
+    url = home.default_database_url()
+    engine = store_db.create_db_engine(url)
+    assert store_db.migrate(engine, url, upto=1) == ["0001_initial"]
+    with engine.begin() as conn:  # data written by the old schema
+        conn.exec_driver_sql("INSERT INTO fact (id, created_at) VALUES (1, '2024-01-01 00:00:00')")
+        conn.exec_driver_sql(
+            "INSERT INTO fact_revision (fact_id, revision, retracted, prompt, prompt_key, answer, answer_key, "
+            "paraphrases, probes, tags, created_at) VALUES (1, 1, 0, 'Old?', 'old', 'Yes', 'yes', '[]', '[]', '[]', "
+            "'2024-01-01 00:00:00')"
+        )
+    assert "round" not in sa.inspect(engine).get_table_names()
+    engine.dispose()
+
+    with Store.open(home) as store:
+        assert store.applied_migrations == ("0002_rounds", "0003_append_only_triggers")
+        assert [e.fact.prompt for e in store.active_facts()] == ["Old?"]
+        assert store.start_round("manual").outcome == "running"  # the new tables work
+        store.add_fact(EditFact("New?", "fact"))
+    with Store.open(home) as store:
+        assert store.applied_migrations == ()  # nothing left to do
+        assert len(store.active_facts()) == 2
+
+
+def test_a_newer_store_is_refused_with_a_clear_message(store: Store, home: Home) -> None:
+    with store._engine.begin() as conn:
+        conn.exec_driver_sql(
+            "INSERT INTO schema_migration (name, applied_at) VALUES ('0099_from_the_future', '2030-01-01 00:00:00')"
+        )
+    store.close()
+    with pytest.raises(StoreError, match=r"newer locft.*0099_from_the_future.*upgrade locft"):
+        Store.open(home)
+
+
+def test_a_failing_migration_applies_nothing(home: Home, monkeypatch: pytest.MonkeyPatch) -> None:
+    Store.open(home, create=True).close()
+
+    def broken(conn: sa.Connection) -> None:
+        conn.exec_driver_sql("CREATE TABLE half_done (x INTEGER)")
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(store_db, "MIGRATIONS", MIGRATIONS + (Migration("0004_broken", broken),))
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        Store.open(home)
+    engine = sa.create_engine(home.default_database_url())
+    assert "half_done" not in sa.inspect(engine).get_table_names()
+    with engine.connect() as conn:
+        names = [r[0] for r in conn.exec_driver_sql("SELECT name FROM schema_migration")]
+    assert "0004_broken" not in names and len(names) == len(MIGRATIONS)
+
+
+def test_a_missing_store_says_to_run_init(home: Home) -> None:
+    with pytest.raises(StoreError, match="locft init"):
+        Store.open(home)
+    assert not home.db_path.exists()
+
+
+def test_the_database_url_is_configurable(home: Home, tmp_path: Path) -> None:
+    other = tmp_path / "elsewhere.db"
+    with Store.open(home, StoreConfig(database_url=f"sqlite:///{other}"), create=True) as store:
+        store.add_fact(EditFact("Q?", "A"))
+    assert other.exists() and not home.db_path.exists()
+    with pytest.raises(StoreError, match="not a database URL"):
+        Store.open(home, StoreConfig(database_url="not a url"))
