@@ -60,7 +60,7 @@ def echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
 
 
-def when(value: datetime | None) -> str:
+def fmt_time(value: datetime | None) -> str:
     """A timestamp in local time, to the second."""
     if value is None:
         return "-"

@@ -11,10 +11,10 @@ from locft.cli.common import (
     clip,
     default_author,
     echo_json,
+    fmt_time,
     json_option,
     open_store,
     table,
-    when,
 )
 from locft.errors import InvalidFactError
 from locft.facts import EditFact, Probe
@@ -151,7 +151,7 @@ def show_fact(fact_id: int, as_json: bool) -> None:
         echo_json(history.to_dict())
         return
     f = history.fact
-    click.echo(f"fact {f.fact_id}  ({f.status}, {f.revisions} revision(s), created {when(f.created_at)})")
+    click.echo(f"fact {f.fact_id}  ({f.status}, {f.revisions} revision(s), created {fmt_time(f.created_at)})")
     for line in _fact_lines(f.current):
         click.echo(f"  {line}")
     click.echo("history:")
@@ -159,10 +159,10 @@ def show_fact(fact_id: int, as_json: bool) -> None:
         what = "retracted" if rev.retracted else ("added" if rev.revision == 1 else "revised")
         detail = "" if rev.retracted else f": {clip(rev.prompt, 50)} -> {clip(rev.answer, 40)}"
         note = f"  ({rev.note})" if rev.note else ""
-        click.echo(f"  r{rev.revision}  {when(rev.created_at)}  {what} by {rev.author or '?'}{detail}{note}")
+        click.echo(f"  r{rev.revision}  {fmt_time(rev.created_at)}  {what} by {rev.author or '?'}{detail}{note}")
 
 
-@facts.command("retract")
+@facts.command("retract", short_help="Retract a fact (its history stays).")
 @click.argument("fact_id", metavar="ID", type=int)
 @click.option("--reason", help="Why, for the audit log.")
 @author_option

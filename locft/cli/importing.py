@@ -28,7 +28,7 @@ def _list(title: str, issues: Sequence["ImportIssue"]) -> None:
         click.echo(f"  ... and {len(issues) - SHOW_AT_MOST} more (--json lists them all)", err=True)
 
 
-@click.command("import")
+@click.command("import", short_help="Add the facts of a JSONL/JSON/CSV/benchmark file, all or none.")
 @click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="auto", show_default=True,
               help="File format; auto: by extension, then by the keys of the first record.")

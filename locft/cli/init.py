@@ -7,7 +7,7 @@ import click
 from locft.cli.common import echo_json, json_option, resolve_home
 
 
-@click.command("init")
+@click.command("init", short_help="Create $LOCFT_HOME: directories, a commented locft.toml, the store.")
 @json_option
 def init(as_json: bool) -> None:
     """Create $LOCFT_HOME: the directory tree, a commented locft.toml and the store.

@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "promote": "locft.cli.versions:promote",
     "rollback": "locft.cli.versions:rollback",
     "export": "locft.cli.versions:export",
+    "log": "locft.cli.events:log",
 }
 
 

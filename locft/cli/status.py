@@ -6,12 +6,12 @@ from typing import Any
 
 import click
 
-from locft.cli.common import echo_json, json_option, open_store, resolve_home, when
+from locft.cli.common import echo_json, fmt_time, json_option, open_store, resolve_home
 
 EMBEDDED_MODEL = "embedded SmolLM2-135M-Instruct (GGUF)"
 
 
-@click.command("status")
+@click.command("status", short_help="Show the promoted version, pending facts, last round, daemon.")
 @json_option
 def status(as_json: bool) -> None:
     """Where things stand: the promoted version, facts waiting, the last round, the daemon.
@@ -44,7 +44,7 @@ def status(as_json: bool) -> None:
         ("home", str(home.root)),
         ("database", summary.database),
         ("model", model),
-        ("promoted", f"version {p.id}" + (" (the base model)" if p.is_base else f", {p.fact_count} facts, built {when(p.created_at)}")),
+        ("promoted", f"version {p.id}" + (" (the base model)" if p.is_base else f", {p.fact_count} facts, built {fmt_time(p.created_at)}")),
         ("facts", f"{f.active} active, {f.pending} pending since version {p.id}, {f.retracted} retracted"),
         ("versions", ", ".join(f"{n} {state}" for state, n in sorted(summary.versions.items()))),
     ]
@@ -54,7 +54,7 @@ def status(as_json: bool) -> None:
     else:
         took = f" in {r.seconds:.1f} s" if r.seconds is not None else ""
         made = f", version {r.version_id}" if r.version_id is not None else ""
-        ended = f"finished {when(r.finished_at)}{took}" if r.finished_at else f"started {when(r.started_at)}"
+        ended = f"finished {fmt_time(r.finished_at)}{took}" if r.finished_at else f"started {fmt_time(r.started_at)}"
         rows.append(("last round", f"#{r.id} ({r.trigger}) {r.outcome}{made}, {ended}" + (f": {r.error}" if r.error else "")))
     if summary.open_requests:
         rows.append(("requests", f"{summary.open_requests} round request(s) waiting for the daemon"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,11 +14,11 @@ from locft.cli.common import (
     clip,
     default_author,
     echo_json,
+    fmt_time,
     json_option,
     open_store,
     resolve_home,
     table,
-    when,
 )
 
 if TYPE_CHECKING:
@@ -42,7 +43,7 @@ def _size(n: int | None) -> str:
     return str(n)
 
 
-@click.group("versions")
+@click.group("versions", short_help="List, inspect and compare model versions.")
 def versions() -> None:
     """Model versions: each one the base model plus one tuned weight, trained on an exact fact set.
 
@@ -69,7 +70,7 @@ def list_versions(as_json: bool) -> None:
         echo_json([v.to_dict() for v in items])
         return
     rows = [
-        [v.id, v.state, v.fact_count, _gate(v), when(v.created_at), "-" if v.parent_id is None else v.parent_id,
+        [v.id, v.state, v.fact_count, _gate(v), fmt_time(v.created_at), "-" if v.parent_id is None else v.parent_id,
          "base model" if v.is_base else (_size(v.snapshot_size) if v.snapshot_present else "deleted")]
         for v in items
     ]
@@ -94,7 +95,7 @@ def show_version(version_id: int, as_json: bool) -> None:
                    "promotions": [p.to_dict() for p in moves]})
         return
     click.echo(f"version {v.id}  {v.state}" + ("  (the base model)" if v.is_base else ""))
-    click.echo(f"  created      {when(v.created_at)}" + (f" by round {v.round_id}" if v.round_id else ""))
+    click.echo(f"  created      {fmt_time(v.created_at)}" + (f" by round {v.round_id}" if v.round_id else ""))
     click.echo(f"  parent       {'-' if v.parent_id is None else v.parent_id}")
     click.echo(f"  base model   {v.base_fingerprint or 'not recorded yet'}")
     click.echo(f"  facts        {v.fact_count} (digest {v.fact_set_digest[:16]}...)")
@@ -110,12 +111,12 @@ def show_version(version_id: int, as_json: bool) -> None:
             click.echo(f"    {key:<20} {json.dumps(value, default=str)}")
     for move in moves:
         forced = " (forced)" if move.forced else ""
-        click.echo(f"  {move.action:<12} {when(move.created_at)} by {move.actor or '?'}{forced}"
+        click.echo(f"  {move.action:<12} {fmt_time(move.created_at)} by {move.actor or '?'}{forced}"
                    + (f": {move.reason}" if move.reason else ""))
     if not gates:
         click.echo("  gates        " + ("-" if v.is_base else "not gated"))
     for g in gates:
-        click.echo(f"  gates        {'passed' if g.passed else 'FAILED'} at {when(g.created_at)}")
+        click.echo(f"  gates        {'passed' if g.passed else 'FAILED'} at {fmt_time(g.created_at)}")
         for key, value in sorted(g.metrics.items()):
             click.echo(f"    {key:<20} {_metric(value)}")
         reasons = g.report.get("reasons")
@@ -171,7 +172,7 @@ def _moved(move: "PointerMove", as_json: bool) -> None:
         click.echo(f"{verb} version {move.version_id}{forced}; was version {move.previous_version_id}")
 
 
-@click.command("promote")
+@click.command("promote", short_help="Serve version V from now on.")
 @click.argument("version_id", metavar="V", type=int)
 @click.option("--force", is_flag=True, help="Promote even though its gates failed or never ran (logged).")
 @click.option("--reason", help="Why, for the audit log.")
@@ -191,7 +192,7 @@ def promote(version_id: int, force: bool, reason: str | None, author: str | None
     _moved(move, as_json)
 
 
-@click.command("rollback")
+@click.command("rollback", short_help="Serve the previously promoted version again.")
 @click.option("--to", "to", type=int, metavar="V", help="A version that was promoted before (default: the previous one).")
 @click.option("--reason", help="Why, for the audit log.")
 @author_option
@@ -209,7 +210,7 @@ def rollback(to: int | None, reason: str | None, author: str | None, as_json: bo
     _moved(move, as_json)
 
 
-@click.command("export")
+@click.command("export", short_help="Write version V as a full Hugging Face checkpoint.")
 @click.argument("version_id", metavar="V", type=int)
 @click.argument("out_dir", metavar="DIR", type=click.Path(path_type=Path, file_okay=False))
 def export(version_id: int, out_dir: Path) -> None:
@@ -235,3 +236,30 @@ def export(version_id: int, out_dir: Path) -> None:
     click.echo(f"exporting version {version_id} to {out_dir} (loading the base model)...", err=True)
     written = export_checkpoint(home.root, config.model, snapshot_dir, out_dir)
     click.echo(f"exported version {version_id} to {written}")
+
+
+@versions.command("at")
+@click.argument("when", metavar="WHEN",
+                type=click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M"]))
+@json_option
+def version_at(when: datetime, as_json: bool) -> None:
+    """Which version was served at WHEN (local time), since when, and who promoted it.
+
+    \b
+    Examples:
+      locft versions at 2026-03-01
+      locft versions at "2026-03-01 14:30:00" --json
+    """
+    moment = when.astimezone()  # naive input: the local time zone
+    with open_store() as store:
+        move = store.promotion_at(moment)
+        v = store.get_version(move.version_id)
+    if as_json:
+        echo_json({"at": moment.isoformat(), "promotion": move.to_dict(), "version": v.to_dict()})
+        return
+    forced = " (forced)" if move.forced else ""
+    click.echo(f"at {fmt_time(moment)} the served version was {v.id}" + (" (the base model)" if v.is_base else
+                                                                    f", trained on {v.fact_count} facts"))
+    click.echo(f"  since {fmt_time(move.created_at)}: {move.action}{forced} by {move.actor or '?'}"
+               + (f": {move.reason}" if move.reason else ""))
+    click.echo(f"  its facts: locft versions show {v.id}; what changed since: locft versions diff {v.id} <V>")

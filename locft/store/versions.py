@@ -22,7 +22,7 @@ from sqlmodel import Session, col, select
 from locft.errors import NotFoundError, SnapshotError, StoreError
 from locft.facts import fact_set_digest as digest_of_facts
 from locft.store import events as ev
-from locft.store.db import StoreBase, aware, utcnow
+from locft.store.db import StoreBase, aware, to_utc, utcnow
 from locft.store.events import append_event
 from locft.store.facts import FactEntry, FactRevisionInfo, _fact_of, _revisions_by_id
 from locft.store.models import FactRevision, GateResult, PromotedPointer, Promotion, Version, VersionFact
@@ -446,6 +446,17 @@ class VersionsMixin(StoreBase):
         """Every pointer move, oldest first (the first is version 0's 'init')."""
         with self._read() as session:
             return [PromotionInfo.of(p) for p in session.exec(select(Promotion).order_by(col(Promotion.id)))]
+
+    def promotion_at(self, when: datetime) -> PromotionInfo:
+        """The pointer move in effect at `when` (naive = UTC): which version was served then, and why."""
+        with self._read() as session:
+            row = session.exec(
+                select(Promotion).where(col(Promotion.created_at) <= to_utc(when))
+                .order_by(sa.desc(col(Promotion.id))).limit(1)
+            ).first()
+        if row is None:
+            raise NotFoundError(f"the store did not exist yet at {when.isoformat()}")
+        return PromotionInfo.of(row)
 
     def version_facts(self, version_id: int) -> list[FactEntry]:
         """Exactly the fact revisions a version was trained on."""

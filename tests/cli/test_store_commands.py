@@ -247,3 +247,28 @@ def test_export_calls_the_engine_with_the_snapshot(initialized: Home, tmp_path: 
     (initialized.snapshots_dir / "v1" / "tensors.safetensors").write_bytes(b"bit rot")
     fails("export", str(v.id), str(tmp_path / "v1b"), match="corrupted")
     assert len(calls) == 2
+
+
+def test_log_shows_who_did_what(initialized: Home) -> None:
+    run("add-fact", "Q1?", "A1", "--author", "ann")
+    run("facts", "edit", "1", "--answer", "B1", "--author", "bob")
+    run("facts", "retract", "1", "--author", "cat", "--reason", "wrong")
+    text = run("log", "--fact", "1").output
+    lines = text.splitlines()
+    assert "fact.retracted" in lines[1] and "cat" in lines[1] and 'reason="wrong"' in lines[1]
+    assert "fact.revised" in lines[2] and "bob" in lines[2] and "fact.added" in lines[3] and "ann" in lines[3]
+    data = json.loads(run("log", "--kind", "fact.", "--json").stdout)
+    assert [e["kind"] for e in data] == ["fact.retracted", "fact.revised", "fact.added"]
+    assert json.loads(run("log", "--since", "2999-01-01", "--json").stdout) == []
+    assert "store.created" in run("log", "--until", "2999-01-01").output
+
+
+def test_versions_at_tells_what_was_served_when(initialized: Home) -> None:
+    run("add-fact", "Q1?", "A1")
+    with Store.open(initialized) as store:
+        new_version(store, "v1", passed=True)
+    run("promote", "1", "--reason", "ship it")
+    now = json.loads(run("versions", "at", "2999-01-01", "--json").stdout)
+    assert now["version"]["id"] == 1 and now["promotion"]["reason"] == "ship it"
+    assert "served version was 1" in run("versions", "at", "2999-01-01").output
+    fails("versions", "at", "2000-01-01", match="did not exist yet")
