@@ -16,7 +16,7 @@ from typing import Any, Iterator
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlmodel import Session
 
 from locft.config import StoreConfig
@@ -137,7 +137,7 @@ def migrate(engine: Engine, url: str, upto: int | None = None) -> list[str]:
                 conn.execute(SCHEMA_TABLE.insert().values(name=migration.name, applied_at=utcnow()))
                 done.append(migration.name)
             return done
-    except OperationalError as exc:
+    except DBAPIError as exc:  # not a database, unreadable, locked for over the busy timeout...
         raise StoreError(f"cannot open the store at {safe_url(url)}: {exc.orig}") from None
 
 
@@ -170,7 +170,7 @@ class StoreBase:
             yield
         except IntegrityError as exc:
             raise StoreError(f"the store changed concurrently ({exc.orig}); try again") from exc
-        except OperationalError as exc:
+        except DBAPIError as exc:
             raise StoreError(f"database error at {safe_url(self.url)}: {exc.orig}") from exc
 
     def close(self) -> None:

@@ -351,7 +351,7 @@ class FactsMixin(StoreBase):
             if same:  # the store already says this; extras (paraphrases...) change with `facts edit`
                 return AddResult("duplicate", same[0].fact_id, FactRevisionInfo.of(same[0]))
             if other and not replace:
-                raise ConflictError(f"fact {fact.prompt!r} {_conflict_message(other[0])}")
+                raise ConflictError(f"{fact.prompt!r} {_conflict_message(other[0])}")
             target = other[0] if other else None
             if target is None:
                 row = Fact(created_at=now)

@@ -272,3 +272,16 @@ def test_versions_at_tells_what_was_served_when(initialized: Home) -> None:
     assert now["version"]["id"] == 1 and now["promotion"]["reason"] == "ship it"
     assert "served version was 1" in run("versions", "at", "2999-01-01").output
     fails("versions", "at", "2000-01-01", match="did not exist yet")
+
+
+def test_a_corrupt_database_is_one_line(initialized: Home) -> None:
+    initialized.db_path.write_bytes(b"this is not a database" * 100)
+    for suffix in ("-wal", "-shm"):
+        Path(str(initialized.db_path) + suffix).unlink(missing_ok=True)
+    fails("status", match="file is not a database")
+    fails("add-fact", "Q?", "A", match="file is not a database")
+
+
+def test_a_broken_config_is_one_line(initialized: Home) -> None:
+    initialized.config_path.write_text("[store]\nkeep_promotd = 3\n")
+    fails("status", match="unknown key(s) keep_promotd")
