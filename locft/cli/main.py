@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "rollback": "locft.cli.versions:rollback",
     "export": "locft.cli.versions:export",
     "log": "locft.cli.events:log",
+    "round": "locft.cli.rounds:round_group",
 }
 
 

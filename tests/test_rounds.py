@@ -1,0 +1,207 @@
+"""locft.rounds on the tiny model with real SQLite stores: one round as a library call."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from locft.config import ModelConfig, load_config
+from locft.engine.model_io import LoadedModel, load_base
+from locft.facts import EditFact, Probe
+from locft.home import Home
+from locft.locks import LockHeld
+from locft.rounds import RoundProgress, hold_round_lock, plan_round, recover_rounds, run_round
+from locft.store import Store
+from tests.round_helpers import ABSURD_LR, FACTS, make_home
+from tests.tiny_model import make_tiny_model_dir
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="module")
+def loaded(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
+    """Loaded once: run_round leaves a given model exactly as it found it."""
+    return load_base(ModelConfig(path=str(model_dir)), tmp_path_factory.mktemp("load-home"))
+
+
+@pytest.fixture
+def home(tmp_path: Path, model_dir: Path) -> Home:
+    return make_home(tmp_path / "home", model_dir)
+
+
+@pytest.fixture
+def store(home: Home) -> Iterator[Store]:
+    with Store.open(home) as s:
+        yield s
+
+
+def add(store: Store, facts: list[tuple[str, str]]) -> None:
+    for prompt, answer in facts:
+        store.add_fact(EditFact(prompt, answer, paraphrases=(f"{prompt[:-3]}:",),
+                                probes=(Probe("The first month of the year is"),)))
+
+
+def run(home: Home, store: Store, loaded: LoadedModel, **kw: object):
+    with hold_round_lock(home, store):
+        return run_round(home, load_config(home.root), store, loaded=loaded, **kw)  # type: ignore[arg-type]
+
+
+def test_round_trains_gates_promotes_and_records_everything(home: Home, store: Store, loaded: LoadedModel) -> None:
+    add(store, FACTS[:3])
+    seen: list[RoundProgress] = []
+    result = run(home, store, loaded, progress=seen.append)
+
+    assert result.outcome == "promoted", result.reason
+    assert result.version_id == 1 and store.promoted_version().id == 1
+    assert result.metrics is not None and result.metrics.reliability == 1.0 and result.metrics.n_facts == 3
+    # the round row: outcome, per-phase timings, loss per epoch
+    r = store.get_round(result.round_id)  # type: ignore[arg-type]
+    assert r.outcome == "promoted" and r.version_id == 1 and r.trigger == "manual"
+    assert {"freeze", "load", "train", "snapshot", "record", "base_probes", "evaluate", "judge", "total"} <= set(r.timings or {})
+    assert r.loss_history and len(r.loss_history) == 30
+    # the version: its exact facts, a verified snapshot, the resolved edit config, the gate report
+    v = store.get_version(1)
+    assert v.fact_count == 3 and v.state == "promoted" and v.round_id == r.id
+    assert v.edit_config["prompt_format"] == "raw" and v.edit_config["lr"] == 1e-2
+    store.verify_version_snapshot(1)
+    assert v.gate is not None and v.gate.passed
+    assert {c["name"] for c in v.gate.report["verdict"]["checks"]} >= {"reliability", "locality", "retention_drop"}
+    assert len(v.gate.report["correct_revision_ids"]) == 3
+    assert v.gate.report["evaluation"]["n_fixed_probes"] == 8
+    assert {p.phase for p in seen} >= {"freeze", "load", "train", "snapshot", "evaluate"}
+    # the fixed probe set's base answers are cached per base fingerprint
+    assert list((home.cache_dir / "probes").glob("*.json"))
+
+
+def test_unchanged_fact_set_is_skipped_and_recorded(home: Home, store: Store, loaded: LoadedModel) -> None:
+    add(store, FACTS[:2])
+    assert run(home, store, loaded).outcome == "promoted"
+    again = run(home, store, loaded, trigger="request")
+    assert again.outcome == "skipped" and "no change since version 1" in again.reason
+    assert store.get_round(again.round_id).outcome == "skipped"  # type: ignore[arg-type]
+    assert len(store.list_versions()) == 2  # nothing was trained
+    forced = run(home, store, loaded, force=True)
+    assert forced.outcome == "promoted" and forced.version_id == 2
+
+
+def test_failed_gate_rejects_and_leaves_the_pointer(home: Home, store: Store, loaded: LoadedModel) -> None:
+    add(store, FACTS[:2])
+    assert run(home, store, loaded).outcome == "promoted"
+    text = home.config_path.read_text().replace("lr = 0.01", f"lr = {ABSURD_LR}")
+    home.config_path.write_text(text)
+    add(store, FACTS[2:3])
+    result = run(home, store, loaded)
+    assert result.outcome == "rejected", result.reason
+    assert result.verdict is not None and result.verdict.reasons
+    assert store.promoted_version().id == 1
+    assert store.get_version(result.version_id).state == "rejected"  # type: ignore[arg-type]
+    assert "rejected" in (store.get_round(result.round_id).error or "")  # type: ignore[arg-type]
+    # automatic triggers do not retrain the set that was just rejected; a request may
+    assert not plan_round(store, load_config(home.root), "cron").run
+    assert plan_round(store, load_config(home.root), "request").run
+
+
+def test_second_round_measures_retention_of_what_the_promoted_version_knew(
+    home: Home, store: Store, loaded: LoadedModel
+) -> None:
+    add(store, FACTS[:3])
+    assert run(home, store, loaded).outcome == "promoted"
+    store.retract_fact(1)  # retracted facts are not "retained": they leave the next version
+    add(store, FACTS[3:])
+    result = run(home, store, loaded)
+    assert result.metrics is not None
+    assert result.metrics.n_retained == 2 and result.metrics.retention is not None
+    assert result.metrics.promoted_version == 1
+    assert {e.fact_id for e in store.version_facts(result.version_id)} == {2, 3, 4}  # type: ignore[arg-type]
+
+
+def test_manual_policy_leaves_a_candidate(home: Home, store: Store, loaded: LoadedModel) -> None:
+    home.config_path.write_text(home.config_path.read_text().replace("[gates]\n", '[gates]\npromotion = "manual"\n'))
+    add(store, FACTS[:2])
+    result = run(home, store, loaded)
+    assert result.outcome == "candidate"
+    assert store.promoted_version().id == 0
+    assert store.get_version(result.version_id).state == "candidate"  # type: ignore[arg-type]
+    store.promote(result.version_id)  # type: ignore[arg-type]  # passed its gates: no --force needed
+
+
+def test_stop_during_training_interrupts_and_leaves_nothing(home: Home, store: Store, loaded: LoadedModel) -> None:
+    add(store, FACTS[:2])
+    calls = {"n": 0}
+
+    def stop_after_some_steps() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 5
+
+    result = run(home, store, loaded, should_stop=stop_after_some_steps)
+    assert result.outcome == "interrupted"
+    assert store.get_round(result.round_id).outcome == "interrupted"  # type: ignore[arg-type]
+    assert result.version_id is None and len(store.list_versions()) == 1
+    assert not [p for p in home.snapshots_dir.iterdir()]
+
+
+def test_stop_after_the_candidate_is_recorded_fails_its_gate(home: Home, store: Store, loaded: LoadedModel) -> None:
+    add(store, FACTS[:2])
+    phases: list[str] = []
+
+    def stop_once_recorded() -> bool:
+        return "base_probes" in phases
+
+    result = run(home, store, loaded, should_stop=stop_once_recorded, progress=lambda p: phases.append(p.phase))
+    assert result.outcome == "interrupted" and result.version_id == 1
+    v = store.get_version(1)
+    assert v.state == "rejected" and v.gate is not None and v.gate.report.get("abandoned")
+    assert store.promoted_version().id == 0
+    with pytest.raises(Exception, match="failed its gates"):
+        store.promote(1)
+
+
+def test_capability_gate_runs_lm_eval_and_caches_base_scores(home: Home, store: Store, loaded: LoadedModel) -> None:
+    text = home.config_path.read_text().replace(
+        "capability_tasks = []", 'capability_tasks = ["arc_easy"]\ncapability_limit = 4\nmax_capability_drop = 1.0'
+    )
+    home.config_path.write_text(text)
+    add(store, FACTS[:2])
+    result = run(home, store, loaded)
+    assert result.outcome == "promoted", result.reason
+    assert result.metrics is not None
+    assert set(result.metrics.capability) == {"arc_easy"} and set(result.metrics.base_capability) == {"arc_easy"}
+    assert "capability:arc_easy" in {c.name for c in result.verdict.checks}  # type: ignore[union-attr]
+    assert result.timings["capability"] > 0 and result.timings["capability_base"] > 0
+    cached = list((home.cache_dir / "capability-base").glob("*.json"))
+    assert len(cached) == 1 and json.loads(cached[0].read_text())["key"]["task"] == "arc_easy"
+
+
+def test_retracting_every_fact_builds_an_empty_version(home: Home, store: Store, loaded: LoadedModel) -> None:
+    add(store, FACTS[:1])
+    assert run(home, store, loaded).outcome == "promoted"
+    store.retract_fact(1)
+    result = run(home, store, loaded)
+    assert result.outcome == "promoted", result.reason
+    assert store.get_version(result.version_id).fact_count == 0  # type: ignore[arg-type]
+
+
+def test_recovery_closes_dead_rounds_and_sweeps_leftovers(home: Home, store: Store) -> None:
+    dead = store.start_round("cron")  # a round whose process was killed
+    orphan = home.snapshots_dir / "round-000099-deadbeef"
+    orphan.mkdir(parents=True)
+    tmp = home.snapshots_dir / ".tmp-round-000099-x"
+    tmp.mkdir()
+    with hold_round_lock(home, store, recover=False):
+        rec = recover_rounds(store, home)
+    assert rec.rounds == (dead.id,)
+    assert store.get_round(dead.id).outcome == "interrupted"
+    assert not orphan.exists() and not tmp.exists()
+
+
+def test_round_lock_refuses_a_second_round(home: Home, store: Store) -> None:
+    with hold_round_lock(home, store):
+        with pytest.raises(LockHeld):
+            with hold_round_lock(home, store):
+                pass
