@@ -123,16 +123,15 @@ def list_facts(status: str, search: str | None, limit: int, offset: int, as_json
     """List facts, newest first."""
     with open_store(sweep_orphans=False) as store:
         items = store.list_facts(status, search=search, limit=limit, offset=offset)  # type: ignore[arg-type]
-        pending = {p.fact_id: p.kind for p in store.pending_facts()} if status == "pending" else {}
     if as_json:
-        echo_json([{**f.to_dict(), **({"pending": pending[f.fact_id]} if pending else {})} for f in items])
+        echo_json([f.to_dict() for f in items])
         return
     if not items:
         click.echo(f"no {'' if status == 'all' else status + ' '}facts" + (f" matching {search!r}" if search else ""))
         return
     headers = ["ID", "STATUS", "REV", "PROMPT -> ANSWER"]
     rows = [
-        [f.fact_id, pending.get(f.fact_id, f.status), f.revisions, f"{f.current.prompt} -> {f.current.answer}"]
+        [f.fact_id, f.pending or f.status, f.revisions, f"{f.current.prompt} -> {f.current.answer}"]
         for f in items
     ]
     table(headers, rows, flex=3)

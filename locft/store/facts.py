@@ -90,12 +90,16 @@ class FactInfo:
     current: FactRevisionInfo
     revisions: int
     created_at: datetime
+    pending: PendingKind | None = None  # set by list_facts("pending"): added / revised / retracted
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "fact_id": self.fact_id, "status": self.status, "revisions": self.revisions,
             "created_at": self.created_at.isoformat(), "current": self.current.to_dict(),
         }
+        if self.pending is not None:
+            data["pending"] = self.pending
+        return data
 
 
 @dataclass(frozen=True)
@@ -235,20 +239,17 @@ def _fact_of(row: FactRevision) -> EditFact:
     )
 
 
-def _latest_ids() -> Any:
-    """Subquery: the newest revision id of every fact (revision ids only grow)."""
-    return (
-        select(FactRevision.fact_id, sa.func.max(FactRevision.id).label("rid"))
-        .group_by(col(FactRevision.fact_id))
-        .subquery()
-    )
-
-
-def _latest_revisions(session: Session, fact_ids: Iterable[int] | None = None) -> list[FactRevision]:
-    latest = _latest_ids()
-    query = select(FactRevision).join(latest, col(FactRevision.id) == latest.c.rid)
+def _latest_ids(fact_ids: Sequence[int] | None = None) -> Any:
+    """Subquery: the newest revision id of every fact, or of `fact_ids` (revision ids only grow)."""
+    query = select(FactRevision.fact_id, sa.func.max(FactRevision.id).label("rid"))
     if fact_ids is not None:
         query = query.where(col(FactRevision.fact_id).in_(list(fact_ids)))
+    return query.group_by(col(FactRevision.fact_id)).subquery()
+
+
+def _latest_revisions(session: Session, fact_ids: Sequence[int] | None = None) -> list[FactRevision]:
+    latest = _latest_ids(fact_ids)
+    query = select(FactRevision).join(latest, col(FactRevision.id) == latest.c.rid)
     return list(session.exec(query.order_by(col(FactRevision.fact_id))))
 
 
@@ -293,11 +294,13 @@ def _current_states(session: Session) -> list[tuple[int, int, bool]]:
     return [(fact_id, rev_id or 0, bool(retracted)) for fact_id, rev_id, retracted in session.exec(query)]
 
 
-def _pending_ids(session: Session) -> list[tuple[PendingKind, int, int, int | None]]:
+def _pending_ids(
+    session: Session, states: list[tuple[int, int, bool]] | None = None
+) -> list[tuple[PendingKind, int, int, int | None]]:
     """(kind, fact_id, current revision id, trained revision id) of every pending fact."""
     trained = _promoted_training_set(session)
     out: list[tuple[PendingKind, int, int, int | None]] = []
-    for fact_id, rev_id, retracted in _current_states(session):
+    for fact_id, rev_id, retracted in _current_states(session) if states is None else states:
         had = trained.get(fact_id)
         if retracted:
             if had is not None:
@@ -509,7 +512,7 @@ class FactsMixin(StoreBase):
     def count_facts(self) -> FactCounts:
         with self._read() as session:
             states = _current_states(session)
-            pending = len(_pending_ids(session))
+            pending = len(_pending_ids(session, states))
         retracted = sum(1 for _, _, r in states if r)
         return FactCounts(active=len(states) - retracted, retracted=retracted, pending=pending)
 
@@ -581,7 +584,7 @@ class FactsMixin(StoreBase):
         ]
 
 
-def _matches(rev: FactRevisionInfo, search: str | None) -> bool:
+def _matches(rev: FactRevision, search: str | None) -> bool:
     if not search:
         return True
     needle = search.casefold()
@@ -589,22 +592,40 @@ def _matches(rev: FactRevisionInfo, search: str | None) -> bool:
 
 
 def _list_pending(session: Session, search: str | None, limit: int | None, offset: int) -> list[FactInfo]:
-    pending = sorted(_pending(session), key=lambda p: -p.fact_id)
-    page = [p for p in pending if _matches(p.revision, search)][offset:]
+    """Pending facts, newest first. Texts are loaded for the page only (or, with a search,
+    in chunks until the page is full)."""
+    ids = sorted(_pending_ids(session), key=lambda p: -p[1])
+    page: list[tuple[PendingKind, FactRevision]] = []
+    skipped = 0
+    step = 500 if search else (len(ids) if limit is None else offset + limit)
+    for start in range(0, len(ids), max(step, 1)):
+        part = ids[start : start + max(step, 1)]
+        rows = _revisions_by_id(session, [rev_id for _, _, rev_id, _ in part])
+        for kind, _, rev_id, _ in part:
+            row = rows[rev_id]
+            if not _matches(row, search):
+                continue
+            if skipped < offset:
+                skipped += 1
+                continue
+            page.append((kind, row))
+        if limit is not None and len(page) >= limit:
+            break
     if limit is not None:
         page = page[:limit]
-    ids = [p.fact_id for p in page]
+    fact_ids = [row.fact_id for _, row in page]
     counts = dict(session.exec(
-        select(FactRevision.fact_id, sa.func.count()).where(col(FactRevision.fact_id).in_(ids))
+        select(FactRevision.fact_id, sa.func.count()).where(col(FactRevision.fact_id).in_(fact_ids))
         .group_by(col(FactRevision.fact_id))
-    ).all()) if ids else {}
-    created = dict(session.exec(select(Fact.id, Fact.created_at).where(col(Fact.id).in_(ids))).all()) if ids else {}
+    ).all()) if fact_ids else {}
+    created = dict(session.exec(select(Fact.id, Fact.created_at).where(col(Fact.id).in_(fact_ids))).all()) if fact_ids else {}
     return [
         FactInfo(
-            fact_id=p.fact_id, status="retracted" if p.revision.retracted else "active", current=p.revision,
-            revisions=counts.get(p.fact_id, 1), created_at=aware(created[p.fact_id]) or created[p.fact_id],
+            fact_id=row.fact_id, status="retracted" if row.retracted else "active", current=FactRevisionInfo.of(row),
+            revisions=counts.get(row.fact_id, 1), created_at=aware(created[row.fact_id]) or created[row.fact_id],
+            pending=kind,
         )
-        for p in page
+        for kind, row in page
     ]
 
 

@@ -149,6 +149,13 @@ def test_pending_is_active_minus_promoted_plus_retractions(store: Store) -> None
     counts = store.count_facts()
     assert (counts.active, counts.retracted, counts.pending) == (3, 1, 3)
     assert {f.fact_id for f in store.list_facts("pending")} == {revise, retract, added}
+    newest_first = sorted(pending, reverse=True)
+    page = store.list_facts("pending", limit=2)
+    assert [f.fact_id for f in page] == newest_first[:2]
+    assert [f.pending for f in page] == [pending[f.fact_id] for f in page]
+    assert [f.fact_id for f in store.list_facts("pending", limit=1, offset=1)] == [newest_first[1]]
+    assert [f.fact_id for f in store.list_facts("pending", search="q9")] == [added]
+    assert store.list_facts("pending", search="q9", offset=1) == []
 
 
 def test_list_and_search(store: Store) -> None:
