@@ -87,8 +87,9 @@ def import_facts(fmt: str, file: Path, skip_invalid: bool, replace: bool, author
         )
     if not summary.written:
         first = min(summary.invalid + summary.conflicts, key=lambda issue: issue.line)
+        importable = summary.total - summary.refused - len(summary.duplicates)
         raise InputFormatError(
             f"nothing imported: {len(summary.invalid)} invalid and {len(summary.conflicts)} conflicting row(s), "
-            f"first {first}; fix them, or --skip-invalid to import the other rows"
+            f"first {first}; fix them, or --skip-invalid to import the {importable} other row(s)"
             + (", or --replace to revise the conflicting facts" if summary.conflicts else "")
         )

@@ -91,7 +91,10 @@ def test_import_csv(initialized: Home, tmp_path: Path) -> None:
     bad = write(tmp_path / "bad.csv", "prompt,answer,colour\nQ?,A,red\n")
     fails("import", str(bad), match="line 1: unknown column(s) ['colour']")
     ragged = write(tmp_path / "ragged.csv", "prompt,answer\nQ3?,A3,extra\nQ4?,A4\n")
-    fails("import", str(ragged), match="line 2: 3 fields; the header has 2")
+    fails("import", str(ragged), match="line 2: 3 fields; the header has 2; fix them, or --skip-invalid to import "
+                                       "the 1 other row(s)")
+    unclosed = write(tmp_path / "unclosed.csv", 'prompt,answer\nQ5?,A5\n"Q6?,A6\n')
+    fails("import", str(unclosed), match="line 3: 1 fields; the header has 2")
     assert len(prompts(initialized)) == 2
 
 

@@ -173,3 +173,24 @@ def test_gate_results_are_appended_and_the_newest_counts(store: Store) -> None:
         store.record_gate_result(99, passed=True, metrics={})
     kinds = [e.kind for e in store.list_events(version_id=v.id)]
     assert kinds == ["version.gated", "version.rejected", "version.gated", "version.recorded"]
+
+
+def test_the_audit_log_tells_the_whole_story(store: Store) -> None:
+    fid = store.add_fact(EditFact("Q?", "A"), author="ann").fact_id
+    r = store.start_round("manual", actor="ann")
+    v = new_version(store, "v1", passed=True)
+    store.promote(v.id, actor="locftd", reason="gates passed")
+    store.finish_round(r.id, "promoted", version_id=v.id, actor="locftd")
+    store.rollback(actor="bob", reason="bad answers")
+    events = list(reversed(store.list_events(limit=None)))
+    assert [e.kind for e in events] == [
+        "store.created", "fact.added", "round.started", "base.fingerprint_recorded", "version.recorded",
+        "version.gated", "version.promoted", "round.finished", "version.rolled_back",
+    ]
+    by_kind = {e.kind: e for e in events}
+    assert by_kind["fact.added"].fact_id == fid and by_kind["fact.added"].actor == "ann"
+    assert by_kind["version.promoted"].payload == {"previous_version_id": 0, "forced": False, "reason": "gates passed"}
+    assert by_kind["version.rolled_back"].version_id == 0 and by_kind["version.rolled_back"].actor == "bob"
+    assert by_kind["version.rolled_back"].payload["previous_version_id"] == v.id
+    assert by_kind["round.finished"].payload["outcome"] == "promoted" and by_kind["round.finished"].round_id == r.id
+    assert [p.action for p in store.promotion_history()] == ["init", "promote", "rollback"]
