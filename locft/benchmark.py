@@ -55,6 +55,7 @@ def run_benchmark(spec: BenchSpec, on_event: Callable[[str, Any], None] | None =
     """Load, measure the base answers to probes, train, evaluate; return the result record."""
     from locft.engine.data import resolve_prompt_format
     from locft.engine.model_io import load_base
+    from locft.engine.replay import replay_for
     from locft.engine.train import edit
     from locft.engine.weights import applied
     from locft.evaluation.editing import base_probe_generations, evaluate_edits
@@ -73,8 +74,15 @@ def run_benchmark(spec: BenchSpec, on_event: Callable[[str, Any], None] | None =
     t1 = time.perf_counter()
     base = base_probe_generations(loaded, probes, prompt_format, cfg.max_new_tokens)
     base_seconds = time.perf_counter() - t1
+    replay = []
+    if cfg.replay_ratio > 0 and cfg.pipeline == "breadth-first":
+        emit("phase", f"base answers for the replay pool ({cfg.replay_pool_size} prompts, cached)")
+        evaluated = [f.prompt for f in facts] + [p for f in facts for p in f.paraphrases] + probes
+        replay = replay_for(loaded, len(facts), cfg.replay_ratio, cfg.replay_pool_size, prompt_format,
+                            cfg.replay_max_tokens, exclude=evaluated, cache_dir=spec.home / "cache")
+    replay_seconds = time.perf_counter() - t1 - base_seconds
     emit("phase", f"training on {len(facts)} facts ({cfg.pipeline})")
-    result = edit(loaded, facts, cfg, progress=lambda p: emit("train", p))
+    result = edit(loaded, facts, cfg, progress=lambda p: emit("train", p), replay=replay)
     emit("phase", "evaluating")
     t2 = time.perf_counter()
     with applied(loaded.model, result.tensors):
@@ -94,6 +102,7 @@ def run_benchmark(spec: BenchSpec, on_event: Callable[[str, Any], None] | None =
         "seconds": {
             "load": round(load_seconds, 2),
             "base_probe_answers": round(base_seconds, 2),
+            "replay_pool": round(replay_seconds, 2),
             "cache": train["cache_seconds"],
             "train": train["train_seconds"],
             "evaluate": round(eval_seconds, 2),

@@ -53,12 +53,16 @@ def _table(record: dict[str, Any]) -> str:
 @click.option("--prompt-format", type=click.Choice(["auto", "chat", "raw"]), default=None)
 @click.option("--forward-mode", type=click.Choice(["cached", "full", "reference"]), default=None,
               help="cached (fast, exact) | full | reference (the paper's loop).")
+@click.option("--replay-ratio", type=click.FloatRange(min=0), default=None,
+              help="Replay prompts (base model's own answers) per fact in each batch; 0 = off.")
+@click.option("--replay-weight", type=click.FloatRange(min=0), default=None, help="Weight of the replay loss.")
 @click.option("--seed", type=int, default=None)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads (default: all cores).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Write the result record as JSON here.")
 def bench(data: Path, n: int, offset: int, data_format: str, pipeline: str | None, location: str | None,
           layers: tuple[int, ...], lr: float | None, batch_size: int | None, max_epochs: int | None,
-          prompt_format: str | None, forward_mode: str | None, seed: int | None, threads: int | None,
+          prompt_format: str | None, forward_mode: str | None, replay_ratio: float | None,
+          replay_weight: float | None, seed: int | None, threads: int | None,
           out: Path | None) -> None:
     """Edit N facts of a benchmark file into the base model and measure the result.
 
@@ -84,7 +88,8 @@ def bench(data: Path, n: int, offset: int, data_format: str, pipeline: str | Non
         k: v for k, v in {
             "pipeline": pipeline, "location": location, "layers": tuple(layers) or None, "lr": lr,
             "batch_size": batch_size, "max_epochs": max_epochs, "prompt_format": prompt_format,
-            "forward_mode": forward_mode, "seed": seed,
+            "forward_mode": forward_mode, "seed": seed, "replay_ratio": replay_ratio,
+            "replay_weight": replay_weight,
         }.items() if v is not None
     }
     edit_cfg: EditConfig = dataclasses.replace(config.edit, **overrides)

@@ -26,8 +26,17 @@ import torch
 import torch.nn.functional as F
 
 from locft.config import EditConfig
-from locft.engine.data import Batch, Example, build_example, collate, per_sample_mean, resolve_prompt_format
+from locft.engine.data import (
+    Example,
+    build_example,
+    collate,
+    encode_prompt,
+    example_from_ids,
+    per_sample_mean,
+    resolve_prompt_format,
+)
 from locft.engine.model_io import LoadedModel
+from locft.engine.replay import ReplayItem
 from locft.engine.targets import EditLocation, default_lr, layer_index, location_from_config, resolve_location
 from locft.engine.weights import applied, parameters_by_name
 from locft.errors import LocftError
@@ -57,10 +66,11 @@ class TrainProgress:
 @dataclass(frozen=True)
 class EpochStats:
     epoch: int
-    mean_loss: float
+    mean_loss: float  # the edit loss (replay excluded): what skip/stop thresholds compare
     seconds: float
     steps: int
     skipped: int
+    replay_loss: float | None = None
 
 
 @dataclass
@@ -78,6 +88,7 @@ class EditResult:
     train_seconds: float = 0.0
     steps: int = 0
     n_facts: int = 0
+    n_replay: int = 0  # replay pool size
     examples_seen: int = 0  # fact forward passes: edits x epochs for breadth-first
 
     @property
@@ -95,6 +106,11 @@ class EditResult:
             "converged": self.converged,
             "final_loss": self.epochs[-1].mean_loss if self.epochs else None,
             "loss_per_epoch": [round(e.mean_loss, 6) for e in self.epochs],
+            "replay_loss_per_epoch": (
+                [None if e.replay_loss is None else round(e.replay_loss, 6) for e in self.epochs]
+                if self.n_replay else None
+            ),
+            "replay_pool": self.n_replay,
             "steps": self.steps,
             "cache_seconds": round(self.cache_seconds, 3),
             "train_seconds": round(self.train_seconds, 3),
@@ -196,7 +212,8 @@ class _Forward:
         finally:
             handle.remove()
 
-    def loss(self, indices: Sequence[int], mode: str | None = None) -> torch.Tensor:
+    def sample_losses(self, indices: Sequence[int], mode: str | None = None) -> torch.Tensor:
+        """Per-sample mean target-token loss, shape [len(indices)]."""
         mode = mode or self.mode
         batch = collate([self.examples[i] for i in indices], self.pad_id, self.device)
         if mode == "reference":
@@ -214,15 +231,15 @@ class _Forward:
             hidden = out.last_hidden_state
             selected = self.head(hidden[batch.rows, batch.cols])
         token_losses = F.cross_entropy(selected.float(), batch.labels, reduction="none")
-        return per_sample_mean(token_losses, batch).mean()
+        return per_sample_mean(token_losses, batch)
 
     def check_mode(self, indices: Sequence[int]) -> None:
         """Fall back to the reference loop if this architecture's fast path disagrees with it."""
         if self.mode == "reference":
             return
         with torch.no_grad():
-            ref = float(self.loss(indices, "reference"))
-            fast = float(self.loss(indices))
+            ref = float(self.sample_losses(indices, "reference").mean())
+            fast = float(self.sample_losses(indices).mean())
         if abs(fast - ref) > _MODE_CHECK_RTOL * max(1.0, abs(ref)):
             log.warning("%s forward gives loss %.6f vs reference %.6f; using the reference loop", self.mode, fast, ref)
             self.mode = "reference"
@@ -242,13 +259,22 @@ def edit(
     cfg: EditConfig,
     progress: ProgressCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
+    replay: Sequence[ReplayItem] = (),
 ) -> EditResult:
-    """Train the located tensors on `facts`; the model's own weights are left exactly as they were."""
+    """Train the located tensors on `facts`; the model's own weights are left exactly as they were.
+
+    `replay` (engine.replay.replay_for) is mixed into breadth-first batches when
+    cfg.replay_ratio > 0: its targets are the base model's own continuations.
+    """
     if not facts:
         raise LocftError("no facts to edit")
     location, names, prompt_format, lr = _resolve_edit(loaded, cfg)
-    examples = [build_example(loaded.tokenizer, f.prompt, f.answer, prompt_format) for f in facts]
+    tok = loaded.tokenizer
+    examples = [build_example(tok, f.prompt, f.answer, prompt_format) for f in facts]
+    if cfg.replay_ratio > 0 and cfg.pipeline == "breadth-first":
+        examples += [example_from_ids(encode_prompt(tok, r.prompt, prompt_format), r.token_ids) for r in replay]
     result = EditResult({}, location, prompt_format, lr, cfg.forward_mode, n_facts=len(facts))
+    result.n_replay = len(examples) - len(facts)
     torch.manual_seed(cfg.seed)
     base = parameters_by_name(loaded.model, names)
     working = {n: p.detach().clone() for n, p in base.items()}
@@ -263,7 +289,7 @@ def edit(
             if forward.mode == "cached":
                 forward.build_cache(progress)
             result.cache_seconds = time.perf_counter() - t0
-            forward.check_mode(list(range(min(cfg.batch_size, len(examples)))))
+            forward.check_mode(list(range(min(cfg.batch_size, len(facts)))))
             result.forward_mode = forward.mode
             loaded.model.train(False)  # dropout off: training is deterministic
             run = _breadth_first if cfg.pipeline == "breadth-first" else _depth_first
@@ -292,27 +318,43 @@ def _breadth_first(
     progress: ProgressCallback | None,
     should_stop: Callable[[], bool] | None,
 ) -> None:
-    n = len(forward.examples)
+    n = result.n_facts  # examples [0, n) are facts, [n, ...) replay
+    replay_ids = list(range(n, len(forward.examples)))
     optimizer = torch.optim.Adam(params, lr=lr)
     generator = torch.Generator().manual_seed(cfg.seed)
     steps_per_epoch = (n + cfg.batch_size - 1) // cfg.batch_size
+    replay_queue: list[int] = []
     started = time.perf_counter()
     for epoch in range(1, cfg.max_epochs + 1):
         t_epoch = time.perf_counter()
         order = torch.randperm(n, generator=generator).tolist()
         losses: list[float] = []
+        replay_losses: list[float] = []
         skipped = 0
         for step in range(steps_per_epoch):
             _check_stop(should_stop)
             indices = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-            loss = forward.loss(indices)
-            result.examples_seen += len(indices)
+            extra: list[int] = []
+            if replay_ids:
+                k = max(1, round(len(indices) * cfg.replay_ratio))
+                while len(replay_queue) < k:  # cycle through the pool in fresh shuffled orders
+                    replay_queue += [replay_ids[i] for i in torch.randperm(len(replay_ids), generator=generator)]
+                extra, replay_queue = replay_queue[:k], replay_queue[k:]
+            per_sample = forward.sample_losses(indices + extra)
+            loss = per_sample[: len(indices)].mean()
+            result.examples_seen += len(indices) + len(extra)
             losses.append(loss.item())
+            if extra:
+                replay_loss = per_sample[len(indices) :].mean()
+                replay_losses.append(replay_loss.item())
+                total = loss + cfg.replay_weight * replay_loss
+            else:
+                total = loss
             if losses[-1] < cfg.skip_loss:
                 skipped += 1
             else:
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                total.backward()
                 optimizer.step()
                 result.steps += 1
             if progress:
@@ -320,7 +362,8 @@ def _breadth_first(
                 rate = done / max(time.perf_counter() - started, 1e-9)
                 progress(TrainProgress("train", epoch, cfg.max_epochs, step + 1, steps_per_epoch, losses[-1], rate))
         mean = sum(losses) / len(losses)
-        result.epochs.append(EpochStats(epoch, mean, time.perf_counter() - t_epoch, len(losses), skipped))
+        replay_mean = sum(replay_losses) / len(replay_losses) if replay_losses else None
+        result.epochs.append(EpochStats(epoch, mean, time.perf_counter() - t_epoch, len(losses), skipped, replay_mean))
         log.info("epoch %d/%d: mean loss %.4f (%d skipped)", epoch, cfg.max_epochs, mean, skipped)
         if mean < cfg.stop_loss:
             result.converged = True
@@ -347,7 +390,7 @@ def _depth_first(
         losses: list[float] = []
         for step in range(cfg.max_epochs):
             _check_stop(should_stop)
-            loss = forward.loss([i])
+            loss = forward.sample_losses([i]).mean()
             result.examples_seen += 1
             losses.append(loss.item())
             if losses[-1] < cfg.stop_loss:
