@@ -295,14 +295,14 @@ def _run(
         store.record_base_fingerprint(loaded.fingerprint, actor=actor)  # refuses another base model
 
     check_stop()
-    emit(RoundProgress("train", 0, config.edit.max_epochs, f"training on {len(facts)} fact(s)"))
+    emit(RoundProgress("train", detail=f"training on {len(facts)} fact(s)"))
     edit_record: dict[str, Any]
     with clock.phase("train"):
         if facts:
             def on_train(p: Any) -> None:
-                if p.phase == "train":
-                    emit(RoundProgress("train", p.epoch, p.max_epochs,
-                                       f"epoch {p.epoch}/{p.max_epochs} step {p.step}/{p.steps_per_epoch}", p.loss))
+                if p.phase == "train":  # steps over the whole budget (an early stop ends short)
+                    emit(RoundProgress("train", (p.epoch - 1) * p.steps_per_epoch + p.step,
+                                       p.max_epochs * p.steps_per_epoch, f"epoch {p.epoch}/{p.max_epochs}", p.loss))
 
             try:
                 result = edit(loaded, facts, config.edit, progress=on_train, should_stop=should_stop)
@@ -410,7 +410,7 @@ def _measure(
     probe_prompts = list(dict.fromkeys(
         fixed_probe_prompts(policy.probe_set_size) + [p.prompt for e in entries for p in e.fact.probes]
     ))
-    emit(RoundProgress("base_probes", 0, len(probe_prompts), "base model answers to probe prompts"))
+    emit(RoundProgress("base_probes", detail=f"base model answers to {len(probe_prompts)} probe prompts (cached)"))
     with clock.phase("base_probes"):
         base_gens, generated = base_answers(
             probe_prompts, lambda ps: greedy_generate(loaded, ps, prompt_format, max_new), home.cache_dir,

@@ -57,8 +57,8 @@ class _Bars:
         if self.bar is not None and p.done is not None:
             self.bar.n = min(p.done, self.bar.total)
             post = {"loss": f"{p.loss:.4f}"} if p.loss is not None else {}
-            if p.detail and p.phase != "train":
-                post["on"] = p.detail
+            if p.detail:
+                post["at"] = p.detail
             self.bar.set_postfix(post, refresh=False)
             self.bar.refresh()
 
@@ -143,9 +143,9 @@ def _print_timings(timings: dict[str, Any] | None, indent: str = "  ") -> None:
         return
     total = float(timings.get("total") or 0.0)
     parts = [(k, float(v)) for k, v in timings.items() if k != "total" and isinstance(v, (int, float))]
-    click.echo(f"{indent}time: {total:.1f} s" + ("" if not parts else " = " + ", ".join(
-        f"{k} {v:.1f} s ({100 * v / total:.0f}%)" if total > 0 else f"{k} {v:.1f} s" for k, v in parts if v >= 0.05
-    )))
+    shown = [f"{k} {v:.1f} s ({100 * v / total:.0f}%)" if total > 0 else f"{k} {v:.1f} s"
+             for k, v in parts if v >= 0.05]
+    click.echo(f"{indent}time: {total:.1f} s" + (" = " + ", ".join(shown) if shown else ""))
 
 
 @round_group.command("request")
