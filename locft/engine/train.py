@@ -20,6 +20,7 @@ import logging
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
@@ -36,7 +37,7 @@ from locft.engine.data import (
     resolve_prompt_format,
 )
 from locft.engine.model_io import LoadedModel
-from locft.engine.replay import ReplayItem
+from locft.engine.replay import ReplayItem, replay_for
 from locft.engine.targets import EditLocation, default_lr, layer_index, location_from_config, resolve_location
 from locft.engine.weights import applied, parameters_by_name
 from locft.errors import LocftError
@@ -259,12 +260,14 @@ def edit(
     cfg: EditConfig,
     progress: ProgressCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
-    replay: Sequence[ReplayItem] = (),
+    replay: Sequence[ReplayItem] | None = None,
+    cache_dir: Path | None = None,
 ) -> EditResult:
     """Train the located tensors on `facts`; the model's own weights are left exactly as they were.
 
-    `replay` (engine.replay.replay_for) is mixed into breadth-first batches when
-    cfg.replay_ratio > 0: its targets are the base model's own continuations.
+    When cfg.replay_ratio > 0, `replay` items (the base model's own continuations, see
+    engine.replay) are mixed into the breadth-first batches; None builds the default pool
+    (cached under `cache_dir` when given). Call on the unedited model.
     """
     if not facts:
         raise LocftError("no facts to edit")
@@ -272,6 +275,10 @@ def edit(
     tok = loaded.tokenizer
     examples = [build_example(tok, f.prompt, f.answer, prompt_format) for f in facts]
     if cfg.replay_ratio > 0 and cfg.pipeline == "breadth-first":
+        if replay is None:
+            trained_on = [f.prompt for f in facts] + [p for f in facts for p in f.paraphrases]
+            replay = replay_for(loaded, len(facts), cfg.replay_ratio, cfg.replay_pool_size, prompt_format,
+                                cfg.replay_max_tokens, exclude=trained_on, cache_dir=cache_dir)
         examples += [example_from_ids(encode_prompt(tok, r.prompt, prompt_format), r.token_ids) for r in replay]
     result = EditResult({}, location, prompt_format, lr, cfg.forward_mode, n_facts=len(facts))
     result.n_replay = len(examples) - len(facts)
