@@ -117,15 +117,25 @@ def show_version(version_id: int, as_json: bool) -> None:
         click.echo("  gates        " + ("-" if v.is_base else "not gated"))
     for g in gates:
         click.echo(f"  gates        {'passed' if g.passed else 'FAILED'} at {fmt_time(g.created_at)}")
-        for key, value in sorted(g.metrics.items()):
-            click.echo(f"    {key:<20} {_metric(value)}")
-        reasons = g.report.get("reasons")
-        if isinstance(reasons, list):
-            for reason in reasons:
-                click.echo(f"    - {reason}")
-        rest = {k: val for k, val in g.report.items() if k != "reasons"}
-        if rest:
-            click.echo("    report " + json.dumps(rest, default=str))
+        for line in _gate_lines(g.metrics, g.report):
+            click.echo(f"    {line}")
+    if gates:
+        click.echo(f"  (the full gate report: locft versions show {v.id} --json)")
+
+
+def _gate_lines(metrics: dict[str, Any], report: dict[str, Any]) -> list[str]:
+    """Metrics that have a value, then the verdict's checks (or its reasons). The report's
+    schema belongs to the gating policy, so anything unexpected is simply not shown here."""
+    lines = [f"{key:<20} {_metric(value)}" for key, value in sorted(metrics.items()) if value not in (None, {}, [])]
+    verdict = report.get("verdict")
+    checks = verdict.get("checks") if isinstance(verdict, dict) else None
+    if isinstance(checks, list) and all(isinstance(c, dict) for c in checks):
+        for c in checks:
+            mark = ("ok  " if c.get("passed") else "FAIL") if c.get("gated", True) else "info"
+            lines.append(f"{mark} {c.get('detail') or c.get('name')}")
+    elif isinstance(report.get("reasons"), list):
+        lines.extend(f"- {reason}" for reason in report["reasons"])
+    return lines
 
 
 def _fact_row(r: "FactRevisionInfo") -> list[Any]:

@@ -285,3 +285,18 @@ def test_a_corrupt_database_is_one_line(initialized: Home) -> None:
 def test_a_broken_config_is_one_line(initialized: Home) -> None:
     initialized.config_path.write_text("[store]\nkeep_promotd = 3\n")
     fails("status", match="unknown key(s) keep_promotd")
+
+
+def test_versions_show_renders_the_verdict_checks(initialized: Home) -> None:
+    run("add-fact", "Q1?", "A1")
+    with Store.open(initialized) as store:
+        v = new_version(store, "v1")
+        store.record_gate_result(v.id, passed=False, metrics={"reliability": 0.5, "generalization": None}, report={
+            "verdict": {"passed": False, "checks": [
+                {"name": "reliability", "passed": False, "gated": True, "detail": "reliability 0.5 < 0.95"},
+                {"name": "generalization", "passed": True, "gated": False, "detail": "generalization not measured"},
+            ]},
+        })
+    text = run("versions", "show", str(v.id)).output
+    assert "FAIL reliability 0.5 < 0.95" in text and "info generalization not measured" in text
+    assert "reliability          0.5000" in text and "generalization       null" not in text
