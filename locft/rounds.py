@@ -5,7 +5,8 @@
     load     the base model (its fingerprint must be the store's)
     train    LocFT-BF from the BASE weights over ALL active facts (never only the new ones:
              replaying the whole set is what keeps old edits alive; retracted facts vanish
-             because nothing is carried over from the previous version)
+             because nothing is carried over from the previous version); with edit.replay_ratio
+             the base model's own answers to generic questions are mixed in, never a probe
     snapshot the tuned tensors, written atomically; THEN the immutable Version row (candidate)
     gates    reliability (all active facts, or a seeded sample of gates.reliability_sample),
              generalization (paraphrases), locality (the facts' probes + a fixed probe set whose
@@ -54,7 +55,7 @@ ACTOR = "locft-round"
 SNAPSHOT_PREFIX = "round-"
 # The order phases run in (and `locft round run` shows them).
 PHASES: tuple[str, ...] = (
-    "freeze", "load", "train", "snapshot", "record", "base_probes", "evaluate", "retention",
+    "freeze", "load", "replay", "train", "snapshot", "record", "base_probes", "evaluate", "retention",
     "capability_base", "capability", "judge", "cleanup",
 )
 
@@ -287,12 +288,30 @@ def _run(
             raise RoundCancelled("the round was stopped before it finished")
 
     facts = [e.fact for e in plan.entries]
+    probe_prompts = _probe_prompts(config, plan.entries)
     check_stop()
     emit(RoundProgress("load", detail="loading the base model"))
     with clock.phase("load"):
         if loaded is None:
             loaded = load_base(config.model, home.root)
         store.record_base_fingerprint(loaded.fingerprint, actor=actor)  # refuses another base model
+
+    replay = None
+    if facts and config.edit.replay_ratio > 0 and config.edit.pipeline == "breadth-first":
+        # Built here, not inside edit(), so that the locality probes are never replayed: a
+        # probe trained on would make the locality gate measure memory, not locality.
+        from locft.engine.data import resolve_prompt_format
+        from locft.engine.replay import replay_for
+
+        check_stop()
+        emit(RoundProgress("replay", detail="base model answers to the replay prompts (cached)"))
+        with clock.phase("replay"):
+            trained_on = [f.prompt for f in facts] + [p for f in facts for p in f.paraphrases]
+            replay = replay_for(
+                loaded, len(facts), config.edit.replay_ratio, config.edit.replay_pool_size,
+                resolve_prompt_format(config.edit.prompt_format, loaded.tokenizer), config.edit.replay_max_tokens,
+                exclude=trained_on + probe_prompts, cache_dir=home.cache_dir,
+            )
 
     check_stop()
     emit(RoundProgress("train", detail=f"training on {len(facts)} fact(s)"))
@@ -305,7 +324,8 @@ def _run(
                                        p.max_epochs * p.steps_per_epoch, f"epoch {p.epoch}/{p.max_epochs}", p.loss))
 
             try:
-                result = edit(loaded, facts, config.edit, progress=on_train, should_stop=should_stop)
+                result = edit(loaded, facts, config.edit, progress=on_train, should_stop=should_stop,
+                              replay=replay, cache_dir=home.cache_dir)
             except EditCancelled as exc:
                 raise RoundCancelled(f"training was stopped: {exc}") from None
             tensors = result.tensors
@@ -345,7 +365,8 @@ def _run(
         state.version_id = version.id
     log.info("round %d: candidate version %d recorded (%s)", state.round_id, version.id, snap.path.name)
 
-    metrics, report = _measure(home, config, store, plan, loaded, tensors, prompt_format, clock, emit, check_stop)
+    metrics, report = _measure(home, config, plan, loaded, tensors, prompt_format, probe_prompts, clock, emit,
+                               check_stop)
 
     with clock.phase("judge"):
         verdict = judge(config.gates, metrics)
@@ -381,14 +402,22 @@ def _run(
     )
 
 
+def _probe_prompts(config: LocftConfig, entries: Sequence[FactEntry]) -> list[str]:
+    """Locality prompts: the fixed set plus every fact's own probes (deduplicated, in order)."""
+    from locft.evaluation.probes import fixed_probe_prompts
+
+    own = [p.prompt for e in entries for p in e.fact.probes]
+    return list(dict.fromkeys(fixed_probe_prompts(config.gates.probe_set_size) + own))
+
+
 def _measure(
     home: Home,
     config: LocftConfig,
-    store: Store,
     plan: RoundPlan,
     loaded: LoadedModel,
     tensors: dict[str, Any],
     prompt_format: str,
+    probe_prompts: list[str],
     clock: _Clock,
     emit: ProgressCallback,
     check_stop: Callable[[], None],
@@ -397,19 +426,16 @@ def _measure(
     from locft.engine.weights import applied
     from locft.evaluation.capability import base_capability, lower_is_better, measure_capability
     from locft.evaluation.editing import evaluate_edits
-    from locft.evaluation.probes import base_answers, fixed_probe_prompts
     from locft.engine.generate import greedy_generate
+    from locft.evaluation.probes import FIXED_PROBE_PROMPTS, base_answers
 
     policy = config.gates
     max_new = config.edit.max_new_tokens
     entries = list(plan.entries)
 
-    # Locality prompts: the fixed set plus every fact's own probes. Their base answers come from
-    # the UNEDITED model (nothing is applied here), cached per base fingerprint.
+    # The probes' base answers come from the UNEDITED model (nothing is applied here), cached
+    # per base fingerprint.
     check_stop()
-    probe_prompts = list(dict.fromkeys(
-        fixed_probe_prompts(policy.probe_set_size) + [p.prompt for e in entries for p in e.fact.probes]
-    ))
     emit(RoundProgress("base_probes", detail=f"base model answers to {len(probe_prompts)} probe prompts (cached)"))
     with clock.phase("base_probes"):
         base_gens, generated = base_answers(
@@ -487,7 +513,7 @@ def _measure(
         "evaluation": {
             "n_facts": n_facts, "n_evaluated": len(sample), "sampled": len(sample) < n_facts,
             "n_paraphrases": evaluation.n_paraphrases, "n_probes": evaluation.n_probes,
-            "n_fixed_probes": min(policy.probe_set_size, len(probe_prompts)),
+            "n_fixed_probes": min(policy.probe_set_size, len(FIXED_PROBE_PROMPTS)),
             "probe_answers_generated": generated, "n_retention_checked": len(retention_set),
             "samples": evaluation.samples,
         },

@@ -205,3 +205,18 @@ def test_round_lock_refuses_a_second_round(home: Home, store: Store) -> None:
         with pytest.raises(LockHeld):
             with hold_round_lock(home, store):
                 pass
+
+
+def test_replay_never_trains_on_a_locality_probe(home: Home, store: Store, loaded: LoadedModel) -> None:
+    from locft.engine.replay import _key, default_replay_prompts
+
+    first_generic = default_replay_prompts(1)[0]  # what the replay pool would start with
+    text = home.config_path.read_text().replace("[edit]\n", "[edit]\nreplay_ratio = 1.0\nreplay_pool_size = 6\n")
+    home.config_path.write_text(text)
+    store.add_fact(EditFact(*FACTS[0], probes=(Probe(first_generic),)))
+    result = run(home, store, loaded)
+    assert result.outcome in ("promoted", "rejected")
+    assert result.timings["replay"] > 0
+    [cache] = list((home.cache_dir / "replay").glob("*.json"))
+    replayed = {_key(p) for p, _ in json.loads(cache.read_text())["items"]}
+    assert len(replayed) == 6 and _key(first_generic) not in replayed
