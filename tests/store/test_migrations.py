@@ -101,3 +101,22 @@ def test_the_database_url_is_configurable(home: Home, tmp_path: Path) -> None:
     assert other.exists() and not home.db_path.exists()
     with pytest.raises(StoreError, match="not a database URL"):
         Store.open(home, StoreConfig(database_url="not a url"))
+
+
+def test_write_transactions_take_the_write_lock_at_begin(store: Store, home: Home) -> None:
+    """A write that starts by reading must not be able to lose the race for the lock later
+    (SQLite would then fail at once instead of waiting): BEGIN IMMEDIATE."""
+    import sqlite3
+
+    other = sqlite3.connect(home.db_path, timeout=0, isolation_level=None)
+    try:
+        with store._read() as session:
+            session.exec(sa.text("SELECT 1 FROM fact LIMIT 1")).all()  # type: ignore[call-overload]
+            other.execute("BEGIN IMMEDIATE")  # a reader does not block a writer
+            other.execute("ROLLBACK")
+        with store._write() as session:
+            session.exec(sa.text("SELECT 1 FROM fact LIMIT 1")).all()  # type: ignore[call-overload]
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                other.execute("BEGIN IMMEDIATE")
+    finally:
+        other.close()
