@@ -69,7 +69,8 @@ class EditFact:
 def _check_text(what: str, value: object, limit: int, allow_newlines: bool) -> str:
     if not isinstance(value, str):
         raise InvalidFactError(f"{what} must be a string, got {type(value).__name__}")
-    if not value.strip():
+    value = value.strip()  # surrounding whitespace (a trailing newline from a file) is not content
+    if not value:
         raise InvalidFactError(f"{what} is empty")
     if len(value) > limit:
         raise InvalidFactError(f"{what} is {len(value)} characters; the limit is {limit}")
@@ -79,7 +80,7 @@ def _check_text(what: str, value: object, limit: int, allow_newlines: bool) -> s
             raise InvalidFactError(f"{what} is not valid UTF-8 (lone surrogate {ch!r})")
         if cat == "Cc" and not (allow_newlines and ch in "\n\t"):
             raise InvalidFactError(f"{what} contains the control character {ch!r}")
-    return value.strip()
+    return value
 
 
 def validate_fact(fact: EditFact) -> EditFact:

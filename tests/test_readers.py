@@ -82,3 +82,9 @@ def test_missing_file(tmp_path: Path) -> None:
 def test_control_characters_are_refused(tmp_path: Path) -> None:
     (tmp_path / "f.jsonl").write_text(json.dumps({"prompt": "a\x00b", "answer": "c"}))
     assert "control character" in read_facts(tmp_path / "f.jsonl").errors[0].message
+
+
+def test_surrounding_whitespace_is_stripped_not_refused(tmp_path: Path) -> None:
+    (tmp_path / "f.jsonl").write_text(json.dumps({"prompt": " Q?\n", "answer": "Paris\n"}))
+    fact = read_facts(tmp_path / "f.jsonl").records[0].fact
+    assert (fact.prompt, fact.answer) == ("Q?", "Paris")
