@@ -109,7 +109,7 @@ def run_benchmark(spec: BenchSpec, on_event: Callable[[str, Any], None] | None =
         },
         "edits_per_second": round(len(facts) / result.train_seconds, 3) if result.train_seconds else None,
         "peak_memory_bytes": peak_rss_bytes(),
-        "config": to_dict(cfg) | {"lr": result.lr, "location": result.location.describe()},
+        "config": to_dict(result.config or cfg) | {"location": result.location.describe()},
         "model": {"source": loaded.source, "fingerprint": loaded.fingerprint},
         "samples": evaluation.samples,
         "environment": environment(),

@@ -47,7 +47,7 @@ class EditConfig:
     # how the prompt is shown to the model, for training AND asking (they must agree)
     prompt_format: PromptFormat = "auto"
     lr: float | None = None  # None: 5e-4 (paper) for unknown models, the measured value for the embedded one
-    batch_size: int = 100
+    batch_size: int | None = None  # None: measured per model (32 for the embedded one), else 100 (paper)
     max_epochs: int = 25
     skip_loss: float = 1e-2  # skip a batch whose loss is already below this
     stop_loss: float = 1e-2  # stop when an epoch's mean loss is below this
@@ -67,7 +67,7 @@ class EditConfig:
     def __post_init__(self) -> None:
         if self.lr is not None and not (0 < self.lr < 1):
             raise ConfigError(f"edit.lr must be in (0, 1), got {self.lr}")
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError(f"edit.batch_size must be >= 1, got {self.batch_size}")
         if self.max_epochs < 1:
             raise ConfigError(f"edit.max_epochs must be >= 1, got {self.max_epochs}")
@@ -285,7 +285,7 @@ CONFIG_TEMPLATE = """\
 # layers = [22]
 # prompt_format = "auto"     # auto (chat template when the model has one) | chat | raw
 # lr = 5e-3                  # default: measured per model (paper: 5e-4 for 7B models)
-# batch_size = 100
+# batch_size = 32           # default: measured per model (paper: 100)
 # max_epochs = 25
 # skip_loss = 0.01
 # stop_loss = 0.01

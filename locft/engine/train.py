@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -38,7 +38,14 @@ from locft.engine.data import (
 )
 from locft.engine.model_io import LoadedModel
 from locft.engine.replay import ReplayItem, replay_for
-from locft.engine.targets import EditLocation, default_lr, layer_index, location_from_config, resolve_location
+from locft.engine.targets import (
+    EditLocation,
+    default_batch_size,
+    default_lr,
+    layer_index,
+    location_from_config,
+    resolve_location,
+)
 from locft.engine.weights import applied, parameters_by_name
 from locft.errors import LocftError
 from locft.facts import EditFact
@@ -90,6 +97,7 @@ class EditResult:
     steps: int = 0
     n_facts: int = 0
     n_replay: int = 0  # replay pool size
+    config: EditConfig | None = None  # with per-model defaults resolved: what was actually used
     examples_seen: int = 0  # fact forward passes: edits x epochs for breadth-first
 
     @property
@@ -102,6 +110,7 @@ class EditResult:
             "parameters": list(self.tensors),
             "prompt_format": self.prompt_format,
             "lr": self.lr,
+            "batch_size": self.config.batch_size if self.config else None,
             "forward_mode": self.forward_mode,
             "epochs": len(self.epochs),
             "converged": self.converged,
@@ -246,12 +255,17 @@ class _Forward:
             self.mode = "reference"
 
 
-def _resolve_edit(loaded: LoadedModel, cfg: EditConfig) -> tuple[EditLocation, list[str], str, float]:
+def resolve_edit_config(loaded: LoadedModel, cfg: EditConfig) -> EditConfig:
+    """Fill the per-model defaults (location, layers, prompt format, lr, batch size)."""
     location = location_from_config(loaded.model, cfg)
-    names = resolve_location(loaded.model, location)
-    prompt_format = resolve_prompt_format(cfg.prompt_format, loaded.tokenizer)
-    lr = cfg.lr if cfg.lr is not None else default_lr(loaded.config)
-    return location, names, prompt_format, lr
+    return replace(
+        cfg,
+        location=location.template,
+        layers=location.layers or None,
+        prompt_format=resolve_prompt_format(cfg.prompt_format, loaded.tokenizer),
+        lr=cfg.lr if cfg.lr is not None else default_lr(loaded.config),
+        batch_size=cfg.batch_size if cfg.batch_size is not None else default_batch_size(loaded.config),
+    )
 
 
 def edit(
@@ -271,7 +285,11 @@ def edit(
     """
     if not facts:
         raise LocftError("no facts to edit")
-    location, names, prompt_format, lr = _resolve_edit(loaded, cfg)
+    cfg = resolve_edit_config(loaded, cfg)
+    location = location_from_config(loaded.model, cfg)
+    names = resolve_location(loaded.model, location)
+    prompt_format, lr = cfg.prompt_format, cfg.lr
+    assert lr is not None and cfg.batch_size is not None
     tok = loaded.tokenizer
     examples = [build_example(tok, f.prompt, f.answer, prompt_format) for f in facts]
     if cfg.replay_ratio > 0 and cfg.pipeline == "breadth-first":
@@ -282,6 +300,7 @@ def edit(
         examples += [example_from_ids(encode_prompt(tok, r.prompt, prompt_format), r.token_ids) for r in replay]
     result = EditResult({}, location, prompt_format, lr, cfg.forward_mode, n_facts=len(facts))
     result.n_replay = len(examples) - len(facts)
+    result.config = cfg
     torch.manual_seed(cfg.seed)
     base = parameters_by_name(loaded.model, names)
     working = {n: p.detach().clone() for n, p in base.items()}
