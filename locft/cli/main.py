@@ -26,6 +26,8 @@ COMMANDS: dict[str, str] = {
     "export": "locft.cli.versions:export",
     "log": "locft.cli.events:log",
     "round": "locft.cli.rounds:round_group",
+    "ask": "locft.cli.serving:ask",
+    "serve": "locft.cli.serving:serve",
 }
 
 

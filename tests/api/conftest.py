@@ -1,0 +1,37 @@
+"""A real API server on an ephemeral 127.0.0.1 port over a served tiny-model home (per module)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from locft.api import ApiServer, start_api_server
+from locft.config import ModelConfig
+from locft.engine.model_io import LoadedModel, load_base
+from locft.home import Home
+from tests.serving_helpers import make_served_home
+from tests.tiny_model import make_tiny_model_dir
+
+
+@pytest.fixture(scope="package")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="package")
+def loaded(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
+    return load_base(ModelConfig(path=str(model_dir)), tmp_path_factory.mktemp("load-home"))
+
+
+@pytest.fixture(scope="package")
+def served_home(tmp_path_factory: pytest.TempPathFactory, model_dir: Path, loaded: LoadedModel) -> Home:
+    return make_served_home(tmp_path_factory.mktemp("serve") / "home", model_dir, loaded)
+
+
+@pytest.fixture(scope="package")
+def api(served_home: Home, loaded: LoadedModel) -> Iterator[ApiServer]:
+    server = start_api_server(served_home, port=0, loaded=loaded, poll_s=0.2)
+    yield server
+    server.shutdown()
