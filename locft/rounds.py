@@ -149,7 +149,7 @@ def plan_round(
     rejected = [v for v in store.list_versions(state="rejected") if v.id > promoted.id]
     rejected_digest = rejected[0].fact_set_digest if rejected else None
     rejected_version = rejected[0].id if rejected else None
-    if avoid_digest is not None and rejected_digest != avoid_digest:
+    if avoid_digest is not None and avoid_digest == digest:  # decide_round takes one such set
         rejected_digest, rejected_version = avoid_digest, None
     decision = decide_round(
         trigger, pending, digest, promoted_digest, config.schedule, force,

@@ -220,3 +220,13 @@ def test_replay_never_trains_on_a_locality_probe(home: Home, store: Store, loade
     [cache] = list((home.cache_dir / "replay").glob("*.json"))
     replayed = {_key(p) for p, _ in json.loads(cache.read_text())["items"]}
     assert len(replayed) == 6 and _key(first_generic) not in replayed
+
+
+def test_a_fact_set_whose_round_failed_is_not_retried_by_automatic_triggers(home: Home, store: Store) -> None:
+    add(store, FACTS[:2])
+    config = load_config(home.root)
+    digest = plan_round(store, config, "cron").digest
+    assert plan_round(store, config, "cron").run
+    assert not plan_round(store, config, "cron", avoid_digest=digest).run
+    assert plan_round(store, config, "cron", avoid_digest="another set").run
+    assert plan_round(store, config, "request", avoid_digest=digest).run  # a person may retry

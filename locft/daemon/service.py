@@ -209,6 +209,7 @@ class Daemon:
 
     def _recover(self, when: str, outcome: str = "interrupted", error: str | None = None) -> None:
         """Close dead rounds, but only while holding the round lock (a live round is never touched)."""
+        from locft.daemon.worker import PROGRESS_FILE
         from locft.rounds import recover_rounds
 
         lock = round_lock(self.home.run_dir)
@@ -219,6 +220,7 @@ class Daemon:
             return
         try:
             rec = recover_rounds(self._store, self.home, outcome=outcome, error=error, actor="locftd")  # type: ignore[arg-type]
+            (self.home.run_dir / PROGRESS_FILE).unlink(missing_ok=True)  # a dead worker's last words
         finally:
             lock.release()
         if rec.anything:

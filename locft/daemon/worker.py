@@ -20,12 +20,15 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import json
 import logging
 import os
 import signal
 import sys
 import threading
-from typing import Sequence
+import time
+from pathlib import Path
+from typing import Any, Sequence
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -82,6 +85,50 @@ class _Stopper:
         self.trigger(f"received {signal.Signals(signum).name}")
 
 
+PROGRESS_FILE = "round-progress.json"  # in run/: what the round is doing, for `locftd status`
+
+
+class _ProgressFile:
+    """The round's progress as run/round-progress.json (atomic, at most every 2 s) and a log line
+    per phase, so that `locftd status` and the log say what a long round is doing."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / PROGRESS_FILE
+        self.phase: str | None = None
+        self.written = 0.0
+
+    def __call__(self, p: Any) -> None:
+        now = time.monotonic()
+        if p.phase != self.phase:
+            self.phase = p.phase
+            log.info("phase %s%s", p.phase, f": {p.detail}" if p.detail else "")
+        elif now - self.written < 2.0:
+            return
+        self.written = now
+        data = {"pid": os.getpid(), "phase": p.phase, "done": p.done, "total": p.total, "detail": p.detail,
+                "loss": p.loss, "updated_at": time.time()}
+        tmp = self.path.with_name(f".{PROGRESS_FILE}.{os.getpid()}")
+        try:
+            tmp.write_text(json.dumps(data), encoding="utf-8")
+            os.replace(tmp, self.path)
+        except OSError as exc:  # progress is a courtesy; never fail a round for it
+            log.debug("could not write %s: %s", self.path, exc)
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def read_progress(run_dir: Path) -> dict[str, Any] | None:
+    """The progress a live worker wrote (None when there is none or its writer is gone)."""
+    from locft.home import pid_alive
+
+    try:
+        data = json.loads((run_dir / PROGRESS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and pid_alive(int(data.get("pid", 0))) else None
+
+
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m locft.daemon.worker", description=__doc__.split("\n")[0])
     parser.add_argument("--home", required=True)
@@ -126,11 +173,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LocftError as exc:
         log.error("worker: %s", exc)
         return EXIT_USAGE
+    progress = _ProgressFile(home.run_dir)
     try:
         with hold_round_lock(home, store):
             log.info("worker %d: %s round starting", os.getpid(), args.trigger)
             result = run_round(home, config, store, trigger=args.trigger, actor=args.actor,
-                               request_ids=request_ids, should_stop=stopper)
+                               request_ids=request_ids, should_stop=stopper, progress=progress)
+            progress.clear()
             log.info("%s", describe(result))
             return EXIT_OK
     except LockHeld as exc:
@@ -140,6 +189,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.exception("the round failed")
         return EXIT_FAILED
     finally:
+        if progress.phase is not None:
+            progress.clear()
         store.close()
 
 

@@ -97,6 +97,8 @@ def test_kill_9_mid_round_then_restart_finds_the_store_consistent(tmp_path: Path
     wait_for("training to be under way", lambda: _mid_training(home, round_id), timeout=60)
     worker_pid = round_lock(home.run_dir).holder()
     assert daemon_pid and worker_pid and worker_pid != daemon_pid
+    status = locftd(home, "status").stdout
+    assert f"round in progress: {round_id}" in status and "phase: train" in status, status
     # The machine "crashes": daemon and worker die at once, nobody gets to clean up.
     os.kill(daemon_pid, signal.SIGKILL)
     os.kill(worker_pid, signal.SIGKILL)
