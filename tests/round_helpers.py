@@ -29,9 +29,11 @@ def config_text(
     slow: bool = False,
     gates: str = "",
     schedule: str = "",
+    port: int | None = None,
 ) -> str:
     """A locft.toml for the tiny model. `slow`: training that never stops by itself (thousands
-    of epochs, no early stop), for tests that must catch a round in the middle."""
+    of epochs, no early stop), for tests that must catch a round in the middle. `port`: the HTTP
+    API's ([serve] port), for a daemon started with its API."""
     if slow:
         max_epochs = 100000
     stop = "stop_loss = 0.0\nskip_loss = 0.0\n" if slow else ""
@@ -41,6 +43,7 @@ def config_text(
         f"max_new_tokens = 8\n{stop}\n"
         f"[gates]\ncapability_tasks = []\nprobe_set_size = 8\nmin_locality = 0.5\n{gates}\n"
         f"[schedule]\npoll_seconds = 0.5\n{schedule}\n"
+        + (f"\n[serve]\nport = {port}\n" if port is not None else "")
     )
 
 

@@ -60,7 +60,8 @@ def cli() -> None:
 @cli.command()
 @click.option("--home", "home_path", default=None, metavar="DIR", help=HOME_HELP)
 @click.option("--foreground", is_flag=True, help="Run in this process instead of the background.")
-def start(home_path: str | None, foreground: bool) -> None:
+@click.option("--no-api", is_flag=True, help="Do not serve the HTTP API ([serve] host:port); rounds only.")
+def start(home_path: str | None, foreground: bool, no_api: bool) -> None:
     """Start the daemon (refused, with its pid, if one already runs for this home).
 
     SIGTERM or SIGINT stop it within 15 s: a round in progress is stopped, recorded as
@@ -70,28 +71,34 @@ def start(home_path: str | None, foreground: bool) -> None:
     home = _home(home_path)
     _require_store(home)
     if foreground:
-        sys.exit(_run(home, foreground=True))
+        sys.exit(_run(home, foreground=True, api=not no_api))
     from locft.daemon.service import start_detached
 
-    pid = start_detached(home)
+    pid = start_detached(home, api=not no_api)
     click.echo(f"locftd started (pid {pid}) for {home.root}")
+    if not no_api:
+        from locft.home import read_daemon_info
+
+        info = read_daemon_info(home)
+        click.echo(f"HTTP API: {info.api_url if info else '?'} (OpenAI-compatible; see `locft serve --help`)")
     click.echo(f"logs: {home.logs_dir / 'locftd.log'}; `locftd status` shows what it does")
 
 
 @cli.command(hidden=True)
 @click.option("--home", "home_path", default=None, metavar="DIR", help=HOME_HELP)
-def run(home_path: str | None) -> None:
+@click.option("--no-api", is_flag=True)
+def run(home_path: str | None, no_api: bool) -> None:
     """The background daemon itself (what `locftd start` launches)."""
-    sys.exit(_run(_home(home_path), foreground=False))
+    sys.exit(_run(_home(home_path), foreground=False, api=not no_api))
 
 
-def _run(home: Any, foreground: bool) -> int:
+def _run(home: Any, foreground: bool, api: bool) -> int:
     from locft.daemon.logs import DAEMON_LOG, setup_logging
     from locft.daemon.service import Daemon
 
     setup_logging(home.logs_dir, DAEMON_LOG, to_stderr=foreground)
     try:
-        return Daemon(home, foreground=foreground).run()
+        return Daemon(home, foreground=foreground, api=api).run()
     except LocftError as exc:
         logging.getLogger("locft.daemon").error("%s", exc)
         raise
@@ -151,6 +158,7 @@ def status(home_path: str | None, as_json: bool) -> None:
     else:
         if data["running"]:
             click.echo(f"locftd: running (pid {data['pid']}) since {data['started_at'] or '?'}")
+            click.echo(f"HTTP API: {data['api_url'] or 'off (--no-api)'}")
             click.echo(f"next scheduled round: {data['next_round_at'] or 'none (schedule.cron is off)'}")
         else:
             click.echo(f"locftd: not running for {home.root}")

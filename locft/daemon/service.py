@@ -11,7 +11,9 @@ Lifecycle of `run()`:
   2. recover: rounds left 'running' by a killed process are marked interrupted, their ungated
      candidates failed, orphan snapshot files removed (only while holding the round lock, so
      a foreground `locft round run` is never touched);
-  3. write run/daemon.json (pid, started_at, next_round_at, api_url) for `locft status`;
+  3. start the HTTP API (locft.api, unless --no-api): it loads the base model, serves the
+     promoted version and hot-swaps when a round promotes one; then write run/daemon.json (pid,
+     started_at, next_round_at, api_url) for `locft status` (`locftd start` waits for it);
   4. schedule: cron (schedule.cron, local time, coalesced, misfire grace), a poll every
      schedule.poll_seconds for round requests and the pending-facts trigger; a cron run missed
      while the daemon was down (within the misfire grace) runs at start;
@@ -107,9 +109,12 @@ class _Worker:
 class Daemon:
     """`Daemon(home).run()` blocks until stopped; returns the process exit code."""
 
-    def __init__(self, home: Home, *, foreground: bool = True, config: LocftConfig | None = None) -> None:
+    def __init__(
+        self, home: Home, *, foreground: bool = True, config: LocftConfig | None = None, api: bool = True
+    ) -> None:
         self.home = home
         self.foreground = foreground
+        self.api_enabled = api
         self.config = config or load_config(home.root)
         self.lock: PidLock = daemon_lock(home.run_dir)
         self.started_at = _now_local()
@@ -121,6 +126,7 @@ class Daemon:
         self._worker: _Worker | None = None
         self._scheduler: Any = None
         self._store: Any = None
+        self._api: Any = None  # locft.api.ApiServer: the HTTP API, hot-swapping on promotion
         self._busy_logged = False
 
     # ---- lifecycle --------------------------------------------------------------------------
@@ -149,6 +155,8 @@ class Daemon:
             store.log_event(EVENT_STARTED, actor="locftd", payload={
                 "pid": os.getpid(), "version": __version__, "foreground": self.foreground,
             })
+            if self.api_enabled:
+                self._start_api()  # before daemon.json: `locftd start` reports ready only when it serves
             self._start_scheduler(previous_start)
             self._write_info()
             log.info("locftd ready (cron %r, poll every %.0f s, pending-facts trigger %s)",
@@ -180,8 +188,24 @@ class Daemon:
         signal.signal(signal.SIGINT, on_signal)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a closed terminal must not kill a nohup'ed daemon
 
+    def _start_api(self) -> None:
+        """The HTTP API (locft.api) in this process: it loads the base model and serves the promoted
+        version; its watcher hot-swaps when a round promotes. A failure (port taken, model missing)
+        stops the start with the reason: a daemon that half-started would be worse."""
+        from locft.api import start_api_server
+
+        log.info("starting the HTTP API on %s:%d (loading the base model)", self.config.serve.host,
+                 self.config.serve.port)
+        self._api = start_api_server(self.home, self.config)
+        log.info("HTTP API ready at %s", self._api.url)
+
     def _shutdown(self) -> None:
         t0 = time.monotonic()
+        if self._api is not None:
+            try:
+                self._api.shutdown()  # stop taking requests first; rounds are recorded below
+            except Exception:  # noqa: BLE001 - stopping must go on
+                log.exception("could not stop the HTTP API cleanly")
         if self._worker is not None:
             self._stop_worker("the daemon is stopping")
             self._after_worker(stopping=True)
@@ -321,7 +345,8 @@ class Daemon:
                 next_at = job.next_run_time.isoformat()
         try:
             write_daemon_info(self.home, DaemonInfo(
-                pid=os.getpid(), started_at=self.started_at.isoformat(), next_round_at=next_at, api_url=None,
+                pid=os.getpid(), started_at=self.started_at.isoformat(), next_round_at=next_at,
+                api_url=self._api.url if self._api is not None else None,
             ))
         except OSError as exc:
             log.warning("could not write %s: %s", self.home.daemon_file, exc)
@@ -448,10 +473,12 @@ class Daemon:
                     self._failed_digest = worker.digest
                 elif last.outcome in ("promoted", "rejected"):
                     self._failed_digest = None
+                if last.outcome == "promoted" and self._api is not None and self._api.app.watcher is not None:
+                    self._api.app.watcher.poke()  # serve the new version now, not at the next poll
         self._write_info()
 
 
-def start_detached(home: Home, timeout_s: float = 60.0) -> int:
+def start_detached(home: Home, timeout_s: float = 300.0, api: bool = True) -> int:
     """Start the daemon in the background (new session, output to logs/locftd.out); returns its
     pid once it has taken the lock and written run/daemon.json."""
     from locft.daemon.logs import DETACHED_OUTPUT
@@ -466,7 +493,7 @@ def start_detached(home: Home, timeout_s: float = 60.0) -> int:
     stale.unlink(missing_ok=True)
     with open(out_path, "ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "locft.daemon.cli", "run", "--home", str(home.root)],
+            [sys.executable, "-m", "locft.daemon.cli", "run", "--home", str(home.root)] + ([] if api else ["--no-api"]),
             stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True, close_fds=True,
             env=dict(os.environ, LOCFT_HOME=str(home.root)),
         )

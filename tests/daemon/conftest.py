@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -48,10 +49,16 @@ def locftd(home: Home, *args: str, check: bool = True) -> subprocess.CompletedPr
 
 
 def foreground(home: Home) -> subprocess.Popen[str]:
-    """`locftd start --foreground` as our own child (so the test can signal and wait on it)."""
-    return subprocess.Popen([sys.executable, "-m", "locft.daemon.cli", "start", "--foreground", "--home",
-                             str(home.root)], env=env(home), cwd=REPO, stdout=subprocess.DEVNULL,
+    """`locftd start --foreground --no-api` as our own child (so the test can signal and wait on it)."""
+    return subprocess.Popen([sys.executable, "-m", "locft.daemon.cli", "start", "--foreground", "--no-api",
+                             "--home", str(home.root)], env=env(home), cwd=REPO, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 90.0, every: float = 0.25) -> T:

@@ -6,14 +6,20 @@ import json
 import os
 import signal
 import time
+import urllib.request
 from pathlib import Path
 
 from locft.daemon.service import STOP_BOUND_S
 from locft.facts import EditFact
 from locft.home import Home, read_daemon_info
 from locft.locks import daemon_lock, round_lock
-from tests.daemon.conftest import foreground, locft, locftd, logs, read, store_of, wait_for
+from tests.daemon.conftest import foreground, free_port, locft, locftd, logs, read, store_of, wait_for
 from tests.round_helpers import ABSURD_LR, FACTS, make_home
+
+
+def _served_version(url: str) -> int | None:
+    with urllib.request.urlopen(f"{url}/health", timeout=10) as resp:
+        return json.loads(resp.read())["version"]
 
 
 def _running_round(home: Home, not_id: int | None = None) -> int | None:
@@ -33,8 +39,8 @@ def _mid_training(home: Home, round_id: int) -> bool:
 
 
 def test_daemon_promotes_facts_added_through_the_cli(tmp_path: Path, daemon_model_dir: Path) -> None:
-    home = make_home(tmp_path / "home", daemon_model_dir)
-    out = locftd(home, "start").stdout
+    home = make_home(tmp_path / "home", daemon_model_dir, port=free_port())
+    out = locftd(home, "start").stdout  # with its HTTP API: it must serve the promoted version
     pid = daemon_lock(home.run_dir).holder()
     assert pid and f"pid {pid}" in out
     try:
@@ -53,6 +59,8 @@ def test_daemon_promotes_facts_added_through_the_cli(tmp_path: Path, daemon_mode
         assert shown["gate"]["passed"] and shown["gate"]["metrics"]["reliability"] == 1.0
         info = read_daemon_info(home)
         assert info is not None and info.pid == pid and info.next_round_at  # what `locft status` reads
+        assert info.api_url and info.api_url in out
+        wait_for("the API to serve version 1", lambda: _served_version(info.api_url) == 1, timeout=30)
         status = locftd(home, "status")
         assert "running" in status.stdout and "promoted version: 1" in status.stdout
     finally:
@@ -71,7 +79,7 @@ def test_failed_gate_rejects_and_keeps_the_promoted_version(tmp_path: Path, daem
     # Now an absurd learning rate, and the pending-facts trigger instead of a request.
     text = home.config_path.read_text().replace("lr = 0.01", f"lr = {ABSURD_LR}")
     home.config_path.write_text(text.replace("[schedule]\n", "[schedule]\nmin_pending_facts = 1\n"))
-    locftd(home, "start")
+    locftd(home, "start", "--no-api")
     try:
         locft(home, "add-fact", *FACTS[2])
         last = wait_for("a rejected round", lambda: (lambda r: r if r and r.outcome == "rejected" else None)(
@@ -90,7 +98,7 @@ def test_kill_9_mid_round_then_restart_finds_the_store_consistent(tmp_path: Path
     with store_of(home) as store:
         for prompt, answer in FACTS[:2]:
             store.add_fact(EditFact(prompt, answer))
-    locftd(home, "start")
+    locftd(home, "start", "--no-api")
     daemon_pid = daemon_lock(home.run_dir).holder()
     locft(home, "round", "request")
     round_id = wait_for("a round in progress", lambda: _running_round(home), timeout=60)
@@ -110,7 +118,7 @@ def test_kill_9_mid_round_then_restart_finds_the_store_consistent(tmp_path: Path
     orphan = home.snapshots_dir / "round-000999-deadbeef"
     orphan.mkdir()
 
-    locftd(home, "start")  # a stale daemon.json and lock file are there: both must be recovered
+    locftd(home, "start", "--no-api")  # a stale daemon.json and lock file are there: both recovered
     try:
         r = read(home, lambda s: s.get_round(round_id))
         assert r.outcome == "interrupted" and r.finished_at is not None
