@@ -142,8 +142,15 @@ class ServeConfig:
     max_prompt_chars: int = 8000
     max_tokens_limit: int = 512
     max_batch_size: int = 8
+    # torch threads for generation; None: half the CPU cores, since rounds train in another
+    # process beside the server (on 2 shared cores, 2 threads made a 16-token answer 4x slower)
+    threads: int | None = None
 
     def __post_init__(self) -> None:
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"serve.threads must be >= 1, got {self.threads}")
+        if self.max_batch_size < 1:
+            raise ConfigError(f"serve.max_batch_size must be >= 1, got {self.max_batch_size}")
         if not 0 < self.port < 65536:
             raise ConfigError(f"serve.port must be 1..65535, got {self.port}")
         if self.host not in ("127.0.0.1", "localhost", "::1") and not self.api_token:
@@ -310,6 +317,10 @@ CONFIG_TEMPLATE = """\
 # host = "127.0.0.1"
 # port = 8765
 # api_token = "..."          # required when host is not loopback
+# max_prompt_chars = 8000
+# max_tokens_limit = 512
+# max_batch_size = 8         # concurrent requests answered by one generate call
+# threads = 1                # torch threads for generation (default: half the CPU cores)
 
 [store]
 # database_url = "sqlite:///..."   # default: locft.db in this directory

@@ -15,7 +15,7 @@ from locft.api.errors import ApiError, bad_request
 from locft.serving import GenerationResult, ServingError, TokenLogprob, finite, parse_model_name
 
 MAX_PROMPTS = 64  # prompts in one /v1/completions request
-MAX_STOPS = 4  # as OpenAI
+MAX_STOPS = 16  # OpenAI allows 4; lm-eval tasks send more (their `until` + the eos string)
 MAX_LOGPROBS = 20
 CHAT_ROLES = {"system", "developer", "user", "assistant"}
 

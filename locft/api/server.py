@@ -231,7 +231,8 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:
             self.close_connection = True
 
-    def _read_body(self) -> Any:
+    def _read_body(self) -> bytes | None:
+        """The raw body (always read, so a keep-alive connection stays in sync), size-checked."""
         length_header = self.headers.get("Content-Length")
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
             self.close_connection = True
@@ -246,12 +247,15 @@ class _Handler(BaseHTTPRequestHandler):
         if length < 0 or length > self.app.max_body_bytes:
             self.close_connection = True  # the unread body must not be parsed as the next request
             raise ApiError(413, f"request body of {length} bytes is over the limit of {self.app.max_body_bytes}")
-        raw = self.rfile.read(length) if length else b""
+        return self.rfile.read(length) if length else b""
+
+    @staticmethod
+    def _parse_json(raw: bytes | None) -> Any:
         if not raw:
             return None
         try:
             return json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as exc:
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise bad_request(f"the body is not valid JSON: {exc}", code="invalid_json") from None
 
     def _authorized(self) -> bool:
@@ -267,11 +271,12 @@ class _Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         path = url.path.rstrip("/") or "/"
         try:
-            body = self._read_body() if method in ("POST", "PUT", "PATCH") else None
+            raw = self._read_body() if method in ("POST", "PUT", "PATCH") else None
             if path not in OPEN_PATHS and not self._authorized():
                 raise ApiError(401, "missing or wrong API key: send 'Authorization: Bearer <serve.api_token>'",
                                code="invalid_api_key")
             route = _route(method, path)
+            body = self._parse_json(raw)
             query = {k: v[-1] for k, v in parse_qs(url.query).items()}
             route(self, body, query)
         except ApiError as err:
@@ -522,9 +527,16 @@ def _served(app: _App) -> dict[str, Any]:
         "since": datetime.fromtimestamp(active.loaded_at, timezone.utc).isoformat(timespec="seconds"),
         "loaded_versions": app.server.loaded_versions(), "queue": app.server.queue_length(),
         "batches_run": app.server.batches_run, "requests_run": app.server.requests_run,
-        "max_batch_seen": app.server.max_batch_seen, "swap_error": app.watcher.last_error if app.watcher else None,
+        "max_batch_seen": app.server.max_batch_seen, "tokens_generated": app.server.tokens_generated,
+        "busy_s": round(app.server.busy_s, 3), "torch_threads": _torch_threads(), "swap_error": app.watcher.last_error if app.watcher else None,
         "base_model": app.server.loaded.source, "started_at": app.started_at,
     }
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return int(torch.get_num_threads())
 
 
 def _status(h: _Handler, body: Any, query: dict[str, str]) -> None:

@@ -237,6 +237,7 @@ def test_auth_when_a_token_is_configured(api: ApiServer, served_home: Home) -> N
                                    ("POST", "/locft/rollback", {}), ("GET", "/locft/status", None)):
             status, out = raw(guarded, method, path, None if body is None else json.dumps(body))
             assert status == 401 and out["error"]["type"] == "authentication_error", path
+        assert raw(guarded, "POST", "/v1/completions", "{bad json")[0] == 401  # auth before anything else
         assert raw(guarded, "GET", "/health")[0] == 200  # liveness only, never needs the token
         status, _ = raw(guarded, "GET", "/locft/status", headers={"Authorization": "Bearer s3cret"})
         assert status == 200
@@ -253,6 +254,8 @@ def test_a_non_loopback_host_needs_a_token(served_home: Home) -> None:
 BAD_REQUESTS: list[tuple[str, str, Any, int, str | None]] = [
     ("POST", "/v1/completions", "{not json", 400, "invalid_json"),
     ("POST", "/v1/completions", "[1, 2]", 400, "invalid_type"),
+    ("POST", "/v1/completions", "[" * 100000 + "]" * 100000, 400, "invalid_json"),
+    ("POST", "/v1/completions", b"\xff\xfe", 400, "invalid_json"),
     ("POST", "/v1/completions", "", 400, "missing_body"),
     ("POST", "/v1/completions", {"prompt": "x"}, 400, "missing"),
     ("POST", "/v1/completions", {"model": "locft"}, 400, "missing"),
@@ -267,7 +270,8 @@ BAD_REQUESTS: list[tuple[str, str, Any, int, str | None]] = [
     ("POST", "/v1/completions", {"model": "locft", "prompt": "x", "max_tokens": True}, 400, "invalid_type"),
     ("POST", "/v1/completions", {"model": "locft", "prompt": "x", "temperature": 5}, 400, "out_of_range"),
     ("POST", "/v1/completions", {"model": "locft", "prompt": "x", "n": 2}, 400, "unsupported"),
-    ("POST", "/v1/completions", {"model": "locft", "prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, 400, "out_of_range"),
+    ("POST", "/v1/completions", {"model": "locft", "prompt": "x", "stop": list("abcdefghijklmnopq")}, 400, "out_of_range"),
+    ("POST", "/v1/completions", {"model": "locft", "prompt": "x", "stop": ["a", ""]}, 400, "invalid_value"),
     ("POST", "/v1/completions", {"model": "locft", "prompt": "x", "stop": 7}, 400, "invalid_type"),
     ("POST", "/v1/completions", {"model": "locft", "prompt": "x", "stream": "yes"}, 400, "invalid_type"),
     ("POST", "/v1/completions", {"model": "locft", "prompt": "x", "logprobs": 99}, 400, "out_of_range"),
@@ -299,7 +303,7 @@ BAD_REQUESTS: list[tuple[str, str, Any, int, str | None]] = [
 @pytest.mark.parametrize("method,path,body,status,code", BAD_REQUESTS)
 def test_bad_requests_get_a_4xx_openai_error(api: ApiServer, method: str, path: str, body: Any, status: int,
                                              code: str | None) -> None:
-    data = None if body is None else body if isinstance(body, str) else json.dumps(body)
+    data = None if body is None else body if isinstance(body, (str, bytes)) else json.dumps(body)
     got, out = raw(api, method, path, data)
     assert got == status, out
     assert set(out["error"]) == {"message", "type", "param", "code"} and out["error"]["message"]
