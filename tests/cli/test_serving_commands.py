@@ -19,7 +19,7 @@ from locft.api.client import api_file, discover_api, remove_api_info, write_api_
 from locft.cli.main import cli
 from locft.config import ModelConfig
 from locft.engine.model_io import LoadedModel, load_base
-from locft.home import Home
+from locft.home import DaemonInfo, Home, write_daemon_info
 from tests.cli.test_console_script import CHECK_IMPORTS, HEAVY
 from tests.round_helpers import FACTS
 from tests.serving_helpers import make_served_home
@@ -63,7 +63,14 @@ def test_ask_loads_the_model_itself_when_no_server_runs(served_home: Home) -> No
 
 def test_ask_goes_through_a_running_server(served_home: Home, loaded: LoadedModel) -> None:
     with start_api_server(served_home, port=0, loaded=loaded, watch=False) as api:
-        write_api_info(served_home, api.url)
+        # the daemon announces its API in run/daemon.json (a live pid)
+        write_daemon_info(served_home, DaemonInfo(pid=os.getpid(), started_at="now", api_url=api.url))
+        try:
+            assert discover_api(served_home) == api.url
+        finally:
+            served_home.daemon_file.unlink()
+        assert discover_api(served_home) is None
+        write_api_info(served_home, api.url)  # `locft serve` in run/api.json
         try:
             assert discover_api(served_home) == api.url
             before = api.model_server.requests_run
