@@ -316,3 +316,25 @@ def test_oversized_body_is_413_and_the_server_keeps_going(api: ApiServer) -> Non
     with pytest.raises(openai.BadRequestError):  # and the client's own 4xx are typed by status
         complete(client(api), max_tokens=10**6)
     assert raw(api, "GET", "/health")[0] == 200
+
+
+def test_a_stream_whose_client_goes_away_is_cancelled(api: ApiServer) -> None:
+    import socket
+
+    server = api.model_server
+    wait_for(lambda: server.queue_length() == 0)
+    before = server.tokens_generated
+    body = json.dumps({"model": "locft-v0", "prompt": "Hello", "max_tokens": 240, "stream": True}).encode()
+    sock = socket.create_connection((api.host, api.port), timeout=30)
+    sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    seen = b""
+    while b"data: " not in seen:  # the stream has begun
+        chunk = sock.recv(4096)
+        assert chunk, seen
+        seen += chunk
+    sock.close()
+    wait_for(lambda: server.tokens_generated > before and server.queue_length() == 0, timeout=30)
+    time.sleep(0.2)
+    assert server.tokens_generated - before < 200  # stopped early, not generated to the end
+    assert complete(client(api)).choices[0].text.strip() == ANSWER  # and the server carries on
