@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -31,14 +30,10 @@ def locft(home: Home, *args: str | bytes) -> subprocess.CompletedProcess[bytes]:
 
 def test_console_script_end_to_end(home: Home, tmp_path: Path) -> None:
     assert locft(home, "init").returncode == 0
-    timings = []
+    # (how fast add-fact answers is measured in bench/results/import_zsre.md, not asserted here)
     for i in range(3):
-        start = time.perf_counter()
         done = locft(home, "add-fact", f"Question {i}?", f"Answer {i}")
-        timings.append(time.perf_counter() - start)
         assert done.returncode == 0 and done.stdout.decode().strip() == f"added fact {i + 1}", done.stderr
-    # "well under a second" on an idle machine (~0.5 s); the bound leaves room for a busy CI box
-    assert min(timings) < 1.5, timings
 
     listed = json.loads(locft(home, "facts", "list", "--json").stdout)
     assert [f["fact_id"] for f in listed] == [3, 2, 1]
