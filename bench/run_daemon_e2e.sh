@@ -127,6 +127,10 @@ ev = (gate.get("report") or {}).get("evaluation") or {}
 if ev:
     lines += ["", f"Evaluated: {ev.get('n_evaluated')} of {ev.get('n_facts')} facts, {ev.get('n_paraphrases')} "
               f"paraphrases, {ev.get('n_probes')} probe prompts ({ev.get('n_fixed_probes')} from the fixed set)."]
+    by_source = ev.get("token_locality_by_source") or {}
+    if by_source:
+        lines.append("Token locality by probe source: " + ", ".join(
+            f"{k} {'n/a' if v is None else f'{v:.4f}'}" for k, v in by_source.items()) + ".")
 open(md, "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
 EOF

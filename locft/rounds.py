@@ -332,17 +332,19 @@ def _run(
             summary = result.summary()
             state.loss = list(summary["loss_per_epoch"])
             prompt_format = result.prompt_format
-            edit_record = to_dict(config.edit) | {
+            resolved = getattr(result, "config", None) or config.edit  # per-model defaults filled in
+            edit_record = to_dict(resolved) | {
                 "lr": result.lr, "prompt_format": prompt_format, "location": result.location.describe(),
                 "parameters": list(tensors),
             }
         else:
             # Every fact retracted: the right model is the base itself, i.e. an empty snapshot.
-            from locft.engine.data import resolve_prompt_format
+            from locft.engine.train import resolve_edit_config
 
             tensors, summary = {}, {"loss_per_epoch": [], "epochs": 0, "note": "no active facts"}
-            prompt_format = resolve_prompt_format(config.edit.prompt_format, loaded.tokenizer)
-            edit_record = to_dict(config.edit) | {"prompt_format": prompt_format, "parameters": []}
+            resolved = resolve_edit_config(loaded, config.edit)
+            prompt_format = resolved.prompt_format
+            edit_record = to_dict(resolved) | {"parameters": []}
 
     check_stop()
     emit(RoundProgress("snapshot", detail="writing the candidate snapshot"))
@@ -425,7 +427,7 @@ def _measure(
     """Every gate measurement of the candidate; returns GateMetrics and the report's details."""
     from locft.engine.weights import applied
     from locft.evaluation.capability import base_capability, lower_is_better, measure_capability
-    from locft.evaluation.editing import evaluate_edits
+    from locft.evaluation.editing import evaluate_edits, token_agreement
     from locft.engine.generate import greedy_generate
     from locft.evaluation.probes import FIXED_PROBE_PROMPTS, base_answers
 
@@ -463,6 +465,14 @@ def _measure(
     with clock.phase("evaluate"), applied(loaded.model, tensors):
         evaluation = evaluate_edits(loaded, [e.fact for e in sample], prompt_format, probe_prompts, base_gens,
                                     max_new, progress=on_eval)
+        # Token locality per probe source (one teacher-forced pass; no generation): which prompts
+        # an edit disturbs is the first question when the locality gate fails.
+        n_fixed = min(policy.probe_set_size, len(FIXED_PROBE_PROMPTS))
+        per_probe = token_agreement(loaded, probe_prompts, base_gens, prompt_format) if probe_prompts else []
+    locality_by_source = {
+        "fixed_probe_set": _mean_or_none(per_probe[:n_fixed]),
+        "facts_own_probes": _mean_or_none(per_probe[n_fixed:]),
+    }
     correct = {e.revision_id: ok for e, ok in zip(sample, evaluation.correct)}
 
     check_stop()
@@ -513,7 +523,7 @@ def _measure(
         "evaluation": {
             "n_facts": n_facts, "n_evaluated": len(sample), "sampled": len(sample) < n_facts,
             "n_paraphrases": evaluation.n_paraphrases, "n_probes": evaluation.n_probes,
-            "n_fixed_probes": min(policy.probe_set_size, len(FIXED_PROBE_PROMPTS)),
+            "n_fixed_probes": n_fixed, "token_locality_by_source": locality_by_source,
             "probe_answers_generated": generated, "n_retention_checked": len(retention_set),
             "samples": evaluation.samples,
         },
@@ -525,6 +535,10 @@ def _measure(
         if value is not None and math.isnan(value):
             log.warning("%s is NaN", name)
     return metrics, report
+
+
+def _mean_or_none(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None
 
 
 def _finish(

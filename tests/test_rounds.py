@@ -74,6 +74,10 @@ def test_round_trains_gates_promotes_and_records_everything(home: Home, store: S
     assert {c["name"] for c in v.gate.report["verdict"]["checks"]} >= {"reliability", "locality", "retention_drop"}
     assert len(v.gate.report["correct_revision_ids"]) == 3
     assert v.gate.report["evaluation"]["n_fixed_probes"] == 8
+    by_source = v.gate.report["evaluation"]["token_locality_by_source"]
+    assert by_source["fixed_probe_set"] is not None and by_source["facts_own_probes"] is not None
+    mixed = (8 * by_source["fixed_probe_set"] + 1 * by_source["facts_own_probes"]) / 9
+    assert mixed == pytest.approx(result.metrics.locality)
     assert {p.phase for p in seen} >= {"freeze", "load", "train", "snapshot", "evaluate"}
     # the fixed probe set's base answers are cached per base fingerprint
     assert list((home.cache_dir / "probes").glob("*.json"))
@@ -230,3 +234,12 @@ def test_a_fact_set_whose_round_failed_is_not_retried_by_automatic_triggers(home
     assert not plan_round(store, config, "cron", avoid_digest=digest).run
     assert plan_round(store, config, "cron", avoid_digest="another set").run
     assert plan_round(store, config, "request", avoid_digest=digest).run  # a person may retry
+
+
+def test_version_records_the_resolved_edit_config(home: Home, store: Store, loaded: LoadedModel) -> None:
+    home.config_path.write_text(home.config_path.read_text().replace("batch_size = 4\n", ""))
+    add(store, FACTS[:1])
+    result = run(home, store, loaded)
+    recorded = store.get_version(result.version_id).edit_config  # type: ignore[arg-type]
+    assert recorded["batch_size"] is not None and recorded["lr"] == 1e-2 and recorded["prompt_format"] == "raw"
+    assert recorded["location"] == "model.layers.3.mlp.down_proj.weight"
