@@ -7,6 +7,13 @@ from pathlib import Path
 import pytest
 
 from locft.home import Home
+from tests.tiny_model import make_tiny_model_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One tiny random Llama with the embedded tokenizer per session (tests only read it)."""
+    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny-model"))
 
 
 @pytest.fixture

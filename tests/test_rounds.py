@@ -16,7 +16,6 @@ from locft.locks import LockHeld
 from locft.rounds import RoundProgress, hold_round_lock, plan_round, recover_rounds, run_round
 from locft.store import Store
 from tests.round_helpers import ABSURD_LR, FACTS, make_home
-from tests.tiny_model import make_tiny_model_dir
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -32,19 +31,14 @@ def one_torch_thread() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny-model"))
-
-
-@pytest.fixture(scope="module")
-def loaded(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
+def loaded(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
     """Loaded once: run_round leaves a given model exactly as it found it."""
-    return load_base(ModelConfig(path=str(model_dir)), tmp_path_factory.mktemp("load-home"))
+    return load_base(ModelConfig(path=str(tiny_model_dir)), tmp_path_factory.mktemp("load-home"))
 
 
 @pytest.fixture
-def home(tmp_path: Path, model_dir: Path) -> Home:
-    return make_home(tmp_path / "home", model_dir)
+def home(tmp_path: Path, tiny_model_dir: Path) -> Home:
+    return make_home(tmp_path / "home", tiny_model_dir)
 
 
 @pytest.fixture

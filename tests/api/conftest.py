@@ -12,22 +12,16 @@ from locft.config import ModelConfig
 from locft.engine.model_io import LoadedModel, load_base
 from locft.home import Home
 from tests.serving_helpers import make_served_home
-from tests.tiny_model import make_tiny_model_dir
 
 
 @pytest.fixture(scope="package")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny-model"))
+def loaded(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
+    return load_base(ModelConfig(path=str(tiny_model_dir)), tmp_path_factory.mktemp("load-home"))
 
 
 @pytest.fixture(scope="package")
-def loaded(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
-    return load_base(ModelConfig(path=str(model_dir)), tmp_path_factory.mktemp("load-home"))
-
-
-@pytest.fixture(scope="package")
-def served_home(tmp_path_factory: pytest.TempPathFactory, model_dir: Path, loaded: LoadedModel) -> Home:
-    return make_served_home(tmp_path_factory.mktemp("serve") / "home", model_dir, loaded)
+def served_home(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, loaded: LoadedModel) -> Home:
+    return make_served_home(tmp_path_factory.mktemp("serve") / "home", tiny_model_dir, loaded)
 
 
 @pytest.fixture(scope="package")

@@ -95,7 +95,7 @@ def test_chat_and_streaming(api: ApiServer) -> None:
     assert pieces[-1].choices[0].finish_reason == "stop"
 
 
-def test_echo_logprobs_are_what_lm_eval_needs(api: ApiServer, model_dir: Path, tmp_path: Path) -> None:
+def test_echo_logprobs_are_what_lm_eval_needs(api: ApiServer, tiny_model_dir: Path, tmp_path: Path) -> None:
     from lm_eval.models.openai_completions import LocalCompletionsAPI
 
     tok = api.model_server.loaded.tokenizer
@@ -113,7 +113,7 @@ def test_echo_logprobs_are_what_lm_eval_needs(api: ApiServer, model_dir: Path, t
 
     with Store.open(api.app.home) as store:
         snap = load_snapshot(store.snapshot_dir(1))  # type: ignore[arg-type]
-    fresh = load_base(ModelConfig(path=str(model_dir)), tmp_path)
+    fresh = load_base(ModelConfig(path=str(tiny_model_dir)), tmp_path)
     apply_snapshot(fresh, snap)
     with torch.no_grad():
         out = torch.log_softmax(fresh.model(torch.tensor([tokens])).logits[0].float(), -1)

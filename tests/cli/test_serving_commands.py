@@ -23,24 +23,18 @@ from locft.home import DaemonInfo, Home, write_daemon_info
 from tests.cli.test_console_script import CHECK_IMPORTS, HEAVY
 from tests.round_helpers import FACTS
 from tests.serving_helpers import make_served_home
-from tests.tiny_model import make_tiny_model_dir
 
 PROMPT, ANSWER = FACTS[0]
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny-model"))
+def loaded(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
+    return load_base(ModelConfig(path=str(tiny_model_dir)), tmp_path_factory.mktemp("load-home"))
 
 
 @pytest.fixture(scope="module")
-def loaded(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
-    return load_base(ModelConfig(path=str(model_dir)), tmp_path_factory.mktemp("load-home"))
-
-
-@pytest.fixture(scope="module")
-def served_home(tmp_path_factory: pytest.TempPathFactory, model_dir: Path, loaded: LoadedModel) -> Home:
-    return make_served_home(tmp_path_factory.mktemp("serve") / "home", model_dir, loaded)
+def served_home(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, loaded: LoadedModel) -> Home:
+    return make_served_home(tmp_path_factory.mktemp("serve") / "home", tiny_model_dir, loaded)
 
 
 def run(home: Home, *args: str) -> tuple[int, str]:

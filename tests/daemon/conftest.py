@@ -14,15 +14,14 @@ import pytest
 
 from locft.home import Home
 from locft.store import Store
-from tests.tiny_model import make_tiny_model_dir
 
 REPO = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
 
 
 @pytest.fixture(scope="session")
-def daemon_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny-model"))
+def daemon_model_dir(tiny_model_dir: Path) -> Path:
+    return tiny_model_dir
 
 
 def env(home: Home) -> dict[str, str]:

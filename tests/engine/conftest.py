@@ -6,12 +6,6 @@ import pytest
 
 from locft.config import ModelConfig
 from locft.engine.model_io import LoadedModel, load_base
-from tests.tiny_model import make_tiny_model_dir
-
-
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny-model"))
 
 
 @pytest.fixture()
