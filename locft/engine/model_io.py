@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from locft.atomic import atomic_write_text
 from locft.config import ModelConfig
 from locft.errors import ModelLoadError
 
@@ -93,23 +94,10 @@ def directory_fingerprint(directory: Path) -> str:
         h.update(_sha256_file(f).encode())
     fingerprint = h.hexdigest()
     try:  # best effort: a read-only model directory is fine, we just hash again next time
-        _atomic_write_text(cache, json.dumps({"stamp": stamp, "fingerprint": fingerprint}))
+        atomic_write_text(cache, json.dumps({"stamp": stamp, "fingerprint": fingerprint}))
     except OSError:
         pass
     return fingerprint
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def fsync_dir(path: Path) -> None:

@@ -13,12 +13,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from locft.atomic import atomic_write_text
 from locft.engine.model_io import LoadedModel
 from locft.errors import ConfigError
 from locft.text import normalize_prompt
@@ -107,19 +106,9 @@ def build_replay(
     generations = greedy_generate(loaded, prompts, prompt_format, max_new_tokens)
     items = [ReplayItem(p, g.token_ids) for p, g in zip(prompts, generations) if g.token_ids]
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         payload = {"format": _CACHE_FORMAT, "base_fingerprint": loaded.fingerprint,
                    "items": [[i.prompt, list(i.token_ids)] for i in items]}
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".replay-")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(payload, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_text(path, json.dumps(payload))
     return items
 
 
