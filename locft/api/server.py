@@ -246,6 +246,12 @@ class _Handler(BaseHTTPRequestHandler):
             raise bad_request("invalid Content-Length header") from None
         if length < 0 or length > self.app.max_body_bytes:
             self.close_connection = True  # the unread body must not be parsed as the next request
+            if 0 < length <= 16 * self.app.max_body_bytes:
+                # Read and drop a moderately oversized body, so that a client still sending it
+                # gets to read the 413 instead of a broken pipe; a huge one is cut off instead.
+                remaining = length
+                while remaining > 0 and (chunk := self.rfile.read(min(remaining, 1 << 16))):
+                    remaining -= len(chunk)
             raise ApiError(413, f"request body of {length} bytes is over the limit of {self.app.max_body_bytes}")
         return self.rfile.read(length) if length else b""
 
