@@ -9,18 +9,10 @@ from typing import Any
 
 import click
 
+from locft.cli.main import ErrorReportingGroup
 from locft.errors import LocftError
 
 HOME_HELP = "The locft home (default: $LOCFT_HOME, else the user data dir)."
-
-
-class _Group(click.Group):
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except LocftError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(exc.exit_code)
 
 
 def _home(path: str | None) -> Any:
@@ -36,7 +28,7 @@ def _require_store(home: Any) -> None:
         raise DaemonError(f"no locft home in {home.root}; run `locft init` first (or pass --home / set LOCFT_HOME)")
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=ErrorReportingGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="locft")
 def cli() -> None:
     """locftd: turns the facts in a locft store into gated model versions, on a schedule.
