@@ -1,0 +1,180 @@
+"""Which edit location a `locft locate` sweep picks: a pure function of measured numbers.
+
+The LocFT-BF paper's priority for choosing where to fine-tune: keep the model's general
+capability first, then locality (unrelated answers unchanged), then generalization
+(paraphrases). Applied to a sweep's candidates, in this order:
+
+1. learned: a candidate whose training failed, or whose numbers are NaN, is out; so is one
+   whose reliability is more than `tolerances.reliability` below the best candidate's (it did
+   not learn the sample in the sweep's epoch budget, so its locality says nothing);
+2. capability: keep those whose capability drop vs the base model is within
+   `tolerances.capability` of the smallest drop (skipped when capability was not measured);
+3. locality: of those, keep the ones within `tolerances.locality` of the best token locality
+   (skipped when there were no probes);
+4. generalization: of those, the highest generalization wins; exact ties go to the higher
+   locality, then the smaller capability drop, then the earlier candidate.
+
+Decides, never measures: no torch, no store (`locft.locate` measures).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from locft.errors import ConfigError
+from locft.policies.gating import EPSILON, fmt
+
+
+@dataclass(frozen=True)
+class LocateTolerances:
+    """How close to the best a candidate must be to count as "as good" at each priority level.
+
+    All three are absolute differences in the measure's own units.
+    """
+
+    # Share of the sample's edit prompts answered with the new answer. A location that learns
+    # noticeably fewer edits than the best one is not compared further: with fewer changed
+    # answers its locality would look better for the wrong reason.
+    reliability: float = 0.10
+    # Capability drop vs the base model, in the gate's units (base - candidate for accuracies,
+    # candidate - base for bits per byte; the worst task counts). 0.01 is 1% of the embedded
+    # model's ~1.0 bits per byte, far above the paired noise of 50 passages (MEASURED.md: a
+    # +0.3% change was already ~6 standard errors), and half an item at 50 accuracy items.
+    capability: float = 0.01
+    # Token-level locality on the probe prompts. Layers of the embedded model differ by 0.1-0.4
+    # here (MEASURED.md: 0.32 at layer 22 to 0.71 at layer 3), so 0.02 only merges near-ties,
+    # which generalization then breaks.
+    locality: float = 0.02
+
+    def __post_init__(self) -> None:
+        for name in ("reliability", "capability", "locality"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and 0 <= value <= 1) or math.isnan(value):
+                raise ConfigError(f"locate tolerance {name} must be within [0, 1], got {value!r}")
+
+
+@dataclass(frozen=True)
+class CandidateScore:
+    """A candidate's measured numbers; None = not measured (no probes, no paraphrases, no tasks)."""
+
+    name: str
+    reliability: float | None
+    generalization: float | None = None
+    locality: float | None = None
+    capability_drop: float | None = None  # worst task; smaller is better; may be negative
+    error: str | None = None  # training or measuring failed: never chosen
+
+
+@dataclass
+class Selection:
+    """The pick (index into the candidates, None when none qualified) and why."""
+
+    winner: int | None
+    # per candidate: "chosen", or the first priority level that put it out and the numbers
+    status: list[str] = field(default_factory=list)
+    steps: list[str] = field(default_factory=list)  # one sentence per priority level applied
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _bad(value: float | None) -> bool:
+    return value is not None and math.isnan(value)
+
+
+def choose_location(scores: Sequence[CandidateScore], tolerances: LocateTolerances | None = None) -> Selection:
+    """Apply the paper's priority (module docstring) to the candidates' numbers."""
+    tol = tolerances or LocateTolerances()
+    status = ["" for _ in scores]
+    steps: list[str] = []
+    alive: list[int] = []
+    for i, s in enumerate(scores):
+        if s.error:
+            status[i] = f"failed: {s.error}"
+        elif any(_bad(v) for v in (s.reliability, s.generalization, s.locality, s.capability_drop)):
+            status[i] = "failed: a measurement is nan"
+        elif s.reliability is None:
+            status[i] = "failed: reliability was not measured"
+        else:
+            alive.append(i)
+    if not alive:
+        steps.append("no candidate was measured successfully")
+        return Selection(None, status, steps)
+
+    # 1. it must have learned the edits
+    best_rel = max(scores[i].reliability for i in alive)  # type: ignore[type-var]
+    floor = best_rel - tol.reliability
+    kept = [i for i in alive if scores[i].reliability + EPSILON >= floor]  # type: ignore[operator]
+    for i in alive:
+        if i not in kept:
+            status[i] = f"did not learn the edits: reliability {fmt(scores[i].reliability)} < {fmt(floor)}"
+    steps.append(f"reliability: best {fmt(best_rel)}; kept {len(kept)} of {len(alive)} within "
+                 f"{fmt(tol.reliability)} of it")
+    alive = kept
+
+    # 2. general capability first
+    drops = [scores[i].capability_drop for i in alive]
+    if all(d is not None for d in drops):
+        best_drop = min(drops)  # type: ignore[type-var]
+        ceiling = best_drop + tol.capability  # type: ignore[operator]
+        kept = [i for i in alive if scores[i].capability_drop <= ceiling + EPSILON]  # type: ignore[operator]
+        for i in alive:
+            if i not in kept:
+                status[i] = (f"capability: drop {fmt(scores[i].capability_drop)} > best "
+                             f"{fmt(best_drop)} + {fmt(tol.capability)}")
+        steps.append(f"capability: smallest drop {fmt(best_drop)}; kept {len(kept)} of {len(alive)} within "
+                     f"{fmt(tol.capability)} of it")
+        alive = kept
+    elif any(d is not None for d in drops):
+        # Some measured, some not: comparing would favour the unmeasured ones. Treat as unknown.
+        steps.append("capability: not measured for every candidate; not compared")
+    else:
+        steps.append("capability: not measured; not compared")
+
+    # 3. then locality
+    locs = [scores[i].locality for i in alive]
+    if all(v is not None for v in locs):
+        best_loc = max(locs)  # type: ignore[type-var]
+        floor = best_loc - tol.locality  # type: ignore[operator]
+        kept = [i for i in alive if scores[i].locality + EPSILON >= floor]  # type: ignore[operator]
+        for i in alive:
+            if i not in kept:
+                status[i] = f"locality: {fmt(scores[i].locality)} < best {fmt(best_loc)} - {fmt(tol.locality)}"
+        steps.append(f"locality: best {fmt(best_loc)}; kept {len(kept)} of {len(alive)} within "
+                     f"{fmt(tol.locality)} of it")
+        alive = kept
+    else:
+        steps.append("locality: not measured for every candidate; not compared")
+
+    # 4. then generalization; exact ties: locality, smaller capability drop, candidate order
+    def key(i: int) -> tuple[float, float, float, int]:
+        s = scores[i]
+        return (
+            s.generalization if s.generalization is not None else -1.0,
+            s.locality if s.locality is not None else -1.0,
+            -(s.capability_drop if s.capability_drop is not None else 0.0),
+            -i,
+        )
+
+    winner = max(alive, key=key)
+    for i in alive:
+        if i != winner:
+            s, w = scores[i], scores[winner]
+            if (s.generalization or 0.0) < (w.generalization or 0.0):
+                status[i] = (f"generalization: {fmt(s.generalization)} < {fmt(w.generalization)} "
+                             f"(tied on the levels above)")
+            else:
+                status[i] = "tied with the chosen one; lost on locality, capability drop or order"
+    status[winner] = "chosen"
+    gens = {scores[i].generalization for i in alive}
+    if len(alive) == 1:
+        steps.append("generalization: one candidate left")
+    elif gens == {None}:
+        steps.append("generalization: not measured (no paraphrases); ties broken by locality")
+    else:
+        steps.append(f"generalization: {fmt(scores[winner].generalization)} is the best of the "
+                     f"{len(alive)} left")
+    return Selection(winner, status, steps)
