@@ -15,6 +15,7 @@ from locft.errors import LocftError
 COMMANDS: dict[str, str] = {
     "bench": "locft.cli.bench:bench",
     "demo": "locft.cli.demo:demo",
+    "locate": "locft.cli.locate:locate_cmd",
     "init": "locft.cli.init:init",
     "status": "locft.cli.status:status",
     "add-fact": "locft.cli.facts:add_fact",
