@@ -64,7 +64,9 @@ def parse_model_name(name: str) -> int | None:
     if name == MODEL_PREFIX:
         return None
     prefix = MODEL_PREFIX + "-v"
-    if name.startswith(prefix) and name[len(prefix):].isdigit() and len(name) - len(prefix) < 10:
+    digits = name[len(prefix):]
+    # isascii: str.isdigit() is also true for '²' or '١', which int() refuses or reads as another number
+    if name.startswith(prefix) and digits.isascii() and digits.isdigit() and len(digits) < 10:
         return int(name[len(prefix):])
     raise ServingError(f"unknown model {name!r}: use {MODEL_PREFIX!r} (the promoted version) or "
                        f"'{MODEL_PREFIX}-v<N>' (version N; `locft versions list` shows them)")

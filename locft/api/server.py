@@ -12,6 +12,7 @@ import hmac
 import json
 import logging
 import queue
+import re
 import socket
 import threading
 import time
@@ -231,6 +232,16 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:
             self.close_connection = True
 
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """The stdlib's own refusals (a malformed request line, a URI over 64 KiB, too many header
+        lines, an unknown method) in the same JSON shape as every other error, not as HTML."""
+        self.close_connection = True
+        text = message or (self.responses.get(code, ("error",))[0])
+        try:
+            self._send_json(code, ApiError(code, f"{text}" + (f": {explain}" if explain else "")).body())
+        except OSError:
+            pass
+
     def _read_body(self) -> bytes | None:
         """The raw body (always read, so a keep-alive connection stays in sync), size-checked."""
         length_header = self.headers.get("Content-Length")
@@ -260,9 +271,16 @@ class _Handler(BaseHTTPRequestHandler):
         if not raw:
             return None
         try:
-            return json.loads(raw.decode("utf-8"))
+            text = raw.decode("utf-8")
+            data = json.loads(text)
         except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise bad_request(f"the body is not valid JSON: {exc}", code="invalid_json") from None
+        if _SURROGATE_ESCAPE.search(text) and _has_lone_surrogate(data):
+            # JSON lets "\ud800" through, but it is not text: the tokenizer, the store and the
+            # UTF-8 response would each fail on it differently
+            raise bad_request("the body contains a lone UTF-16 surrogate escape (\\ud800-\\udfff), which is not "
+                              "valid text", code="invalid_json")
+        return data
 
     def _authorized(self) -> bool:
         token = self.app.serve.api_token
@@ -314,6 +332,23 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 Route = Callable[[_Handler, Any, dict[str, str]], None]
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _has_lone_surrogate(data: Any) -> bool:
+    """Any string (key or value) in parsed JSON holding a lone surrogate; iterative (deep JSON)."""
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if any("\ud800" <= ch <= "\udfff" for ch in item):
+                return True
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+    return False
 
 
 def _object(body: Any) -> dict[str, Any]:
@@ -576,7 +611,7 @@ def _versions(h: _Handler, body: Any, query: dict[str, str]) -> None:
 
 
 def _version_one(h: _Handler, ident: str) -> None:
-    if not ident.isdigit():
+    if not (ident.isascii() and ident.isdigit()):  # '²'.isdigit() is True too
         raise ApiError(404, f"no version {ident!r}", code="not_found")
     h._send_json(200, h.app.store.get_version(int(ident)).to_dict())
 
@@ -644,7 +679,7 @@ def _version_field(data: Mapping[str, Any], name: str, required: bool) -> int | 
         return None
     if isinstance(value, str) and value.startswith("locft-v"):
         value = value[len("locft-v"):]
-    if isinstance(value, str) and value.isdigit():
+    if isinstance(value, str) and value.isascii() and value.isdigit():  # not '²', which int() refuses
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise bad_request(f"{name} must be a version id", name, "invalid_type")

@@ -20,13 +20,19 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlmodel import Session
 
 from locft.config import StoreConfig
-from locft.errors import StoreError
+from locft.errors import NotFoundError, StoreError
 from locft.home import Home
 from locft.store.migrations import MIGRATIONS, SCHEMA_TABLE
 
 log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_S = 30.0
+MAX_INT = 2**63 - 1  # SQLite integers are 64-bit: no id, limit or offset is larger
+
+
+def clamp_count(n: int | None) -> int | None:
+    """A limit or offset as the database can take it (a larger one means "all" anyway)."""
+    return None if n is None else max(0, min(int(n), MAX_INT))
 _BEGIN_OPTION = "locft_sqlite_begin"
 
 
@@ -170,6 +176,8 @@ class StoreBase:
             yield
         except IntegrityError as exc:
             raise StoreError(f"the store changed concurrently ({exc.orig}); try again") from exc
+        except OverflowError:  # the driver cannot bind an int beyond 64 bits: nothing has such an id
+            raise NotFoundError(f"no such record: ids are at most {MAX_INT}") from None
         except DBAPIError as exc:
             raise StoreError(f"database error at {safe_url(self.url)}: {exc.orig}") from exc
 

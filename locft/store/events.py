@@ -9,7 +9,7 @@ from typing import Any, Mapping
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
-from locft.store.db import StoreBase, aware, to_utc, utcnow
+from locft.store.db import StoreBase, aware, clamp_count, to_utc, utcnow
 from locft.store.models import Event
 
 # The kinds written by the store itself; the daemon may log its own (daemon.started, ...).
@@ -127,7 +127,7 @@ class EventsMixin(StoreBase):
             query = query.where(col(Event.created_at) <= to_utc(until))
         query = query.order_by(sa.desc(col(Event.id)))
         if limit is not None:
-            query = query.limit(limit)
+            query = query.limit(clamp_count(limit))
         with self._read() as session:
             return [EventInfo.of(row) for row in session.exec(query)]
 

@@ -14,7 +14,7 @@ from locft.errors import ConflictError, InvalidFactError, NotFoundError, StoreEr
 from locft.facts import EditFact, Probe, validate_fact
 from locft.readers import FactRecord, RowError
 from locft.store import events as ev
-from locft.store.db import StoreBase, aware, utcnow
+from locft.store.db import StoreBase, aware, clamp_count, utcnow
 from locft.store.events import append_event
 from locft.store.models import Event, Fact, FactRevision, PromotedPointer, VersionFact
 from locft.text import normalize_answer, normalize_prompt
@@ -545,6 +545,7 @@ class FactsMixin(StoreBase):
 
         `search`: case-insensitive substring of the prompt, answer or subject.
         """
+        limit, offset = clamp_count(limit), clamp_count(offset) or 0
         with self._read() as session:
             latest = _latest_ids()
             counts = (

@@ -11,7 +11,7 @@ from sqlmodel import col, select
 
 from locft.errors import NotFoundError, StoreError
 from locft.store import events as ev
-from locft.store.db import StoreBase, aware, utcnow
+from locft.store.db import StoreBase, aware, clamp_count, utcnow
 from locft.store.events import append_event
 from locft.store.models import Round, RoundRequest
 
@@ -168,7 +168,7 @@ class RoundsMixin(StoreBase):
         """Newest first."""
         query = select(Round).order_by(sa.desc(col(Round.id)))
         if limit is not None:
-            query = query.limit(limit)
+            query = query.limit(clamp_count(limit))
         with self._read() as session:
             return [RoundInfo.of(r) for r in session.exec(query)]
 
