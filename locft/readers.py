@@ -154,6 +154,8 @@ def detect_format(path: Path, text: str) -> str:
         data = json.loads(stripped)
     except json.JSONDecodeError as exc:
         raise InputFormatError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    except RecursionError:  # as the reader below says it: a traceback here was a crash
+        raise InputFormatError(f"{path}: JSON nested too deeply") from None
     first = data[0] if isinstance(data, list) and data and isinstance(data[0], dict) else {}
     keys = set(first)
     if {"src", "alt", "loc"} <= keys:
