@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sqlite3
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
+from locft.api import ApiServer, start_api_server
+from locft.config import ModelConfig
+from locft.engine.model_io import LoadedModel, load_base
 from locft.home import Home
+from tests.serving_helpers import make_served_home
 
 _FIGURES: dict[str, dict[str, Any]] = {}
 
@@ -41,6 +46,44 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     path = os.environ.get("LOCFT_RELIABILITY_FIGURES")
     if path:
         Path(path).write_text(json.dumps(_FIGURES, indent=2, default=str) + "\n", encoding="utf-8")
+
+
+# ---- a served home and its API (per module) -----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
+    return load_base(ModelConfig(path=str(tiny_model_dir)), tmp_path_factory.mktemp("load-home"))
+
+
+@pytest.fixture(scope="module")
+def served_home(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, loaded: LoadedModel) -> Home:
+    """The tiny model, 4 facts, version 1 trained and promoted (tests/serving_helpers.py)."""
+    return make_served_home(tmp_path_factory.mktemp("served") / "home", tiny_model_dir, loaded)
+
+
+@pytest.fixture(scope="module")
+def api(served_home: Home, loaded: LoadedModel) -> Iterator[ApiServer]:
+    server = start_api_server(served_home, port=0, loaded=loaded, poll_s=0.2)
+    yield server
+    server.shutdown()
+
+
+def http(api: ApiServer, method: str, target: str, body: bytes | None = None,
+         headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    """One request over a raw socket (so that any body, latin-1 path or header can be sent)."""
+    head = f"{method} {target} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n"
+    head += "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+    if body is not None:
+        head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+    with socket.create_connection((api.host, api.port), timeout=120) as sock:
+        sock.sendall(head.encode("latin-1") + b"\r\n" + (body or b""))
+        data = b""
+        while chunk := sock.recv(1 << 16):
+            data += chunk
+    status_line, _, rest = data.partition(b"\r\n")
+    _, _, payload = rest.partition(b"\r\n\r\n")
+    return int(status_line.split()[1]), payload
 
 
 # ---- what "nothing lost, nothing half-done" means, checked from the outside ---------------------

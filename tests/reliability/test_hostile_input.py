@@ -12,9 +12,8 @@ from __future__ import annotations
 import csv
 import io
 import json
-import socket
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import quote
 
 import pytest
@@ -22,16 +21,13 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from locft.api import ApiServer, start_api_server
+from locft.api import ApiServer
 from locft.cli.main import cli
-from locft.config import ModelConfig
-from locft.engine.model_io import LoadedModel, load_base
 from locft.home import Home
 from locft.store import Store
-from tests.reliability.conftest import table_counts
+from tests.reliability.conftest import http, table_counts
 from tests.reliability.hostile import Deep, any_text, dumps, json_values, mutated, numbers, strings
 from tests.round_helpers import FACTS
-from tests.serving_helpers import make_served_home
 
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                                       HealthCheck.data_too_large])
@@ -42,39 +38,7 @@ def tried(what: str) -> None:
     TRIED[what] = TRIED.get(what, 0) + 1
 
 
-@pytest.fixture(scope="module")
-def loaded(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
-    return load_base(ModelConfig(path=str(tiny_model_dir)), tmp_path_factory.mktemp("load-home"))
-
-
-@pytest.fixture(scope="module")
-def served_home(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, loaded: LoadedModel) -> Home:
-    return make_served_home(tmp_path_factory.mktemp("hostile") / "home", tiny_model_dir, loaded)
-
-
-@pytest.fixture(scope="module")
-def api(served_home: Home, loaded: LoadedModel) -> Iterator[ApiServer]:
-    server = start_api_server(served_home, port=0, loaded=loaded, poll_s=0.2)
-    yield server
-    server.shutdown()
-
-
 # ---- HTTP -------------------------------------------------------------------------------------
-
-
-def http(api: ApiServer, method: str, target: str, body: bytes | None = None) -> tuple[int, bytes]:
-    """One request over a raw socket (so that any body and any latin-1 path can be sent)."""
-    head = f"{method} {target} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n"
-    if body is not None:
-        head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-    with socket.create_connection((api.host, api.port), timeout=120) as sock:
-        sock.sendall(head.encode("latin-1") + b"\r\n" + (body or b""))
-        data = b""
-        while chunk := sock.recv(1 << 16):
-            data += chunk
-    status_line, _, rest = data.partition(b"\r\n")
-    _, _, payload = rest.partition(b"\r\n\r\n")
-    return int(status_line.split()[1]), payload
 
 
 def check_response(status: int, payload: bytes) -> Any:
