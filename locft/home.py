@@ -110,6 +110,7 @@ class DaemonInfo:
     started_at: str
     next_round_at: str | None = None
     api_url: str | None = None
+    serving_error: str | None = None  # why the promoted version is not what the API serves
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -117,6 +118,7 @@ class DaemonInfo:
             "started_at": self.started_at,
             "next_round_at": self.next_round_at,
             "api_url": self.api_url,
+            "serving_error": self.serving_error,
         }
 
 
@@ -155,6 +157,7 @@ def read_daemon_info(home: Home) -> DaemonInfo | None:
             started_at=str(data["started_at"]),
             next_round_at=data.get("next_round_at"),
             api_url=data.get("api_url"),
+            serving_error=data.get("serving_error"),
         )
     except FileNotFoundError:
         return None

@@ -28,7 +28,7 @@ from locft.api import openai_compat as oa
 from locft.api.errors import ApiError, bad_request, from_locft_error
 from locft.api.watcher import DEFAULT_INTERVAL_S, PromotionWatcher
 from locft.config import LocftConfig, ServeConfig, load_config
-from locft.errors import ConfigError, LocftError, NotFoundError
+from locft.errors import ConfigError, LocftError, NotFoundError, SnapshotError
 from locft.home import Home, read_daemon_info
 from locft.serving import GenerationRequest, GenerationResult, ModelServer, ServingError, load_server, model_name, request_id
 
@@ -155,7 +155,7 @@ def start_api_server(
     owned_model = model_server is None
     try:
         if model_server is None:
-            model_server = load_server(store=store, config=config, loaded=loaded)
+            model_server = _serve_what_can_be_served(h, store, config, loaded)
         cls = _HTTPServer6 if ":" in serve.host else _HTTPServer
         try:
             httpd = cls((serve.host, listen_port), _Handler)
@@ -177,6 +177,24 @@ def start_api_server(
     api = ApiServer(httpd, httpd.app, owned_store, owned_model)._start()
     log.info("API server listening on %s (serving %s)", api.url, model_server.active.name)
     return api
+
+
+def _serve_what_can_be_served(home: Home, store: Any, config: LocftConfig, loaded: Any) -> ModelServer:
+    """A started ModelServer on the promoted version; when that version cannot be served (its
+    snapshot corrupted or gone, or built on another base model), on version 0 instead, so that
+    the server still starts: operator endpoints (rollback), other versions and the rounds of a
+    daemon keep working, /locft/status says why, and the watcher swaps as soon as the pointer
+    moves to a version that loads. A running server keeps the version it has in that case."""
+    from locft.engine.model_io import load_base
+
+    if loaded is None:
+        loaded = load_base(config.model, home.root)
+    try:
+        return load_server(store=store, config=config, loaded=loaded)
+    except SnapshotError as exc:
+        log.error("the promoted version cannot be served: %s; serving version 0 (the base model) until a "
+                  "version that loads is promoted (`locft rollback` or a new round)", exc)
+        return load_server(store=store, config=config, loaded=loaded, version_id=0)
 
 
 # ---------------------------------------------------------------------------------------------

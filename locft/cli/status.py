@@ -29,13 +29,23 @@ def status(as_json: bool) -> None:
 
     home = resolve_home()
     config = load_config(home.root)
+    from locft.errors import SnapshotError
+
     with open_store() as store:
         summary = store.summary()
+        problems: list[str] = []
+        try:  # the promoted snapshot: there and intact (a sha256 of the tuned tensors only)
+            store.verify_version_snapshot(summary.promoted.id)
+        except SnapshotError as exc:
+            problems.append(f"{exc}; `locft rollback` serves the previous version")
     daemon = read_daemon_info(home)
+    if daemon is not None and daemon.serving_error:
+        problems.append(f"the daemon's API: {daemon.serving_error}")
     model = config.model.path or EMBEDDED_MODEL
     if as_json:
         data: dict[str, Any] = {"home": str(home.root), "model": model, **summary.to_dict()}
         data["daemon"] = daemon.to_dict() if daemon else None
+        data["problems"] = problems
         echo_json(data)
         return
     p = summary.promoted
@@ -65,6 +75,7 @@ def status(as_json: bool) -> None:
         rows.append(("next round", daemon.next_round_at or "not scheduled"))
         if daemon.api_url:
             rows.append(("api", daemon.api_url))
+    rows += [("PROBLEM", problem) for problem in problems]
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         click.echo(f"{key.ljust(width)}  {value}")

@@ -347,6 +347,8 @@ class Daemon:
             write_daemon_info(self.home, DaemonInfo(
                 pid=os.getpid(), started_at=self.started_at.isoformat(), next_round_at=next_at,
                 api_url=self._api.url if self._api is not None else None,
+                serving_error=self._api.app.watcher.last_error if self._api is not None and self._api.app.watcher
+                else None,
             ))
         except OSError as exc:
             log.warning("could not write %s: %s", self.home.daemon_file, exc)

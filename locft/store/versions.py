@@ -406,9 +406,18 @@ class VersionsMixin(StoreBase):
             return _move(session, pointer, target, "rollback", False, actor, reason)
 
     def _require_snapshot(self, row: Version) -> None:
+        """The pointer only moves onto a snapshot that is there and intact (its sha256 as recorded):
+        a corrupted one would be refused by every server anyway, after the move."""
         if not self._snapshot_present(row):
             raise SnapshotError(f"the snapshot of version {row.id} ({row.snapshot_path}) is gone "
                                 "(deleted by retention or by hand); it cannot be served")
+        if row.snapshot_path is not None and row.snapshot_sha256 is not None:
+            sha, size = snapshot_digest(self.home.absolute(row.snapshot_path))
+            if sha != row.snapshot_sha256 or (row.snapshot_size is not None and size != row.snapshot_size):
+                raise SnapshotError(
+                    f"the snapshot of version {row.id} ({row.snapshot_path}) is corrupted: sha256 {sha[:12]}... "
+                    f"({size} bytes), recorded {row.snapshot_sha256[:12]}... ({row.snapshot_size} bytes); it "
+                    "cannot be served (a new round rebuilds the facts from the base model)")
 
     # ---- reading --------------------------------------------------------------------------
 
@@ -481,11 +490,6 @@ class VersionsMixin(StoreBase):
         if row.snapshot_path is None:
             return
         self._require_snapshot(row)
-        sha, size = snapshot_digest(self.home.absolute(row.snapshot_path))
-        if sha != row.snapshot_sha256 or size != row.snapshot_size:
-            raise SnapshotError(f"the snapshot of version {version_id} is corrupted: sha256 {sha[:12]}... "
-                                f"({size} bytes), recorded {str(row.snapshot_sha256)[:12]}... "
-                                f"({row.snapshot_size} bytes)")
 
     def diff_versions(self, old: int, new: int) -> VersionDiff:
         """Facts added, removed and changed (another revision) from version `old` to `new`."""
