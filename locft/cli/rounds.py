@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
 import sys
 from typing import Any
@@ -107,8 +108,16 @@ def run_cmd(force: bool, author: str | None, as_json: bool) -> None:
                     "wait for it (`locft round list`)"
                 ) from None
             stack.callback(bars.close)
-            result = run_round(home, config, store, trigger="manual", force=force, actor=default_author(author),
-                               progress=None if as_json else bars, should_stop=lambda: stop["asked"])
+            try:
+                result = run_round(home, config, store, trigger="manual", force=force, actor=default_author(author),
+                                   progress=None if as_json else bars, should_stop=lambda: stop["asked"])
+            except Exception as exc:  # noqa: BLE001 - a full disk, an OOM in torch...: one line, not a traceback
+                if isinstance(exc, LocftError):
+                    raise
+                logging.getLogger(__name__).debug("the round failed", exc_info=True)
+                last = store.last_round()
+                where = f"round {last.id} is recorded as failed; `locft round show {last.id}`" if last else "the round failed"
+                raise LocftError(f"{type(exc).__name__}: {exc} ({where}; -vv shows the traceback)") from None
             stack.close()
             if as_json:
                 echo_json(result.to_dict())
