@@ -48,6 +48,35 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         Path(path).write_text(json.dumps(_FIGURES, indent=2, default=str) + "\n", encoding="utf-8")
 
 
+# ---- fault injection (tests/reliability/faults/sitecustomize.py) ------------------------------
+
+FAULTS_DIR = Path(__file__).resolve().parent / "faults"
+NO_CRON = 'cron = "0 0 1 1 *"\nmisfire_grace_seconds = 1\n'  # no scheduled round during a test
+
+
+def inject(monkeypatch: pytest.MonkeyPatch, fault: str | None, reached_dir: Path) -> None:
+    """Processes started from now on (a daemon, its round workers, the CLI) load the fault
+    injection with `fault` (None: none). Set it before starting the daemon."""
+    if fault is None:
+        monkeypatch.delenv("LOCFT_FAULT", raising=False)
+        return
+    reached_dir.mkdir(parents=True, exist_ok=True)
+    (reached_dir / "reached").unlink(missing_ok=True)
+    paths = [str(FAULTS_DIR)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+                                 if p and p != str(FAULTS_DIR)]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(paths))
+    monkeypatch.setenv("LOCFT_FAULT", fault)
+    monkeypatch.setenv("LOCFT_FAULT_DIR", str(reached_dir))
+
+
+def reached(reached_dir: Path) -> dict[str, Any] | None:
+    """Where the worker stopped ({"point", "pid"}), once it did."""
+    try:
+        return dict(json.loads((reached_dir / "reached").read_text()))
+    except (OSError, ValueError):
+        return None
+
+
 # ---- a served home and its API (per module) -----------------------------------------------------
 
 
