@@ -10,7 +10,7 @@ import platform
 import resource
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -53,10 +53,9 @@ def environment() -> dict[str, Any]:
 
 def run_benchmark(spec: BenchSpec, on_event: Callable[[str, Any], None] | None = None) -> dict[str, Any]:
     """Load, measure the base answers to probes, train, evaluate; return the result record."""
-    from locft.engine.data import resolve_prompt_format
     from locft.engine.model_io import load_base
     from locft.engine.replay import replay_for
-    from locft.engine.train import edit
+    from locft.engine.train import edit, resolve_edit_config
     from locft.engine.weights import applied
     from locft.evaluation.editing import base_probe_generations, evaluate_edits
 
@@ -67,19 +66,18 @@ def run_benchmark(spec: BenchSpec, on_event: Callable[[str, Any], None] | None =
     t0 = time.perf_counter()
     loaded = load_base(spec.model, spec.home)
     load_seconds = time.perf_counter() - t0
-    prompt_format = resolve_prompt_format(spec.edit.prompt_format, loaded.tokenizer)
-    cfg = replace(spec.edit, prompt_format=prompt_format)
+    cfg = resolve_edit_config(loaded, spec.edit)
+    prompt_format = cfg.prompt_format
     probes = [p.prompt for f in facts for p in f.probes]
     emit("phase", "base answers to probes")
     t1 = time.perf_counter()
     base = base_probe_generations(loaded, probes, prompt_format, cfg.max_new_tokens)
     base_seconds = time.perf_counter() - t1
     replay = []
-    if cfg.replay_ratio > 0 and cfg.pipeline == "breadth-first":
+    if cfg.replay_ratio and cfg.pipeline == "breadth-first":
         emit("phase", f"base answers for the replay pool ({cfg.replay_pool_size} prompts, cached)")
         evaluated = [f.prompt for f in facts] + [p for f in facts for p in f.paraphrases] + probes
-        replay = replay_for(loaded, len(facts), cfg.replay_ratio, cfg.replay_pool_size, prompt_format,
-                            cfg.replay_max_tokens, exclude=evaluated, cache_dir=spec.home / "cache")
+        replay = replay_for(loaded, cfg, prompt_format, exclude=evaluated, cache_dir=spec.home / "cache")
     replay_seconds = time.perf_counter() - t1 - base_seconds
     emit("phase", f"training on {len(facts)} facts ({cfg.pipeline})")
     result = edit(loaded, facts, cfg, progress=lambda p: emit("train", p), replay=replay)

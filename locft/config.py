@@ -58,11 +58,13 @@ class EditConfig:
     forward_mode: ForwardMode = "cached"
     max_new_tokens: int = 32  # generation budget for evaluation
     # locality-preserving replay (engine/replay.py): per fact in a batch, this many generic
-    # prompts with the base model's own answers as targets; 0 turns it off
-    replay_ratio: float = 0.0
-    replay_weight: float = 1.0  # weight of the replay loss next to the edit loss
+    # prompts with the base model's own answers as targets; 0 turns it off; None: measured per
+    # model (1.0 for the embedded one, off for models nobody measured)
+    replay_ratio: float | None = None
+    replay_weight: float = 3.0  # weight of the replay loss next to the edit loss (bench/results/quality/)
     replay_pool_size: int = 400  # distinct replay prompts (base answers cached per base model)
     replay_max_tokens: int = 16  # length of the base continuations used as replay targets
+    replay_pool: str = "mixed"  # "questions" (NQ-open, TriviaQA) or "mixed" (four prompt styles)
 
     def __post_init__(self) -> None:
         if self.lr is not None and not (0 < self.lr < 1):
@@ -80,10 +82,12 @@ class EditConfig:
             raise ConfigError("edit.layers is set but edit.location has no {L} placeholder")
         if self.max_new_tokens < 1:
             raise ConfigError("edit.max_new_tokens must be >= 1")
-        if self.replay_ratio < 0 or self.replay_weight < 0:
+        if (self.replay_ratio is not None and self.replay_ratio < 0) or self.replay_weight < 0:
             raise ConfigError("edit.replay_ratio and edit.replay_weight must be >= 0")
         if self.replay_pool_size < 1 or self.replay_max_tokens < 1:
             raise ConfigError("edit.replay_pool_size and edit.replay_max_tokens must be >= 1")
+        if self.replay_pool not in ("questions", "mixed"):
+            raise ConfigError(f"edit.replay_pool must be 'questions' or 'mixed', got {self.replay_pool!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)

@@ -296,22 +296,21 @@ def _run(
             loaded = load_base(config.model, home.root)
         store.record_base_fingerprint(loaded.fingerprint, actor=actor)  # refuses another base model
 
+    from locft.engine.train import resolve_edit_config
+
+    edit_cfg = resolve_edit_config(loaded, config.edit)  # per-model defaults, replay included
     replay = None
-    if facts and config.edit.replay_ratio > 0 and config.edit.pipeline == "breadth-first":
+    if facts and edit_cfg.replay_ratio and edit_cfg.pipeline == "breadth-first":
         # Built here, not inside edit(), so that the locality probes are never replayed: a
         # probe trained on would make the locality gate measure memory, not locality.
-        from locft.engine.data import resolve_prompt_format
         from locft.engine.replay import replay_for
 
         check_stop()
         emit(RoundProgress("replay", detail="base model answers to the replay prompts (cached)"))
         with clock.phase("replay"):
             trained_on = [f.prompt for f in facts] + [p for f in facts for p in f.paraphrases]
-            replay = replay_for(
-                loaded, len(facts), config.edit.replay_ratio, config.edit.replay_pool_size,
-                resolve_prompt_format(config.edit.prompt_format, loaded.tokenizer), config.edit.replay_max_tokens,
-                exclude=trained_on + probe_prompts, cache_dir=home.cache_dir,
-            )
+            replay = replay_for(loaded, edit_cfg, edit_cfg.prompt_format,
+                                exclude=trained_on + probe_prompts, cache_dir=home.cache_dir)
 
     check_stop()
     emit(RoundProgress("train", detail=f"training on {len(facts)} fact(s)"))

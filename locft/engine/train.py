@@ -41,6 +41,7 @@ from locft.engine.replay import ReplayItem, replay_for
 from locft.engine.targets import (
     EditLocation,
     default_batch_size,
+    default_replay_ratio,
     default_lr,
     layer_index,
     location_from_config,
@@ -256,7 +257,7 @@ class _Forward:
 
 
 def resolve_edit_config(loaded: LoadedModel, cfg: EditConfig) -> EditConfig:
-    """Fill the per-model defaults (location, layers, prompt format, lr, batch size)."""
+    """Fill the per-model defaults (location, layers, prompt format, lr, batch size, replay)."""
     location = location_from_config(loaded.model, cfg)
     return replace(
         cfg,
@@ -265,6 +266,7 @@ def resolve_edit_config(loaded: LoadedModel, cfg: EditConfig) -> EditConfig:
         prompt_format=resolve_prompt_format(cfg.prompt_format, loaded.tokenizer),
         lr=cfg.lr if cfg.lr is not None else default_lr(loaded.config),
         batch_size=cfg.batch_size if cfg.batch_size is not None else default_batch_size(loaded.config),
+        replay_ratio=cfg.replay_ratio if cfg.replay_ratio is not None else default_replay_ratio(loaded.config),
     )
 
 
@@ -292,11 +294,10 @@ def edit(
     assert lr is not None and cfg.batch_size is not None
     tok = loaded.tokenizer
     examples = [build_example(tok, f.prompt, f.answer, prompt_format) for f in facts]
-    if cfg.replay_ratio > 0 and cfg.pipeline == "breadth-first":
+    if cfg.replay_ratio and cfg.pipeline == "breadth-first":
         if replay is None:
             trained_on = [f.prompt for f in facts] + [p for f in facts for p in f.paraphrases]
-            replay = replay_for(loaded, len(facts), cfg.replay_ratio, cfg.replay_pool_size, prompt_format,
-                                cfg.replay_max_tokens, exclude=trained_on, cache_dir=cache_dir)
+            replay = replay_for(loaded, cfg, prompt_format, exclude=trained_on, cache_dir=cache_dir)
         examples += [example_from_ids(encode_prompt(tok, r.prompt, prompt_format), r.token_ids) for r in replay]
     result = EditResult({}, location, prompt_format, lr, cfg.forward_mode, n_facts=len(facts))
     result.n_replay = len(examples) - len(facts)

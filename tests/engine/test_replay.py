@@ -10,6 +10,7 @@ from locft.engine.replay import ReplayItem, build_replay, default_replay_prompts
 from locft.engine.train import edit
 from locft.engine.weights import applied
 from locft.evaluation.editing import token_agreement
+from locft.errors import ConfigError
 from locft.facts import EditFact
 
 FACTS = [
@@ -24,6 +25,24 @@ def test_default_prompts_are_generic_deterministic_and_exclude(tmp_path: Path) -
     assert a == default_replay_prompts(10) and len(set(a)) == 10
     excluded = default_replay_prompts(12, exclude=["nq question: " + a[0].rstrip("?"), a[1]])
     assert a[0] not in excluded and a[1] not in excluded and a[2] in excluded
+
+
+def test_mixed_pool_shows_every_prompt_style_and_excludes() -> None:
+    mixed = default_replay_prompts(28, pool="mixed")
+    assert mixed == default_replay_prompts(28, pool="mixed") and len(set(mixed)) == 28
+    assert any(p.endswith("?") and p[0].isupper() for p in mixed)  # questions
+    assert any(p == p.lower() and not p.endswith("?") for p in mixed)  # search queries
+    assert any(p.startswith(("Define the word", "Use the word")) for p in mixed)  # instructions
+    assert any(not p.endswith(("?", ".")) and p[0].isupper() for p in mixed)  # sentence openings
+    dropped = default_replay_prompts(28, exclude=[mixed[1].upper(), mixed[2]], pool="mixed")
+    assert mixed[1] not in dropped and mixed[2] not in dropped and mixed[3] in dropped
+
+
+def test_unknown_pool_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="replay pool"):
+        default_replay_prompts(3, pool="everything")
+    with pytest.raises(ConfigError, match="replay_pool"):
+        EditConfig(replay_pool="everything")
 
 
 def test_replay_is_cached_per_base_model(tiny: LoadedModel, tmp_path: Path) -> None:
