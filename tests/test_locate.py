@@ -98,7 +98,7 @@ def test_locate_measures_every_candidate_and_picks_by_the_priority(loaded: Loade
     cands = [EditLocation(DOWN_PROJ, (1,)), EditLocation(DOWN_PROJ, (3,))]
     events: list[str] = []
     settings = LocateSettings(sample=3, epochs=30, capability_tasks=("wiki_bpb",), capability_limit=3,
-                              probe_set_size=8)
+                              probe_set_size=8, exact_locality=True)
     report = locate(loaded, FACTS_FULL, cands, TINY_EDIT, settings, cache_dir=tmp_path / "cache",
                     current=cands[1], progress=lambda p: events.append(p.phase))
 
@@ -123,6 +123,7 @@ def test_locate_measures_every_candidate_and_picks_by_the_priority(loaded: Loade
     data = report.to_dict()
     assert data["winner"] == report.winner.location and data["settings"]["epochs"] == 30
     assert data["edit"]["lr"] == 1e-2 and "location" not in data["edit"]
+    assert data["edit"]["batch_size"] == 1  # 3 facts: shrunk from 4 to give >= 4 steps per epoch
     # every candidate started from, and left, the base weights
     assert all(torch.equal(p, before[n]) for n, p in loaded.model.named_parameters())
 
@@ -135,7 +136,8 @@ def test_locate_without_capability_or_probes_and_with_too_few_epochs(loaded: Loa
     assert report.base_capability == {} and report.n_probes == 0
     for c in report.candidates:
         assert c.capability_drop is None and c.locality is None and c.generalization is None
-        assert c.reliability is not None
+        assert c.reliability is not None and c.locality_exact is None
+    assert report.edit["batch_size"] == 1 and report.settings["epochs"] == 1
     assert any(s.startswith("capability: not measured") for s in report.selection.steps)
     assert any("no location learned the sample well in 1 epochs" in w for w in report.warnings)
     assert "raise --epochs" in (report.why_not_recordable() or "")

@@ -67,6 +67,15 @@ def _drop(x: float | None) -> str:
     return "-" if x is None else f"{x:+.4f}"
 
 
+def _short(status: str) -> str:
+    """The table's verdict: the priority level that decided ("chosen", "out: capability", ...)."""
+    if status == "chosen":
+        return status
+    if status.startswith("tied"):
+        return "tied, lost"  # generalization, locality and the level above all equal
+    return "out: " + status.split(":")[0]
+
+
 def print_report(report: Any) -> None:
     rows = []
     for i, c in enumerate(report.candidates):
@@ -75,19 +84,25 @@ def print_report(report: Any) -> None:
         rows.append([
             mark, name, _drop(c.capability_drop), _f(c.locality), _f(c.locality_exact), _f(c.generalization),
             _f(c.reliability), f"{c.epochs}{'' if c.converged else '+'}",
-            f"{c.train_seconds:.0f}/{c.eval_seconds:.0f}", report.selection.status[i],
+            f"{c.train_seconds:.0f}/{c.eval_seconds:.0f}", _short(report.selection.status[i]),
         ])
     tasks = ", ".join(report.base_capability) or "not measured"
-    click.echo(f"\n{report.n_sample} of {report.n_facts} facts, {report.settings['epochs']} epochs per location, "
+    click.echo(f"\n{report.n_sample} of {report.n_facts} facts, up to {report.settings['epochs']} epochs per location, "
                f"lr {report.edit['lr']}, batch {report.edit['batch_size']}, {report.edit['prompt_format']} prompts, "
                f"{report.n_probes} locality probes; capability: {tasks}"
                + (f" (base {', '.join(f'{k} {v:.4f}' for k, v in report.base_capability.items())})"
                   if report.base_capability else ""))
     table(["", "location", "cap drop", "locality", "loc exact", "general.", "reliab.", "epochs", "train/eval s",
-           "verdict"], rows, flex=9)
+           "verdict"], rows)
     click.echo("\ncapability drop: worst task, vs the base model (+ = worse); epochs 'N+': stopped at the budget, "
-               "not converged")
-    click.echo("priority (the paper's): " + "; ".join(report.selection.steps))
+               "not converged; train/eval s: seconds per location")
+    click.echo("priority (the paper's):")
+    for step in report.selection.steps:
+        click.echo(f"  {step}")
+    click.echo("why:")
+    width = max(len(c.location) for c in report.candidates)
+    for c, status in zip(report.candidates, report.selection.status):
+        click.echo(f"  {c.location:<{width}}  {status}")
     for w in report.warnings:
         click.echo(f"warning: {w}", err=True)
 
@@ -106,8 +121,8 @@ def print_report(report: Any) -> None:
 @click.option("--template", "templates", multiple=True, metavar="TEMPLATE",
               help="Parameter template ({L} = layer) or module name to try; repeat for several. "
                    "Default: the model's MLP output projection (e.g. model.layers.{L}.mlp.down_proj.weight).")
-@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True,
-              help="Epoch budget per location (rounds use edit.max_epochs).")
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help="Epoch budget per location [default: edit.max_epochs, 25 unless set].")
 @click.option("--capability-tasks", callback=_task_list, default="wiki_bpb", show_default=True,
               metavar="T1,T2",
               help="lm-eval tasks for the capability level (see gates.capability_tasks); '' skips it.")
@@ -121,6 +136,8 @@ def print_report(report: Any) -> None:
               help="Locality counted as equal to the best's [default: 0.02].")
 @click.option("--reliability-tolerance", type=click.FloatRange(0, 1), default=None,
               help="How far below the best reliability a location may learn the sample [default: 0.1].")
+@click.option("--exact-locality", is_flag=True,
+              help="Also measure exact locality (a generation per probe prompt: slower; reported only).")
 @click.option("--write/--no-write", "write", default=None,
               help="Record the pick in $LOCFT_HOME/locft.toml ([edit] location, layers). "
                    "Default: ask when run in a terminal, else only print.")
@@ -129,17 +146,19 @@ def print_report(report: Any) -> None:
               help="Also write the full report as JSON to this file.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads (default: all cores).")
 def locate_cmd(facts_file: Path | None, data_format: str, sample: int, seed: int, layers: tuple[int, ...],
-               templates: tuple[str, ...], epochs: int, capability_tasks: tuple[str, ...] | None,
+               templates: tuple[str, ...], epochs: int | None, capability_tasks: tuple[str, ...] | None,
                capability_limit: int, probe_set_size: int, capability_tolerance: float | None,
-               locality_tolerance: float | None, reliability_tolerance: float | None, write: bool | None,
+               locality_tolerance: float | None, reliability_tolerance: float | None, exact_locality: bool,
+               write: bool | None,
                as_json: bool, out: Path | None, threads: int | None) -> None:
     """Find where to edit a model: sweep locations on a sample of facts, pick by the paper's priority.
 
     For models without a measured default location (locft knows the paper's Llama-3-8B,
     Qwen2.5-7B, Mistral-7B and the embedded SmolLM2; any other model starts at the MLP output
     projection at ~69% depth, a guess). Each candidate location is trained with LocFT-BF on the
-    same sample (the [edit] recipe of locft.toml: lr, batch size, prompt format, replay), from
-    the base weights, for --epochs epochs, and measured:
+    same sample (the [edit] recipe of locft.toml: lr, prompt format, replay; the batch shrunk
+    to give at least 4 steps per epoch on the small sample), from the base weights, for up to
+    --epochs epochs, and measured:
 
     \b
       capability      lm-eval (default wiki_bpb: bits per byte on 50 Wikipedia passages, the
@@ -156,7 +175,9 @@ def locate_cmd(facts_file: Path | None, data_format: str, sample: int, seed: int
       4. of those, the best generalization.
 
     Cost: one short training and evaluation per location (the embedded 135M model, one CPU
-    thread: about 1-3 minutes each at 50 facts x 10 epochs); nothing goes into the store.
+    thread, a busy 2-core machine: 4 layers x 30 facts x 15 epochs took 13 minutes, 35-150 s
+    training and 75-110 s measuring per location; the defaults train about 3x longer);
+    nothing goes into the store.
     With --write the pick is written to locft.toml's [edit] table (other lines kept, a
     `# locft locate` note above it), and the next round uses it; --no-write only prints.
 
@@ -180,7 +201,7 @@ def locate_cmd(facts_file: Path | None, data_format: str, sample: int, seed: int
     settings = LocateSettings(
         sample=sample, seed=seed, epochs=epochs,
         capability_tasks=capability_tasks if capability_tasks is not None else ("wiki_bpb",),
-        capability_limit=capability_limit, probe_set_size=probe_set_size,
+        capability_limit=capability_limit, probe_set_size=probe_set_size, exact_locality=exact_locality,
         tolerances=dataclasses.replace(
             tol_defaults,
             **{k: v for k, v in {"capability": capability_tolerance, "locality": locality_tolerance,
@@ -205,7 +226,7 @@ def locate_cmd(facts_file: Path | None, data_format: str, sample: int, seed: int
     current = location_from_config(loaded.model, config.edit)
     candidates = build_candidates(loaded.model, current, templates, layers)
     click.echo(f"- {len(candidates)} candidate location(s); {min(sample, len(facts))} of {len(facts)} facts, "
-               f"{epochs} epochs each", err=True)
+               f"up to {epochs or config.edit.max_epochs} epochs each", err=True)
     bar = _Progress()
     try:
         report = locate(loaded, facts, candidates, config.edit, settings, cache_dir=home.cache_dir,

@@ -161,13 +161,20 @@ def choose_location(scores: Sequence[CandidateScore], tolerances: LocateToleranc
 
     winner = max(alive, key=key)
     for i in alive:
-        if i != winner:
-            s, w = scores[i], scores[winner]
-            if (s.generalization or 0.0) < (w.generalization or 0.0):
-                status[i] = (f"generalization: {fmt(s.generalization)} < {fmt(w.generalization)} "
-                             f"(tied on the levels above)")
-            else:
-                status[i] = "tied with the chosen one; lost on locality, capability drop or order"
+        if i == winner:
+            continue
+        mine, best = key(i), key(winner)
+        s, w = scores[i], scores[winner]
+        if mine[0] < best[0]:
+            status[i] = (f"generalization: {fmt(s.generalization)} < {fmt(w.generalization)} "
+                         f"(tied on the levels above)")
+        elif mine[1] < best[1]:
+            status[i] = f"tied: same generalization, locality {fmt(s.locality)} < {fmt(w.locality)}"
+        elif mine[2] < best[2]:
+            status[i] = (f"tied: same generalization and locality, capability drop "
+                         f"{fmt(s.capability_drop)} > {fmt(w.capability_drop)}")
+        else:
+            status[i] = "tied: the same numbers; the earlier candidate is chosen"
     status[winner] = "chosen"
     gens = {scores[i].generalization for i in alive}
     if len(alive) == 1:

@@ -65,10 +65,13 @@ def test_write_records_the_pick_and_a_later_config_load_resolves_to_it(home: Hom
     result = run("--facts", str(facts_file), "--layers", "1,3", "--write", *FAST)
     out = result.stdout
     assert "model.layers.1.mlp.down_proj.weight" in out and "model.layers.3.mlp.down_proj.weight" in out
-    assert "priority (the paper's): reliability:" in out
+    assert "priority (the paper's):\n  reliability: best" in out
+    why = dict(line.split(None, 1) for line in out.split("\nwhy:\n")[1].splitlines()[:2])
+    assert set(why) == {f"model.layers.{L}.mlp.down_proj.weight" for L in (1, 3)}
     chosen = next(line for line in out.splitlines() if line.startswith("chosen: "))
     layer = int(chosen.split("model.layers.")[1].split(".")[0])
-    assert layer in (1, 3)
+    assert layer in (1, 3) and why[f"model.layers.{layer}.mlp.down_proj.weight"] == "chosen"
+    assert why[f"model.layers.{4 - layer}.mlp.down_proj.weight"] != "chosen"
     assert "recorded in" in out
     cfg = load_config(home.root)
     assert cfg.edit.location == DOWN_PROJ and cfg.edit.layers == (layer,)
@@ -104,6 +107,8 @@ def test_json_and_the_store_as_the_fact_source(home: Home) -> None:
     assert data["n_facts"] == 4 and data["n_sample"] == 3 and data["n_probes"] == 9
     assert [c["layers"] for c in data["candidates"]] == [[1], [2]]
     assert all(c["capability_drop"] is None and c["locality"] is not None for c in data["candidates"])
+    assert all(c["locality_exact"] is None for c in data["candidates"])  # only with --exact-locality
+    assert data["edit"]["batch_size"] == 1  # 3 facts: >= 4 steps per epoch
     assert data["selection"]["status"][data["selection"]["winner"]] == "chosen"
     assert "chosen: " in result.stderr  # stdout stays pure JSON
 

@@ -55,9 +55,12 @@ def test_locality_ties_are_broken_by_generalization() -> None:
 
 
 def test_exact_ties_go_to_higher_locality_then_smaller_drop_then_order() -> None:
-    assert winner(c("a", gen=0.5, loc=0.80), c("b", gen=0.5, loc=0.81)) == "b"
-    assert winner(c("a", gen=0.5, drop=0.004), c("b", gen=0.5, drop=0.001)) == "b"
-    assert winner(c("a"), c("b")) == "a"
+    sel = choose_location([c("a", gen=0.5, loc=0.80), c("b", gen=0.5, loc=0.81)])
+    assert sel.winner == 1 and sel.status[0] == "tied: same generalization, locality 0.8 < 0.81"
+    sel = choose_location([c("a", gen=0.5, drop=0.004), c("b", gen=0.5, drop=0.001)])
+    assert sel.winner == 1 and "capability drop 0.004 > 0.001" in sel.status[0]
+    sel = choose_location([c("a"), c("b")])
+    assert sel.winner == 0 and sel.status[1] == "tied: the same numbers; the earlier candidate is chosen"
 
 
 def test_a_location_that_did_not_learn_is_never_chosen() -> None:
