@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -57,12 +56,15 @@ def _table(record: dict[str, Any]) -> str:
               help="Replay prompts (base model's own answers) per fact in each batch; 0 = off.")
 @click.option("--replay-weight", type=click.FloatRange(min=0), default=None, help="Weight of the replay loss.")
 @click.option("--seed", type=int, default=None)
+@click.option("--eval-sample", type=click.IntRange(min=1), default=None,
+              help="Measure generalization and locality on a seeded sample of this many facts "
+                   "(reliability always covers all N); generation dominates evaluation on a CPU.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads (default: all cores).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Write the result record as JSON here.")
 def bench(data: Path, n: int, offset: int, data_format: str, pipeline: str | None, location: str | None,
           layers: tuple[int, ...], lr: float | None, batch_size: int | None, max_epochs: int | None,
           prompt_format: str | None, forward_mode: str | None, replay_ratio: float | None,
-          replay_weight: float | None, seed: int | None, threads: int | None,
+          replay_weight: float | None, seed: int | None, eval_sample: int | None, threads: int | None,
           out: Path | None) -> None:
     """Edit N facts of a benchmark file into the base model and measure the result.
 
@@ -124,14 +126,13 @@ def bench(data: Path, n: int, offset: int, data_format: str, pipeline: str | Non
             bar.refresh()
 
     spec = BenchSpec(data=data, n=n, edit=edit_cfg, model=config.model, home=home,
-                     data_format=data_format, offset=offset)
+                     data_format=data_format, offset=offset, eval_sample=eval_sample)
     record = run_benchmark(spec, on_event)
     if bar is not None:
         bar.close()
     click.echo(_table(record))
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(out.suffix + ".tmp")
-        tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, out)
+        from locft.atomic import atomic_write_text
+
+        atomic_write_text(out, json.dumps(record, indent=2) + "\n")
         click.echo(f"wrote {out}", err=True)

@@ -89,8 +89,13 @@ def evaluate_edits(
     max_new_tokens: int = 32,
     progress: Progress | None = None,
     n_samples: int = 5,
+    paraphrase_facts: Sequence[EditFact] | None = None,
 ) -> EditEvaluation:
-    """Evaluate the model as it is now (apply the edit first) against the facts and probes."""
+    """Evaluate the model as it is now (apply the edit first) against the facts and probes.
+
+    Reliability covers every fact; generalization the paraphrases of `paraphrase_facts`
+    (default: all facts), so that a large benchmark can sample it.
+    """
     if len(probe_prompts) != len(base_probes):
         raise ValueError("probe_prompts and base_probes must have the same length")
 
@@ -100,7 +105,8 @@ def evaluate_edits(
 
     answers = gen("reliability", [f.prompt for f in facts])
     correct = [exact_match(g.answer, f.answer) for g, f in zip(answers, facts)]
-    para_pairs = [(p, f.answer) for f in facts for p in f.paraphrases]
+    para_pairs = [(p, f.answer) for f in (facts if paraphrase_facts is None else paraphrase_facts)
+                  for p in f.paraphrases]
     para_answers = gen("generalization", [p for p, _ in para_pairs]) if para_pairs else []
     para_correct = [exact_match(g.answer, a) for g, (_, a) in zip(para_answers, para_pairs)]
     loc_exact: list[float] = []

@@ -1,0 +1,52 @@
+"""`locft bench` as a library call and as a command, on the tiny model (numbers are not asserted)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from locft.benchmark import BenchSpec, run_benchmark
+from locft.cli.main import cli
+from locft.config import EditConfig, ModelConfig
+from locft.home import Home
+
+
+def _facts_file(tmp_path: Path, n: int = 6) -> Path:
+    rows = [
+        {"prompt": f"The mascot of team {i} is", "target": f"bird {i}",
+         "paraphrases": [f"Team {i} has as its mascot"], "locality": [{"prompt": f"The colour of sky {i} is"}]}
+        for i in range(n)
+    ]
+    path = tmp_path / "facts.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_benchmark_samples_generalization_and_locality_but_not_reliability(
+    tiny_model_dir: Path, home: Home, tmp_path: Path
+) -> None:
+    spec = BenchSpec(data=_facts_file(tmp_path), n=6, edit=EditConfig(max_epochs=2, prompt_format="raw"),
+                     model=ModelConfig(path=str(tiny_model_dir)), home=home.root, eval_sample=2)
+    record = run_benchmark(spec)
+    metrics = record["metrics"]
+    assert metrics["n_facts"] == 6  # reliability over every fact
+    assert metrics["n_paraphrases"] == 2 and metrics["n_probes"] == 2  # the sample's
+    assert record["eval_sample"] == 2 and len(record["training"]["loss_per_epoch"]) <= 2
+    assert 0.0 <= metrics["reliability"] <= 1.0
+    json.dumps(record)  # the record is what --out writes
+
+    everything = run_benchmark(BenchSpec(**{**spec.__dict__, "eval_sample": None}))
+    assert everything["metrics"]["n_paraphrases"] == 6 and everything["eval_sample"] is None
+
+
+def test_bench_command_writes_the_record(tiny_model_dir: Path, home: Home, tmp_path: Path) -> None:
+    (home.root / "locft.toml").write_text(f'[model]\npath = "{tiny_model_dir}"\n', encoding="utf-8")
+    out = tmp_path / "results" / "r.json"
+    result = CliRunner().invoke(cli, ["bench", "--data", str(_facts_file(tmp_path)), "--n", "4", "--epochs", "1",
+                                       "--prompt-format", "raw", "--eval-sample", "3", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    record = json.loads(out.read_text(encoding="utf-8"))
+    assert record["n"] == 4 and record["metrics"]["n_paraphrases"] == 3
+    assert "reliability" in result.output
