@@ -301,6 +301,10 @@ CONFIG_TEMPLATE = """\
 # skip_loss = 0.01
 # stop_loss = 0.01
 # seed = 0
+# replay_ratio = 1.0         # generic prompts per fact in a batch, base answers as targets;
+#                            # default: measured per model (1.0 embedded, 0 = the paper's recipe)
+# replay_weight = 3.0        # weight of the replay loss
+# replay_pool = "mixed"      # mixed (questions, search queries, sentence openings, instructions) | questions
 
 [gates]
 # promotion = "auto"         # auto: promote when every gate passes | manual: wait for `locft promote`

@@ -65,6 +65,20 @@ def test_forward_modes_agree_with_cached(tiny: LoadedModel, mode: str) -> None:
     assert float((a - b).norm() / a.norm()) < 1e-4
 
 
+def test_shared_prompt_prefix_runs_once_and_changes_nothing(tiny: LoadedModel) -> None:
+    # Chat prompts all start with the template's system turn: the cached forward runs it once per
+    # step with batch 1; losses and the learned tensor must match the paper's loop.
+    cfg = EditConfig(lr=1e-2, batch_size=2, max_epochs=3, prompt_format="chat", skip_loss=0.0)
+    cached = edit(tiny, FACTS, cfg)
+    reference = edit(tiny, FACTS, EditConfig(**{**cfg.to_dict(), "forward_mode": "reference"}))
+    assert cached.forward_mode == "cached" and cached.shared_prefix_tokens >= 4
+    assert reference.shared_prefix_tokens == 0
+    for a, b in zip(cached.epochs, reference.epochs):
+        assert a.mean_loss == pytest.approx(b.mean_loss, rel=1e-4)
+    a, b = cached.tensors[TARGET], reference.tensors[TARGET]
+    assert float((a - b).norm() / a.norm()) < 1e-4
+
+
 def test_seeded_and_reproducible(tiny: LoadedModel) -> None:
     cfg = EditConfig(lr=1e-2, batch_size=2, max_epochs=4, prompt_format="raw", seed=7)
     a, b = edit(tiny, FACTS, cfg), edit(tiny, FACTS, cfg)
