@@ -245,6 +245,13 @@ class Daemon:
         try:
             rec = recover_rounds(self._store, self.home, outcome=outcome, error=error, actor="locftd")  # type: ignore[arg-type]
             (self.home.run_dir / PROGRESS_FILE).unlink(missing_ok=True)  # a dead worker's last words
+            # Temp files of atomic writes cut short by a kill -9: a worker's progress file (no worker
+            # runs: we hold the round lock) and, at start, a daemon's daemon.json (we hold its lock).
+            patterns = [f".{PROGRESS_FILE}.*"] + ([".daemon-*.json"] if when == "started" else [])
+            stale = [p for pattern in patterns for p in self.home.run_dir.glob(pattern)]
+            for path in stale:
+                path.unlink(missing_ok=True)
+                log.info("removed %s, left by a process that was killed while writing it", path)
         finally:
             lock.release()
         if rec.anything:
