@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from locft.engine.model_io import LoadedModel
 from locft.facts import EditFact
-from locft.home import Home, read_daemon_info
+from locft.home import read_daemon_info
 from locft.store import Store
 from tests.daemon.conftest import free_port, locft, locftd, logs, read, wait_for
 from tests.round_helpers import FACTS, make_home
