@@ -264,10 +264,14 @@ def build_candidates(
         else:
             chosen = spread_layers(have, depths)
         out.extend(EditLocation(template, (layer,)) for layer in chosen)
-    if current is not None and not layers and current not in out:
-        out.append(current)
     for loc in out:
         resolve_location(model, loc)  # LocationError now, not after an hour of training
+    if current is not None and not layers and current not in out:
+        try:
+            resolve_location(model, current)
+            out.append(current)
+        except LocationError as exc:  # a broken [edit] location is what locate is run to fix
+            log.warning("the configured location is left out of the sweep: %s", exc)
     return list(dict.fromkeys(out))
 
 

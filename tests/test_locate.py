@@ -70,6 +70,9 @@ def test_candidates_from_layers_and_templates_and_the_current_location(loaded: L
     assert build_candidates(loaded.model, current, [up]) == [EditLocation(up, (L,)) for L in range(4)] + [current]
     assert build_candidates(loaded.model, current, (), [1, 2, 1]) == [EditLocation(DOWN_PROJ, (1,)),
                                                                        EditLocation(DOWN_PROJ, (2,))]
+    # a configured location that does not resolve is left out, not an error: locate fixes it
+    broken = EditLocation("model.layers.{L}.mlp.nope.weight", (1,))
+    assert build_candidates(loaded.model, broken) == build_candidates(loaded.model)
     whole = "model.layers.2.mlp"
     assert build_candidates(loaded.model, None, [whole], [1]) == [EditLocation(whole, ())]
     with pytest.raises(LocationError, match=r"layer\(s\) 7 do not exist.*0\.\.3"):
