@@ -301,19 +301,24 @@ class Daemon:
                 self._enqueue("cron")
 
     def _on_job_event(self, event: Any) -> None:
-        from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MISSED
+        # aliased: this module's EVENT_JOB_MISSED is the audit log's kind, not APScheduler's code
+        from apscheduler.events import EVENT_JOB_ERROR
+        from apscheduler.events import EVENT_JOB_MISSED as JOB_MISSED
 
         if event.code == EVENT_JOB_ERROR:
             log.error("scheduler job %s failed: %r", event.job_id, event.exception,
                       exc_info=(type(event.exception), event.exception, event.exception.__traceback__))
             return
-        what = "missed its run time" if event.code == EVENT_JOB_MISSED else "was still running"
-        log.warning("scheduler job %s %s (scheduled %s)", event.job_id, what, event.scheduled_run_time)
+        what = "missed its run time" if event.code == JOB_MISSED else "was still running"
+        # a missed run is a JobExecutionEvent (scheduled_run_time); "still running" (max instances)
+        # a JobSubmissionEvent (scheduled_run_times)
+        when = getattr(event, "scheduled_run_time", None) or ", ".join(
+            str(t) for t in getattr(event, "scheduled_run_times", None) or ())
+        log.warning("scheduler job %s %s (scheduled %s)", event.job_id, what, when)
         if event.job_id == "cron":
             try:
                 self._store.log_event(EVENT_JOB_MISSED, actor="locftd",
-                                      payload={"job": event.job_id, "scheduled": str(event.scheduled_run_time),
-                                               "why": what})
+                                      payload={"job": event.job_id, "scheduled": str(when), "why": what})
             except Exception:  # noqa: BLE001
                 log.exception("could not log the missed job")
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from locft.daemon.service import describe_exit, missed_cron_run
+from locft.home import Home
 from locft.locks import LockHeld, PidLock
 
 UTC = timezone.utc
@@ -69,6 +70,27 @@ NOW = datetime(2026, 3, 10, 5, 0, tzinfo=UTC)
 def test_missed_cron_run(grace_h: int, last_cron_round: datetime | None, previous_start: datetime | None,
                          missed: datetime | None) -> None:
     assert missed_cron_run("0 2 * * *", NOW, grace_h * 3600, last_cron_round, previous_start) == missed
+
+
+@pytest.mark.parametrize("code", ["EVENT_JOB_MISSED", "EVENT_JOB_MAX_INSTANCES"])
+def test_a_missed_or_overlapping_cron_run_is_logged(home: Home, code: str) -> None:
+    """APScheduler reports the two with different event classes (scheduled_run_time vs
+    scheduled_run_times); the listener crashed on the second ("Error notifying listener")."""
+    from apscheduler import events
+
+    from locft.daemon.service import EVENT_JOB_MISSED, Daemon
+    from locft.store import Store
+
+    when = datetime(2026, 3, 10, 2, 0, tzinfo=UTC)
+    event = (events.JobExecutionEvent(events.EVENT_JOB_MISSED, "cron", "default", when)
+             if code == "EVENT_JOB_MISSED" else
+             events.JobSubmissionEvent(events.EVENT_JOB_MAX_INSTANCES, "cron", "default", [when]))
+    with Store.open(home, create=True) as store:
+        daemon = Daemon(home)
+        daemon._store = store
+        daemon._on_job_event(event)
+        logged = store.list_events(kind=EVENT_JOB_MISSED)
+    assert len(logged) == 1 and "2026-03-10 02:00" in logged[0].payload["scheduled"]
 
 
 def test_worker_exits_are_described() -> None:
