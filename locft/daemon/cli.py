@@ -131,7 +131,7 @@ def status(home_path: str | None, as_json: bool) -> None:
     data: dict[str, Any] = {
         "home": str(home.root), "running": pid is not None, "pid": pid or None,
         "started_at": info.started_at if info else None, "next_round_at": info.next_round_at if info else None,
-        "api_url": info.api_url if info else None,
+        "api_url": info.api_url if info else None, "serving_error": info.serving_error if info else None,
     }
     if home.db_path.exists() or load_config(home.root).store.database_url:
         with Store.open(home, load_config(home.root).store, sweep_orphans=False) as store:
@@ -151,6 +151,8 @@ def status(home_path: str | None, as_json: bool) -> None:
         if data["running"]:
             click.echo(f"locftd: running (pid {data['pid']}) since {data['started_at'] or '?'}")
             click.echo(f"HTTP API: {data['api_url'] or 'off (--no-api)'}")
+            if data["serving_error"]:
+                click.echo(f"PROBLEM: {data['serving_error']}")
             click.echo(f"next scheduled round: {data['next_round_at'] or 'none (schedule.cron is off)'}")
         else:
             click.echo(f"locftd: not running for {home.root}")

@@ -176,7 +176,9 @@ class StoreBase:
             yield
         except IntegrityError as exc:
             raise StoreError(f"the store changed concurrently ({exc.orig}); try again") from exc
-        except OverflowError:  # the driver cannot bind an int beyond 64 bits: nothing has such an id
+        except OverflowError as exc:  # sqlite3 cannot bind an int beyond 64 bits: nothing has such an id
+            if "SQLite" not in str(exc):
+                raise
             raise NotFoundError(f"no such record: ids are at most {MAX_INT}") from None
         except DBAPIError as exc:
             raise StoreError(f"database error at {safe_url(self.url)}: {exc.orig}") from exc

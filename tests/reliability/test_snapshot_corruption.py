@@ -132,6 +132,7 @@ def test_corrupted_snapshots_are_refused_the_daemon_keeps_serving_and_rollback_w
                  and (read_daemon_info(home).serving_error or ""), timeout=10)  # type: ignore[union-attr]
         status = locft(home, "status").stdout
         assert status.count("PROBLEM") == 2 and "daemon's API" in status, status
+        assert "PROBLEM" in locftd(home, "status").stdout
         locft(home, "rollback")
         wait_for(f"version {v1} to be served after the rollback", lambda: served(url) == v1, timeout=10)
         assert answer(url, FACTS[0][0]) == (f"locft-v{v1}", FACTS[0][1])

@@ -143,7 +143,11 @@ def _patch_editing(module: Any) -> None:
 
 
 def _patch_store_snapshots(module: Any) -> None:
+    remove_dir = module._remove_dir
+
     def remove_then_park(path: Path) -> bool:
+        if not _in_worker():  # the daemon's own sweeps of orphans: as they are
+            return bool(remove_dir(path))
         trash = path.with_name(f"{module.TMP_PREFIX}deleted-{path.name}-{os.getpid()}")
         os.rename(path, trash)
         park("retention")
