@@ -20,7 +20,8 @@ DOWN_PROJ = "model.layers.{L}.mlp.down_proj.weight"
 
 # (model_type, num_hidden_layers, hidden_size) -> (template, layer): the LocFT-BF paper's
 # choices for its 7-8B models, and the measured default of the embedded SmolLM2-135M
-# (bench/results/embedded_defaults.md).
+# (bench/results/README.md; `locft locate` on 30 facts prefers layer 3 for capability:
+# bench/results/quality/locate_embedded.md).
 MEASURED_DEFAULTS: dict[tuple[str, int, int], tuple[str, int]] = {
     ("llama", 32, 4096): (DOWN_PROJ, 22),  # Llama-3-8B
     ("qwen2", 28, 3584): (DOWN_PROJ, 6),  # Qwen2.5-7B
