@@ -30,18 +30,18 @@ def env(home: Home) -> dict[str, str]:
                 PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
 
 
-def locft(home: Home, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+def locft(home: Home, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """The `locft` CLI in a subprocess, as a user would run it."""
     proc = subprocess.run([sys.executable, "-m", "locft.cli.main", *args], env=env(home), cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"locft {' '.join(args)} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc
 
 
-def locftd(home: Home, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+def locftd(home: Home, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run([sys.executable, "-m", "locft.daemon.cli", *args, "--home", str(home.root)],
-                          env=env(home), cwd=REPO, capture_output=True, text=True, timeout=120)
+                          env=env(home), cwd=REPO, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"locftd {' '.join(args)} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc
