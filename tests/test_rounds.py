@@ -18,16 +18,7 @@ from locft.store import Store
 from tests.round_helpers import ABSURD_LR, FACTS, make_home
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """The tiny model gains nothing from threads, and on a busy 2-core machine two threads per
-    process make each round ~10x slower (measured: 1-2 s vs 20-28 s)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterator
 
 import pytest
-import torch
 from click.testing import CliRunner, Result
 
 from locft.cli.main import cli
@@ -23,12 +21,7 @@ from tests.round_helpers import FACTS, make_home
 FAST = ["--capability-tasks", "", "--probes", "8", "--epochs", "30", "--threads", "1"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture
