@@ -65,6 +65,11 @@ class EditConfig:
     replay_pool_size: int = 400  # distinct replay prompts (base answers cached per base model)
     replay_max_tokens: int = 16  # length of the base continuations used as replay targets
     replay_pool: str = "mixed"  # "questions" (NQ-open, TriviaQA) or "mixed" (four prompt styles)
+    # what a replay position is trained towards: "tokens" (cross-entropy on the base model's greedy
+    # token) or "distribution" (KL to the base model's next-token distribution, its top
+    # replay_top_k probabilities, renormalized): the latter keeps the base's uncertainty too
+    replay_target: str = "tokens"
+    replay_top_k: int = 32
 
     def __post_init__(self) -> None:
         if self.lr is not None and not (0 < self.lr < 1):
@@ -86,6 +91,10 @@ class EditConfig:
             raise ConfigError("edit.replay_ratio and edit.replay_weight must be >= 0")
         if self.replay_pool_size < 1 or self.replay_max_tokens < 1:
             raise ConfigError("edit.replay_pool_size and edit.replay_max_tokens must be >= 1")
+        if self.replay_target not in ("tokens", "distribution"):
+            raise ConfigError(f"edit.replay_target must be 'tokens' or 'distribution', got {self.replay_target!r}")
+        if self.replay_top_k < 1:
+            raise ConfigError("edit.replay_top_k must be >= 1")
         if self.replay_pool not in ("questions", "mixed"):
             raise ConfigError(f"edit.replay_pool must be 'questions' or 'mixed', got {self.replay_pool!r}")
 

@@ -123,11 +123,23 @@ def default_replay_prompts(n: int, exclude: Iterable[str] = (), pool: str = "que
     return out
 
 
-def _cache_file(cache_dir: Path, loaded: LoadedModel, prompts: Sequence[str], fmt: str, max_tokens: int) -> Path:
+def _cache_file(cache_dir: Path, loaded: LoadedModel, fmt: str, max_tokens: int) -> Path:
+    # one file per base model and generation setting, prompt -> continuation: a round whose facts
+    # changed excludes a few other prompts, and only those new to the file are generated
     h = hashlib.sha256(f"{loaded.fingerprint}\n{fmt}\n{max_tokens}\n".encode())
-    for p in prompts:
-        h.update(p.encode("utf-8") + b"\n")
     return cache_dir / "replay" / f"{h.hexdigest()[:32]}.json"
+
+
+def _read_cache(path: Path, fingerprint: str) -> dict[str, tuple[int, ...]]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("format") == _CACHE_FORMAT and data.get("base_fingerprint") == fingerprint:
+            return {p: tuple(ids) for p, ids in data["items"]}
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("ignoring unreadable replay cache %s: %s", path, exc)
+    return {}
 
 
 def build_replay(
@@ -140,21 +152,18 @@ def build_replay(
     """The base model's greedy continuations of `prompts` (call on the UNEDITED model)."""
     from locft.engine.generate import greedy_generate
 
-    path = _cache_file(cache_dir, loaded, prompts, prompt_format, max_new_tokens) if cache_dir else None
-    if path is not None and path.exists():
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            if data.get("format") == _CACHE_FORMAT and data.get("base_fingerprint") == loaded.fingerprint:
-                return [ReplayItem(p, tuple(ids)) for p, ids in data["items"]]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.warning("ignoring unreadable replay cache %s: %s", path, exc)
-    generations = greedy_generate(loaded, prompts, prompt_format, max_new_tokens)
-    items = [ReplayItem(p, g.token_ids) for p, g in zip(prompts, generations) if g.token_ids]
-    if path is not None:
-        payload = {"format": _CACHE_FORMAT, "base_fingerprint": loaded.fingerprint,
-                   "items": [[i.prompt, list(i.token_ids)] for i in items]}
-        atomic_write_text(path, json.dumps(payload))
-    return items
+    path = _cache_file(cache_dir, loaded, prompt_format, max_new_tokens) if cache_dir else None
+    known = _read_cache(path, loaded.fingerprint) if path is not None else {}
+    missing = [p for p in dict.fromkeys(prompts) if p not in known]
+    if missing:
+        generations = greedy_generate(loaded, missing, prompt_format, max_new_tokens)
+        known.update({p: g.token_ids for p, g in zip(missing, generations)})
+        if path is not None:
+            payload = {"format": _CACHE_FORMAT, "base_fingerprint": loaded.fingerprint,
+                       "items": [[p, list(ids)] for p, ids in known.items()]}
+            atomic_write_text(path, json.dumps(payload))
+    # a prompt the base model answers with nothing has nothing to replay
+    return [ReplayItem(p, known[p]) for p in prompts if known[p]]
 
 
 def replay_for(

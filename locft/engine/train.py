@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from locft.config import EditConfig
 from locft.engine.data import (
+    Batch,
     Example,
     build_example,
     collate,
@@ -233,6 +234,9 @@ class _Forward:
         self.cache: list[torch.Tensor] = []  # per example, from position prefix_len on
         self.prefix_len = 0
         self.prefix_hidden: torch.Tensor | None = None  # [1, prefix_len, hidden]
+        # per example index: (top-k token ids, their renormalized probabilities, sum p log p), one
+        # row per target position; examples listed here train towards a distribution (KL)
+        self.soft: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     def build_cache(self, progress: ProgressCallback | None) -> None:
         """Hidden states entering layer `start`, per example, computed once without grad."""
@@ -246,6 +250,10 @@ class _Forward:
 
         order = sorted(range(len(self.examples)), key=lambda i: len(self.examples[i].input_ids))
         self.cache = [torch.empty(0)] * len(self.examples)
+        # the shared prefix depends only on token ids: known before capture, so each example keeps
+        # only its own part (never two copies of the whole cache at once)
+        prefix = _common_prefix_len(self.examples)
+        keep_from = prefix if prefix >= _MIN_SHARED_PREFIX else 0
         handle = layers[self.stack.start].register_forward_pre_hook(hook, with_kwargs=True)
         try:
             with torch.no_grad():
@@ -258,17 +266,15 @@ class _Forward:
                     except _Captured:
                         pass
                     hidden = captured[0]
+                    if keep_from and self.prefix_hidden is None:
+                        self.prefix_hidden = hidden[:1, :keep_from].clone()
                     for j, i in enumerate(idx):
-                        self.cache[i] = hidden[j, : len(self.examples[i].input_ids)].clone()
+                        self.cache[i] = hidden[j, keep_from : len(self.examples[i].input_ids)].clone()
                     if progress:
                         progress(TrainProgress("cache", 0, 0, b + len(idx), len(order), None, 0.0))
         finally:
             handle.remove()
-        prefix = _common_prefix_len(self.examples)
-        if prefix >= _MIN_SHARED_PREFIX:
-            self.prefix_len = prefix
-            self.prefix_hidden = self.cache[0][:prefix].unsqueeze(0).clone()
-            self.cache = [c[prefix:].clone() for c in self.cache]
+        self.prefix_len = keep_from
 
     def _drop_shared_prefix(self) -> None:
         assert self.prefix_hidden is not None
@@ -302,23 +308,56 @@ class _Forward:
                 )
             return out.last_hidden_state
 
-    def sample_losses(self, indices: Sequence[int], mode: str | None = None) -> torch.Tensor:
-        """Per-sample mean target-token loss, shape [len(indices)]."""
-        mode = mode or self.mode
+    def _selected_logits(self, indices: Sequence[int], mode: str) -> tuple[torch.Tensor, Batch]:
+        """Logits at the batch's target positions (flattened as batch.rows/cols), and the batch."""
         batch = collate([self.examples[i] for i in indices], self.pad_id, self.device)
         if mode == "reference":
             logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-            selected = logits[batch.rows, batch.cols]
-        else:
-            if mode == "cached":
-                hidden_in = torch.nn.utils.rnn.pad_sequence([self.cache[i] for i in indices], batch_first=True)
-                hidden = self._upper_layers(hidden_in, batch.attention_mask[:, self.prefix_len :])
-                selected = self.head(hidden[batch.rows, batch.cols - self.prefix_len])
-            else:
-                decoder = self.stack.decoder if self.stack else self.model.get_decoder()
-                hidden = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
-                selected = self.head(hidden[batch.rows, batch.cols])
-        token_losses = F.cross_entropy(selected.float(), batch.labels, reduction="none")
+            return logits[batch.rows, batch.cols], batch
+        if mode == "cached":
+            hidden_in = torch.nn.utils.rnn.pad_sequence([self.cache[i] for i in indices], batch_first=True)
+            hidden = self._upper_layers(hidden_in, batch.attention_mask[:, self.prefix_len :])
+            return self.head(hidden[batch.rows, batch.cols - self.prefix_len]), batch
+        decoder = self.stack.decoder if self.stack else self.model.get_decoder()
+        hidden = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+        return self.head(hidden[batch.rows, batch.cols]), batch
+
+    def record_soft_targets(self, indices: Sequence[int], top_k: int) -> None:
+        """Keep the current (base) model's top-k next-token distribution at each target position of
+        `indices`; sample_losses then trains those examples towards it (KL) instead of their tokens."""
+        with torch.no_grad():
+            for b in range(0, len(indices), _CAPTURE_BATCH):
+                idx = list(indices[b : b + _CAPTURE_BATCH])
+                selected, batch = self._selected_logits(idx, self.mode)
+                logp, top = selected.float().log_softmax(-1).topk(min(top_k, selected.shape[-1]), dim=-1)
+                p = logp.softmax(-1)  # renormalized over the top k
+                neg_entropy = (p * p.clamp_min(1e-30).log()).sum(-1)
+                for j, i in enumerate(idx):
+                    rows = batch.rows == j
+                    self.soft[i] = (top[rows].clone(), p[rows].clone(), neg_entropy[rows].clone())
+
+    def sample_losses(self, indices: Sequence[int], mode: str | None = None) -> torch.Tensor:
+        """Per-sample mean target-token loss, shape [len(indices)]: cross-entropy on the target
+        tokens, or KL to the recorded distribution for examples with soft targets."""
+        selected, batch = self._selected_logits(indices, mode or self.mode)
+        soft = [self.soft.get(i) for i in indices]
+        if not any(s is not None for s in soft):
+            token_losses = F.cross_entropy(selected.float(), batch.labels, reduction="none")
+            return per_sample_mean(token_losses, batch)
+        k = max(s[0].shape[1] for s in soft if s is not None)
+        targets = torch.zeros((len(batch.labels), k), dtype=torch.long, device=selected.device)
+        weights = torch.zeros((len(batch.labels), k), dtype=torch.float32, device=selected.device)
+        constant = torch.zeros(len(batch.labels), dtype=torch.float32, device=selected.device)
+        targets[:, 0], weights[:, 0] = batch.labels, 1.0  # hard rows: one-hot on the label
+        for j, s in enumerate(soft):
+            if s is not None:
+                rows = (batch.rows == j).nonzero().squeeze(1)
+                targets[rows, : s[0].shape[1]], weights[rows] = s[0], 0.0
+                weights[rows, : s[1].shape[1]] = s[1]
+                constant[rows] = s[2]
+        logq = selected.float().log_softmax(-1)
+        # cross-entropy to the target distribution minus its entropy: KL for soft rows, CE for hard
+        token_losses = constant - (weights * logq.gather(1, targets)).sum(-1)
         return per_sample_mean(token_losses, batch)
 
     def _fast_loss(self, indices: Sequence[int]) -> float | None:
@@ -409,6 +448,8 @@ def edit(
             forward.check_mode(list(range(min(cfg.batch_size, len(facts)))))
             result.forward_mode = forward.mode
             result.shared_prefix_tokens = forward.prefix_len if forward.mode == "cached" else 0
+            if cfg.replay_target == "distribution" and result.n_replay:
+                forward.record_soft_targets(range(len(facts), len(examples)), cfg.replay_top_k)
             loaded.model.train(False)  # dropout off: training is deterministic
             run = _breadth_first if cfg.pipeline == "breadth-first" else _depth_first
             t1 = time.perf_counter()

@@ -3,8 +3,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from locft.config import EditConfig
+from locft.engine.data import collate, encode_prompt, example_from_ids
 from locft.engine.model_io import LoadedModel
 from locft.engine.replay import ReplayItem, build_replay, default_replay_prompts
 from locft.engine.train import edit
@@ -53,6 +55,26 @@ def test_replay_is_cached_per_base_model(tiny: LoadedModel, tmp_path: Path) -> N
     assert build_replay(tiny, prompts, "raw", 6, cache_dir=tmp_path) == first
 
 
+def test_replay_cache_generates_only_new_prompts(tiny: LoadedModel, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import locft.engine.generate as generate
+
+    asked: list[str] = []
+    real = generate.greedy_generate
+
+    def counting(loaded: LoadedModel, prompts: list[str], *args: object, **kwargs: object) -> object:
+        asked.extend(prompts)
+        return real(loaded, prompts, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(generate, "greedy_generate", counting)
+    prompts = default_replay_prompts(6)
+    first = build_replay(tiny, prompts[:4], "raw", 6, cache_dir=tmp_path)
+    second = build_replay(tiny, prompts[2:], "raw", 6, cache_dir=tmp_path)  # a round with other facts
+    assert asked == prompts[:4] + prompts[4:]
+    assert second[:2] == first[2:] and [r.prompt for r in second] == prompts[2:]
+    assert len(list((tmp_path / "replay").iterdir())) == 1
+
+
 def test_replay_keeps_base_continuations(tiny: LoadedModel) -> None:
     replay = build_replay(tiny, default_replay_prompts(12), "raw", 8)
     base = [type("G", (), {"token_ids": r.token_ids})() for r in replay]
@@ -70,13 +92,48 @@ def test_replay_keeps_base_continuations(tiny: LoadedModel) -> None:
     assert with_replay > without + 0.1, (without, with_replay)
 
 
+def _replay_log_probs(loaded: LoadedModel, replay: list[ReplayItem]) -> torch.Tensor:
+    """Next-token log-probabilities at every replay target position (teacher-forced)."""
+    tok = loaded.tokenizer
+    batch = collate([example_from_ids(encode_prompt(tok, r.prompt, "raw"), r.token_ids) for r in replay],
+                    tok.pad_token_id, loaded.device)
+    with torch.no_grad():
+        logits = loaded.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    return logits[batch.rows, batch.cols].float().log_softmax(-1)
+
+
+def test_distribution_replay_starts_at_zero_kl_and_keeps_the_base_distribution(tiny: LoadedModel) -> None:
+    replay = build_replay(tiny, default_replay_prompts(12), "raw", 8)
+    vocab = tiny.model.get_output_embeddings().weight.shape[0]
+    base = _replay_log_probs(tiny, replay)
+
+    def run(**overrides: object) -> tuple[float, float]:
+        settings: dict = {"lr": 5e-2, "batch_size": 3, "max_epochs": 20, "prompt_format": "raw",
+                          "replay_ratio": 1.0, "replay_weight": 10.0} | overrides
+        result = edit(tiny, FACTS, EditConfig(**settings), replay=replay)
+        with applied(tiny.model, result.tensors):
+            now = _replay_log_probs(tiny, replay)
+        kl = float((base.exp() * (base - now)).sum(-1).mean())  # KL(base || edited) per position
+        return result.epochs[0].replay_loss or 0.0, kl
+
+    kl_first, kl_kept = run(replay_target="distribution", replay_top_k=vocab)
+    ce_first, kl_tokens = run()
+    _, kl_without = run(replay_ratio=0.0)
+    # KL is 0 before the first step, so its first-epoch mean is small next to cross-entropy on the
+    # base's greedy tokens (which pulls the model towards them); the edited model stays closest to
+    # the base distribution when that distribution is the target
+    assert kl_first < 0.5 * ce_first, (kl_first, ce_first)
+    assert kl_kept < 0.5 * kl_without and kl_kept < kl_tokens, (kl_kept, kl_tokens, kl_without)
+
+
 def test_replay_ignored_when_ratio_is_zero(tiny: LoadedModel) -> None:
     replay = [ReplayItem("Some question?", (42, 43))]
     result = edit(tiny, FACTS, EditConfig(lr=1e-2, max_epochs=1), replay=replay)
     assert result.n_replay == 0 and result.summary()["replay_loss_per_epoch"] is None
 
 
-@pytest.mark.parametrize("bad", [{"replay_ratio": -1.0}, {"replay_pool_size": 0}])
+@pytest.mark.parametrize("bad", [{"replay_ratio": -1.0}, {"replay_pool_size": 0}, {"replay_target": "logits"},
+                                 {"replay_top_k": 0}])
 def test_replay_config_validated(bad: dict) -> None:
     from locft.errors import ConfigError
 
