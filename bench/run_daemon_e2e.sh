@@ -88,8 +88,8 @@ lines = [
     f"`bash bench/run_daemon_e2e.sh` (N={n}{', SET=' + repr(overrides) if overrides else ''}); "
     "the exact commands are in `daemon_e2e/commands.txt`, the raw JSON and logs beside it.",
     "",
-    f"- machine: {platform.platform()}, {os.cpu_count()} CPUs (shared with other jobs while it ran; "
-    f"load average at the end {', '.join(f'{x:.1f}' for x in os.getloadavg())})",
+    f"- machine: {platform.platform()}, {os.cpu_count()} CPUs ("
+    f"load average at the end, this run included: {', '.join(f'{x:.1f}' for x in os.getloadavg())})",
     f"- round {r['id']} ({r['trigger']}): **{r['outcome']}**"
     + (f", version {r['version_id']}" if r.get("version_id") is not None else "")
     + (f" - {r['error']}" if r.get("error") else ""),

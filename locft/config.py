@@ -68,7 +68,7 @@ class EditConfig:
     # what a replay position is trained towards: "tokens" (cross-entropy on the base model's greedy
     # token) or "distribution" (KL to the base model's next-token distribution, its top
     # replay_top_k probabilities, renormalized): the latter keeps the base's uncertainty too
-    replay_target: str = "tokens"
+    replay_target: str = "distribution"
     replay_top_k: int = 32
 
     def __post_init__(self) -> None:
@@ -313,6 +313,7 @@ CONFIG_TEMPLATE = """\
 # replay_ratio = 1.0         # generic prompts per fact in a batch, base answers as targets;
 #                            # default: measured per model (1.0 embedded, 0 = the paper's recipe)
 # replay_weight = 1.0        # weight of the replay loss
+# replay_target = "distribution"  # KL to the base's next-token distribution | tokens (its greedy tokens)
 # replay_pool = "mixed"      # mixed (questions, search queries, sentence openings, instructions) | questions
 
 [gates]

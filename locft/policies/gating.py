@@ -212,8 +212,8 @@ def _capability(task: str, policy: GatePolicy, m: GateMetrics) -> Check:
     drop = cand - base if lower else base - cand
     direction = " (lower is better)" if lower else ""
     if drop <= limit + EPSILON:
-        return Check(name, drop, limit, True,
-                     f"{task} {fmt(cand)} vs base {fmt(base)}{direction}: worse by {fmt(max(drop, 0.0))} <= {fmt(limit)}")
+        change = f"better by {fmt(-drop)}" if drop < 0 else f"worse by {fmt(drop)} <= {fmt(limit)}"
+        return Check(name, drop, limit, True, f"{task} {fmt(cand)} vs base {fmt(base)}{direction}: {change}")
     shown, allowed = _fmt_apart(drop, limit)
     return Check(name, drop, limit, False,
                  f"{task} {fmt(cand)} vs base {fmt(base)}{direction}: worse by {shown} > {allowed}")

@@ -81,7 +81,8 @@ def test_replay_keeps_base_continuations(tiny: LoadedModel) -> None:
     prompts = [r.prompt for r in replay]
 
     def agreement(ratio: float) -> float:
-        cfg = EditConfig(lr=1e-2, batch_size=3, max_epochs=20, prompt_format="raw", replay_ratio=ratio)
+        cfg = EditConfig(lr=1e-2, batch_size=3, max_epochs=20, prompt_format="raw", replay_ratio=ratio,
+                         replay_target="tokens")
         result = edit(tiny, FACTS, cfg, replay=replay)
         assert (result.n_replay > 0) == (ratio > 0)
         with applied(tiny.model, result.tensors):
