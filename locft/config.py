@@ -70,6 +70,9 @@ class EditConfig:
     # replay_top_k probabilities, renormalized): the latter keeps the base's uncertainty too
     replay_target: str = "distribution"
     replay_top_k: int = 32
+    # rows (facts + replay prompts) per forward/backward pass; a larger batch accumulates the
+    # gradients of several passes (the same step), so activation memory is bounded by this
+    micro_batch_size: int = 32
 
     def __post_init__(self) -> None:
         if self.lr is not None and not (0 < self.lr < 1):
@@ -93,6 +96,8 @@ class EditConfig:
             raise ConfigError("edit.replay_pool_size and edit.replay_max_tokens must be >= 1")
         if self.replay_target not in ("tokens", "distribution"):
             raise ConfigError(f"edit.replay_target must be 'tokens' or 'distribution', got {self.replay_target!r}")
+        if self.micro_batch_size < 1:
+            raise ConfigError(f"edit.micro_batch_size must be >= 1, got {self.micro_batch_size}")
         if self.replay_top_k < 1:
             raise ConfigError("edit.replay_top_k must be >= 1")
         if self.replay_pool not in ("questions", "mixed"):
@@ -314,6 +319,7 @@ CONFIG_TEMPLATE = """\
 #                            # default: measured per model (1.0 embedded, 0 = the paper's recipe)
 # replay_weight = 1.0        # weight of the replay loss
 # replay_target = "distribution"  # KL to the base's next-token distribution | tokens (its greedy tokens)
+# micro_batch_size = 32      # rows per forward/backward (gradients accumulate): bounds memory
 # replay_pool = "mixed"      # mixed (questions, search queries, sentence openings, instructions) | questions
 
 [gates]

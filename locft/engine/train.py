@@ -468,6 +468,26 @@ def _check_stop(should_stop: Callable[[], bool] | None) -> None:
         raise EditCancelled("training was cancelled")
 
 
+def _accumulate_gradients(
+    forward: _Forward, indices: Sequence[int], extra: Sequence[int], cfg: EditConfig
+) -> tuple[float, float | None]:
+    """Backward of (mean edit loss + replay_weight * mean replay loss) over one batch, run in
+    slices of cfg.micro_batch_size rows so that activation memory stays bounded; the summed
+    gradient is the whole batch's. Returns the two means (replay None without replay rows)."""
+    rows = list(indices) + list(extra)
+    scale = torch.tensor([1.0 / len(indices)] * len(indices)
+                         + [cfg.replay_weight / max(len(extra), 1)] * len(extra))
+    sums = [0.0, 0.0]  # edit, replay
+    for start in range(0, len(rows), cfg.micro_batch_size):
+        stop = min(start + cfg.micro_batch_size, len(rows))
+        per_sample = forward.sample_losses(rows[start:stop])
+        (per_sample * scale[start:stop].to(per_sample)).sum().backward()
+        n_edit = max(0, min(stop, len(indices)) - start)
+        sums[0] += float(per_sample[:n_edit].detach().sum())
+        sums[1] += float(per_sample[n_edit:].detach().sum())
+    return sums[0] / len(indices), (sums[1] / len(extra) if extra else None)
+
+
 def _breadth_first(
     forward: _Forward,
     params: list[torch.nn.Parameter],
@@ -499,21 +519,15 @@ def _breadth_first(
                 while len(replay_queue) < k:  # cycle through the pool in fresh shuffled orders
                     replay_queue += [replay_ids[i] for i in torch.randperm(len(replay_ids), generator=generator)]
                 extra, replay_queue = replay_queue[:k], replay_queue[k:]
-            per_sample = forward.sample_losses(indices + extra)
-            loss = per_sample[: len(indices)].mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss, replay_loss = _accumulate_gradients(forward, indices, extra, cfg)
             result.examples_seen += len(indices) + len(extra)
-            losses.append(loss.item())
-            if extra:
-                replay_loss = per_sample[len(indices) :].mean()
-                replay_losses.append(replay_loss.item())
-                total = loss + cfg.replay_weight * replay_loss
-            else:
-                total = loss
-            if losses[-1] < cfg.skip_loss:
+            losses.append(loss)
+            if replay_loss is not None:
+                replay_losses.append(replay_loss)
+            if loss < cfg.skip_loss:
                 skipped += 1
             else:
-                optimizer.zero_grad(set_to_none=True)
-                total.backward()
                 optimizer.step()
                 result.steps += 1
             if progress:
