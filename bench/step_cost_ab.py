@@ -10,16 +10,28 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+
 from locft.config import EditConfig, ModelConfig
 from locft.engine.model_io import load_base
 from locft.engine.replay import replay_for
 from locft.engine.train import edit, resolve_edit_config
 from locft.readers import load_edit_facts
-home = Path(os.environ.get("LOCFT_HOME", str(Path.home() / ".locft")))
-loaded = load_base(ModelConfig(), home)
-facts = load_edit_facts(Path("../shared/data/zsre_dev.json"), "auto", limit=100)
-for target, mb in (("tokens", 64), ("tokens", 32), ("distribution", 64), ("distribution", 32)):
-    cfg = resolve_edit_config(loaded, EditConfig(max_epochs=2, skip_loss=0.0, stop_loss=0.0, replay_target=target, micro_batch_size=mb))
-    replay = replay_for(loaded, cfg, cfg.prompt_format, exclude=[f.prompt for f in facts], cache_dir=home / "cache")
-    r = edit(loaded, facts, cfg, replay=replay)
-    print(json.dumps({"replay_target": target, "micro_batch_size": mb, "seconds_per_epoch": [round(e.seconds, 2) for e in r.epochs], "cache_s": round(r.cache_seconds, 1)}), flush=True)
+
+
+def main() -> None:
+    home = Path(os.environ.get("LOCFT_HOME", str(Path.home() / ".locft")))
+    loaded = load_base(ModelConfig(), home)
+    facts = load_edit_facts(Path("../shared/data/zsre_dev.json"), "auto", limit=100)
+    for target, mb in (("tokens", 64), ("tokens", 32), ("distribution", 64), ("distribution", 32)):
+        cfg = resolve_edit_config(loaded, EditConfig(max_epochs=2, skip_loss=0.0, stop_loss=0.0,
+                                                     replay_target=target, micro_batch_size=mb))
+        replay = replay_for(loaded, cfg, cfg.prompt_format, exclude=[f.prompt for f in facts],
+                            cache_dir=home / "cache")
+        r = edit(loaded, facts, cfg, replay=replay)
+        row = {"replay_target": target, "micro_batch_size": mb,
+               "seconds_per_epoch": [round(e.seconds, 2) for e in r.epochs], "cache_s": round(r.cache_seconds, 1)}
+        print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
