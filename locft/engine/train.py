@@ -474,18 +474,22 @@ def _accumulate_gradients(
     """Backward of (mean edit loss + replay_weight * mean replay loss) over one batch, run in
     slices of cfg.micro_batch_size rows so that activation memory stays bounded; the summed
     gradient is the whole batch's. Returns the two means (replay None without replay rows)."""
-    rows = list(indices) + list(extra)
-    scale = torch.tensor([1.0 / len(indices)] * len(indices)
-                         + [cfg.replay_weight / max(len(extra), 1)] * len(extra))
+    n_edit = len(indices)
+    weights = [1.0 / n_edit] * n_edit + [cfg.replay_weight / max(len(extra), 1)] * len(extra)
+    is_edit = [True] * n_edit + [False] * len(extra)
+    # rows sorted by length, so each slice pads to its own longest row; the gradient is a sum over
+    # rows and does not depend on their order
+    rows = sorted(zip(list(indices) + list(extra), weights, is_edit), key=lambda r: len(forward.examples[r[0]].input_ids))
     sums = [0.0, 0.0]  # edit, replay
     for start in range(0, len(rows), cfg.micro_batch_size):
-        stop = min(start + cfg.micro_batch_size, len(rows))
-        per_sample = forward.sample_losses(rows[start:stop])
-        (per_sample * scale[start:stop].to(per_sample)).sum().backward()
-        n_edit = max(0, min(stop, len(indices)) - start)
-        sums[0] += float(per_sample[:n_edit].detach().sum())
-        sums[1] += float(per_sample[n_edit:].detach().sum())
-    return sums[0] / len(indices), (sums[1] / len(extra) if extra else None)
+        chunk = rows[start : start + cfg.micro_batch_size]
+        per_sample = forward.sample_losses([r[0] for r in chunk])
+        scale = torch.tensor([r[1] for r in chunk]).to(per_sample)
+        (per_sample * scale).sum().backward()
+        edit_rows = torch.tensor([r[2] for r in chunk])
+        sums[0] += float(per_sample.detach()[edit_rows].sum())
+        sums[1] += float(per_sample.detach()[~edit_rows].sum())
+    return sums[0] / n_edit, (sums[1] / len(extra) if extra else None)
 
 
 def _breadth_first(

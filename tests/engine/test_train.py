@@ -79,16 +79,18 @@ def test_shared_prompt_prefix_runs_once_and_changes_nothing(tiny: LoadedModel) -
     assert float((a - b).norm() / a.norm()) < 1e-4
 
 
-def test_micro_batches_take_the_whole_batch_step(tiny: LoadedModel) -> None:
-    # A batch split into passes of one row (facts and replay prompts) accumulates the same gradient
-    # as one pass over the batch: losses and the learned tensor agree to float precision.
+@pytest.mark.parametrize("micro", [1, 3])
+def test_micro_batches_take_the_whole_batch_step(tiny: LoadedModel, micro: int) -> None:
+    # A batch split into passes of a few rows (facts and replay prompts, sorted by length so a pass
+    # can mix both) accumulates the same gradient as one pass over the batch: losses, replay
+    # losses and the learned tensor agree to float precision.
     from locft.engine.replay import ReplayItem
 
     replay = [ReplayItem("Some question?", (42, 43, 44)), ReplayItem("Another one:", (7, 8))]
     cfg = EditConfig(lr=1e-2, batch_size=4, max_epochs=3, prompt_format="raw", skip_loss=0.0,
                      replay_ratio=0.5, replay_target="tokens", micro_batch_size=64)
     whole = edit(tiny, FACTS, cfg, replay=replay)
-    sliced = edit(tiny, FACTS, EditConfig(**{**cfg.to_dict(), "micro_batch_size": 1}), replay=replay)
+    sliced = edit(tiny, FACTS, EditConfig(**{**cfg.to_dict(), "micro_batch_size": micro}), replay=replay)
     assert whole.n_replay == 2 and whole.steps == sliced.steps == 3
     for a, b in zip(whole.epochs, sliced.epochs):
         assert a.mean_loss == pytest.approx(b.mean_loss, rel=1e-5)
