@@ -28,7 +28,7 @@ from locft.engine.data import resolve_prompt_format
 from locft.engine.generate import greedy_generate
 from locft.engine.model_io import load_base
 from locft.engine.replay import replay_for
-from locft.engine.train import edit
+from locft.engine.train import edit, resolve_edit_config
 from locft.engine.weights import applied
 from locft.evaluation.editing import token_agreement
 from locft.evaluation.probes import FIXED_PROBE_PROMPTS
@@ -61,7 +61,8 @@ def main() -> None:
 
     for raw in args.variants:
         overrides = json.loads(raw)
-        cfg = replace(EditConfig(), **overrides)
+        # resolved first, so that '{}' means the model's defaults (replay included)
+        cfg = resolve_edit_config(loaded, replace(EditConfig(), **overrides))
         replay = replay_for(loaded, cfg, fmt, exclude=evaluated, cache_dir=home / "cache")
         t0 = time.perf_counter()
         result = edit(loaded, facts, cfg, replay=replay)

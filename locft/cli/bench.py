@@ -55,6 +55,8 @@ def _table(record: dict[str, Any]) -> str:
 @click.option("--replay-ratio", type=click.FloatRange(min=0), default=None,
               help="Replay prompts (base model's own answers) per fact in each batch; 0 = off.")
 @click.option("--replay-weight", type=click.FloatRange(min=0), default=None, help="Weight of the replay loss.")
+@click.option("--compute-dtype", type=click.Choice(["auto", "float32", "bfloat16"]), default=None,
+              help="Training matmuls: float32 (the paper) | bfloat16 (autocast) | auto (bf16 where native).")
 @click.option("--seed", type=int, default=None)
 @click.option("--eval-sample", type=click.IntRange(min=1), default=None,
               help="Measure generalization and locality on a seeded sample of this many facts "
@@ -64,8 +66,8 @@ def _table(record: dict[str, Any]) -> str:
 def bench(data: Path, n: int, offset: int, data_format: str, pipeline: str | None, location: str | None,
           layers: tuple[int, ...], lr: float | None, batch_size: int | None, max_epochs: int | None,
           prompt_format: str | None, forward_mode: str | None, replay_ratio: float | None,
-          replay_weight: float | None, seed: int | None, eval_sample: int | None, threads: int | None,
-          out: Path | None) -> None:
+          replay_weight: float | None, compute_dtype: str | None, seed: int | None, eval_sample: int | None,
+          threads: int | None, out: Path | None) -> None:
     """Edit N facts of a benchmark file into the base model and measure the result.
 
     Prints reliability, generalization and locality (by greedy generation and normalized exact
@@ -91,7 +93,7 @@ def bench(data: Path, n: int, offset: int, data_format: str, pipeline: str | Non
             "pipeline": pipeline, "location": location, "layers": tuple(layers) or None, "lr": lr,
             "batch_size": batch_size, "max_epochs": max_epochs, "prompt_format": prompt_format,
             "forward_mode": forward_mode, "seed": seed, "replay_ratio": replay_ratio,
-            "replay_weight": replay_weight,
+            "replay_weight": replay_weight, "compute_dtype": compute_dtype,
         }.items() if v is not None
     }
     edit_cfg: EditConfig = dataclasses.replace(config.edit, **overrides)

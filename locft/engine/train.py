@@ -106,6 +106,7 @@ class EditResult:
     shared_prefix_tokens: int = 0  # leading tokens run once per step for the whole batch (cached mode)
     config: EditConfig | None = None  # with per-model defaults resolved: what was actually used
     examples_seen: int = 0  # fact forward passes: edits x epochs for breadth-first
+    compute_dtype: str = "float32"  # what the training forward/backward ran in (autocast resolved)
 
     @property
     def edits_x_epochs_per_second(self) -> float:
@@ -119,6 +120,7 @@ class EditResult:
             "lr": self.lr,
             "batch_size": self.config.batch_size if self.config else None,
             "forward_mode": self.forward_mode,
+            "compute_dtype": self.compute_dtype,
             "epochs": len(self.epochs),
             "converged": self.converged,
             "final_loss": self.epochs[-1].mean_loss if self.epochs else None,
@@ -220,7 +222,8 @@ def _only_layers_from(stack: _LayerStack) -> Iterator[None]:
 class _Forward:
     """Computes the training loss of a batch of example indices in one of the three modes."""
 
-    def __init__(self, loaded: LoadedModel, examples: Sequence[Example], names: Sequence[str], mode: str):
+    def __init__(self, loaded: LoadedModel, examples: Sequence[Example], names: Sequence[str], mode: str,
+                 compute_dtype: torch.dtype | None = None):
         self.model = loaded.model
         self.device = loaded.device
         self.pad_id = loaded.tokenizer.pad_token_id
@@ -237,6 +240,9 @@ class _Forward:
         # per example index: (top-k token ids, their renormalized probabilities, sum p log p), one
         # row per target position; examples listed here train towards a distribution (KL)
         self.soft: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        # autocast dtype of the training forward/backward; None: the model's own dtype. The
+        # activation cache and the forward-mode check always run in the model's dtype (exact).
+        self.compute_dtype = compute_dtype
 
     def build_cache(self, progress: ProgressCallback | None) -> None:
         """Hidden states entering layer `start`, per example, computed once without grad."""
@@ -310,6 +316,12 @@ class _Forward:
 
     def _selected_logits(self, indices: Sequence[int], mode: str) -> tuple[torch.Tensor, Batch]:
         """Logits at the batch's target positions (flattened as batch.rows/cols), and the batch."""
+        if self.compute_dtype is None:
+            return self._selected_logits_exact(indices, mode)
+        with torch.autocast(self.device.type, dtype=self.compute_dtype):
+            return self._selected_logits_exact(indices, mode)
+
+    def _selected_logits_exact(self, indices: Sequence[int], mode: str) -> tuple[torch.Tensor, Batch]:
         batch = collate([self.examples[i] for i in indices], self.pad_id, self.device)
         if mode == "reference":
             logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
@@ -373,6 +385,13 @@ class _Forward:
         """Fall back to the reference loop if this architecture's fast path disagrees with it."""
         if self.mode == "reference":
             return
+        compute_dtype, self.compute_dtype = self.compute_dtype, None  # compare the paths exactly
+        try:
+            self._check_mode(indices)
+        finally:
+            self.compute_dtype = compute_dtype
+
+    def _check_mode(self, indices: Sequence[int]) -> None:
         with torch.no_grad():
             ref = float(self.sample_losses(indices, "reference").mean())
             fast = self._fast_loss(indices)
@@ -396,6 +415,7 @@ def resolve_edit_config(loaded: LoadedModel, cfg: EditConfig) -> EditConfig:
         lr=cfg.lr if cfg.lr is not None else default_lr(loaded.config),
         batch_size=cfg.batch_size if cfg.batch_size is not None else default_batch_size(loaded.config),
         replay_ratio=cfg.replay_ratio if cfg.replay_ratio is not None else default_replay_ratio(loaded.config),
+        compute_dtype=resolve_compute_dtype(cfg.compute_dtype, loaded),
     )
 
 
@@ -440,7 +460,9 @@ def edit(
         for p in params:
             p.requires_grad_(True)
         try:
-            forward = _Forward(loaded, examples, names, cfg.forward_mode)
+            compute_dtype = autocast_dtype(cfg.compute_dtype, loaded)
+            result.compute_dtype = str(compute_dtype or loaded.dtype).removeprefix("torch.")
+            forward = _Forward(loaded, examples, names, cfg.forward_mode, compute_dtype)
             t0 = time.perf_counter()
             if forward.mode == "cached":
                 forward.build_cache(progress)
@@ -461,6 +483,33 @@ def edit(
                 p.grad = None
         result.tensors = {n: p.detach().to("cpu", copy=True).contiguous() for n, p in zip(names, params)}
     return result
+
+
+def resolve_compute_dtype(compute_dtype: str, loaded: LoadedModel) -> str:
+    """edit.compute_dtype with "auto" decided for this model and device."""
+    if compute_dtype != "auto":
+        return compute_dtype
+    if loaded.dtype != torch.float32:
+        return str(loaded.dtype).removeprefix("torch.")  # a half-precision model computes in its own dtype
+    return "bfloat16" if native_bf16(loaded.device) else "float32"
+
+
+def autocast_dtype(compute_dtype: str, loaded: LoadedModel) -> torch.dtype | None:
+    """The autocast dtype for edit.compute_dtype on this model and device; None = no autocast."""
+    compute_dtype = resolve_compute_dtype(compute_dtype, loaded)
+    if compute_dtype == "float32" or loaded.dtype != torch.float32:
+        return None  # float32, or a half-precision model that already computes in its own dtype
+    return torch.bfloat16
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes bfloat16 matmuls natively (faster than float32, not emulated)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:  # private helpers, present in torch >= 2.1; any failure means "not known to be native"
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:
+        return False
 
 
 def _check_stop(should_stop: Callable[[], bool] | None) -> None:

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from locft.config import EditConfig
+from locft.errors import ConfigError
 from locft.engine.model_io import LoadedModel
 from locft.engine.train import EditCancelled, edit
 from locft.engine.weights import applied
@@ -53,7 +54,8 @@ def test_only_the_target_tensor_changes(tiny: LoadedModel) -> None:
 
 @pytest.mark.parametrize("mode", ["full", "reference"])
 def test_forward_modes_agree_with_cached(tiny: LoadedModel, mode: str) -> None:
-    cfg = EditConfig(lr=1e-2, batch_size=2, max_epochs=3, prompt_format="raw")
+    # float32: the paths must agree to float precision (bf16 autocast would add its own rounding)
+    cfg = EditConfig(lr=1e-2, batch_size=2, max_epochs=3, prompt_format="raw", compute_dtype="float32")
     cached = edit(tiny, FACTS, cfg)
     other = edit(tiny, FACTS, EditConfig(**{**cfg.to_dict(), "forward_mode": mode}))
     assert cached.forward_mode == "cached" and other.forward_mode == mode
@@ -68,7 +70,8 @@ def test_forward_modes_agree_with_cached(tiny: LoadedModel, mode: str) -> None:
 def test_shared_prompt_prefix_runs_once_and_changes_nothing(tiny: LoadedModel) -> None:
     # Chat prompts all start with the template's system turn: the cached forward runs it once per
     # step with batch 1; losses and the learned tensor must match the paper's loop.
-    cfg = EditConfig(lr=1e-2, batch_size=2, max_epochs=3, prompt_format="chat", skip_loss=0.0)
+    cfg = EditConfig(lr=1e-2, batch_size=2, max_epochs=3, prompt_format="chat", skip_loss=0.0,
+                     compute_dtype="float32")
     cached = edit(tiny, FACTS, cfg)
     reference = edit(tiny, FACTS, EditConfig(**{**cfg.to_dict(), "forward_mode": "reference"}))
     assert cached.forward_mode == "cached" and cached.shared_prefix_tokens >= 4
@@ -88,7 +91,7 @@ def test_micro_batches_take_the_whole_batch_step(tiny: LoadedModel, micro: int) 
 
     replay = [ReplayItem("Some question?", (42, 43, 44)), ReplayItem("Another one:", (7, 8))]
     cfg = EditConfig(lr=1e-2, batch_size=4, max_epochs=3, prompt_format="raw", skip_loss=0.0,
-                     replay_ratio=0.5, replay_target="tokens", micro_batch_size=64)
+                     replay_ratio=0.5, replay_target="tokens", micro_batch_size=64, compute_dtype="float32")
     whole = edit(tiny, FACTS, cfg, replay=replay)
     sliced = edit(tiny, FACTS, EditConfig(**{**cfg.to_dict(), "micro_batch_size": micro}), replay=replay)
     assert whole.n_replay == 2 and whole.steps == sliced.steps == 3
@@ -97,6 +100,40 @@ def test_micro_batches_take_the_whole_batch_step(tiny: LoadedModel, micro: int) 
         assert a.replay_loss == pytest.approx(b.replay_loss, rel=1e-5)
     a, b = whole.tensors[TARGET], sliced.tensors[TARGET]
     assert float((a - b).norm() / a.norm()) < 1e-4
+
+
+def test_bfloat16_autocast_learns_the_facts_and_keeps_the_cached_forward(tiny: LoadedModel) -> None:
+    # compute_dtype bfloat16 runs the training matmuls in bf16 (autocast); the forward-mode check still
+    # compares the paths in float32, so the cached forward stays on; the tensor stays float32
+    cfg = EditConfig(**{**LEARN.to_dict(), "compute_dtype": "bfloat16"})
+    result = edit(tiny, FACTS, cfg)
+    assert result.forward_mode == "cached" and result.compute_dtype == "bfloat16"
+    assert result.tensors[TARGET].dtype == torch.float32
+    fp32 = edit(tiny, FACTS, EditConfig(**{**LEARN.to_dict(), "compute_dtype": "float32"}))
+    assert fp32.compute_dtype == "float32"
+    # the same training, to bf16 precision: the first epoch's loss agrees closely, not exactly
+    assert result.epochs[0].mean_loss == pytest.approx(fp32.epochs[0].mean_loss, rel=2e-2)
+    assert result.epochs[0].mean_loss != fp32.epochs[0].mean_loss
+    with applied(tiny.model, result.tensors):
+        after = evaluate_edits(tiny, FACTS, "raw", max_new_tokens=8)
+    assert after.reliability == 1.0, after.samples
+
+
+def test_compute_dtype_resolution(tiny: LoadedModel) -> None:
+    from dataclasses import replace
+
+    from locft.engine.train import autocast_dtype, native_bf16, resolve_edit_config
+
+    assert autocast_dtype("float32", tiny) is None
+    assert autocast_dtype("bfloat16", tiny) is torch.bfloat16
+    assert autocast_dtype("auto", tiny) == (torch.bfloat16 if native_bf16(tiny.device) else None)
+    assert autocast_dtype("bfloat16", replace(tiny, dtype=torch.bfloat16)) is None  # already half precision
+    # the recorded config says what ran, never "auto"
+    resolved = resolve_edit_config(tiny, EditConfig()).compute_dtype
+    assert resolved == ("bfloat16" if native_bf16(tiny.device) else "float32")
+    assert resolve_edit_config(replace(tiny, dtype=torch.bfloat16), EditConfig()).compute_dtype == "bfloat16"
+    with pytest.raises(ConfigError, match="compute_dtype"):
+        EditConfig(compute_dtype="float16")
 
 
 def test_seeded_and_reproducible(tiny: LoadedModel) -> None:
