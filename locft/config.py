@@ -37,7 +37,9 @@ class ModelConfig:
             raise ConfigError("model.path is empty; remove it to use the embedded model")
 
 
-COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
+# float16 names what a float16 model computes in; autocast to it from float32 is refused (it
+# would need loss scaling)
+COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 @dataclass(frozen=True)

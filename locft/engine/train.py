@@ -52,7 +52,7 @@ from locft.engine.targets import (
     resolve_location,
 )
 from locft.engine.weights import applied, parameters_by_name
-from locft.errors import LocftError
+from locft.errors import ConfigError, LocftError
 from locft.facts import EditFact
 
 log = logging.getLogger(__name__)
@@ -499,6 +499,9 @@ def autocast_dtype(compute_dtype: str, loaded: LoadedModel) -> torch.dtype | Non
     compute_dtype = resolve_compute_dtype(compute_dtype, loaded)
     if compute_dtype == "float32" or loaded.dtype != torch.float32:
         return None  # float32, or a half-precision model that already computes in its own dtype
+    if compute_dtype == "float16":
+        raise ConfigError("edit.compute_dtype = 'float16' on a float32 model would need loss scaling; "
+                          "use 'bfloat16' or 'float32'")
     return torch.bfloat16
 
 

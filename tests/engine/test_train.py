@@ -132,8 +132,11 @@ def test_compute_dtype_resolution(tiny: LoadedModel) -> None:
     resolved = resolve_edit_config(tiny, EditConfig()).compute_dtype
     assert resolved == ("bfloat16" if native_bf16(tiny.device) else "float32")
     assert resolve_edit_config(replace(tiny, dtype=torch.bfloat16), EditConfig()).compute_dtype == "bfloat16"
+    assert resolve_edit_config(replace(tiny, dtype=torch.float16), EditConfig()).compute_dtype == "float16"
+    with pytest.raises(ConfigError, match="loss scaling"):
+        autocast_dtype("float16", tiny)
     with pytest.raises(ConfigError, match="compute_dtype"):
-        EditConfig(compute_dtype="float16")
+        EditConfig(compute_dtype="fp8")
 
 
 def test_seeded_and_reproducible(tiny: LoadedModel) -> None:
