@@ -42,8 +42,8 @@ def main() -> None:
     # skip/stop thresholds off so that every run does exactly `epochs` full epochs
     common = EditConfig(max_epochs=args.epochs, skip_loss=0.0, stop_loss=0.0)
     runs = {
-        "reference (paper's loop)": replace(common, forward_mode="reference", replay_ratio=0.0),
-        "locft cached": replace(common, forward_mode="cached", replay_ratio=0.0),
+        "reference (paper's loop)": replace(common, forward_mode="reference", replay_ratio=0.0, compute_dtype="float32"),
+        "locft cached": replace(common, forward_mode="cached", replay_ratio=0.0, compute_dtype="float32"),
         "locft cached, bfloat16": replace(common, forward_mode="cached", replay_ratio=0.0, compute_dtype="bfloat16"),
         "locft cached + replay, float32": replace(common, forward_mode="cached", compute_dtype="float32"),
         "locft cached + replay (round default)": replace(common, forward_mode="cached"),
