@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from locft.config import EditConfig
-from locft.errors import ConfigError
 from locft.engine.model_io import LoadedModel
 from locft.engine.train import EditCancelled, edit
 from locft.engine.weights import applied
+from locft.errors import ConfigError
 from locft.evaluation.editing import evaluate_edits
 from locft.facts import EditFact
 
