@@ -316,12 +316,11 @@ class _Forward:
 
     def _selected_logits(self, indices: Sequence[int], mode: str) -> tuple[torch.Tensor, Batch]:
         """Logits at the batch's target positions (flattened as batch.rows/cols), and the batch."""
-        if self.compute_dtype is None:
-            return self._selected_logits_exact(indices, mode)
-        with torch.autocast(self.device.type, dtype=self.compute_dtype):
-            return self._selected_logits_exact(indices, mode)
+        with torch.autocast(self.device.type, dtype=self.compute_dtype or torch.bfloat16,
+                            enabled=self.compute_dtype is not None):
+            return self._logits_at_targets(indices, mode)
 
-    def _selected_logits_exact(self, indices: Sequence[int], mode: str) -> tuple[torch.Tensor, Batch]:
+    def _logits_at_targets(self, indices: Sequence[int], mode: str) -> tuple[torch.Tensor, Batch]:
         batch = collate([self.examples[i] for i in indices], self.pad_id, self.device)
         if mode == "reference":
             logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
