@@ -149,13 +149,16 @@ class GatePolicy:
 class ScheduleConfig:
     """When rounds run: a cron expression, a pending-facts trigger, explicit requests."""
 
-    cron: str | None = "0 2 * * *"  # nightly at 02:00 local time; None disables the cron trigger
+    # nightly at 02:00 local time; "off" (TOML has no null) or None disables the cron trigger
+    cron: str | None = "0 2 * * *"
     min_pending_facts: int | None = None  # a round as soon as this many facts wait; None = off
     poll_seconds: float = 5.0  # how often requests and pending facts are checked
     misfire_grace_seconds: int = 6 * 3600  # a run missed while down still happens within this
     round_timeout_seconds: int = 6 * 3600
 
     def __post_init__(self) -> None:
+        if self.cron is not None and self.cron.strip().lower() in ("off", "none", ""):
+            object.__setattr__(self, "cron", None)  # frozen: normalize once, at the edge
         if self.min_pending_facts is not None and self.min_pending_facts < 1:
             raise ConfigError("schedule.min_pending_facts must be >= 1 (or absent to turn it off)")
         if self.poll_seconds <= 0:
@@ -346,7 +349,7 @@ CONFIG_TEMPLATE = """\
 # capability_limit = 200
 
 [schedule]
-# cron = "0 2 * * *"         # nightly at 02:00 local time
+# cron = "0 2 * * *"         # nightly at 02:00 local time; "off": no scheduled rounds
 # min_pending_facts = 50     # also run as soon as this many facts wait (off unless set)
 # poll_seconds = 5
 

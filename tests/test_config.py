@@ -44,3 +44,12 @@ def test_values_are_coerced() -> None:
     cfg = from_dict(LocftConfig, {"edit": {"lr": 0.5, "layers": [3, 4], "max_epochs": 3}})
     assert cfg.edit == EditConfig(lr=0.5, layers=(3, 4), max_epochs=3)
     assert isinstance(cfg.edit.layers, tuple)
+
+
+@pytest.mark.parametrize("written", ['"off"', '"OFF"', '""'])
+def test_cron_can_be_turned_off_from_toml(tmp_path: Path, written: str) -> None:
+    # TOML has no null, so "off" is how a user without a nightly round writes it
+    (tmp_path / "locft.toml").write_text(f"[schedule]\ncron = {written}\nmin_pending_facts = 10\n")
+    schedule = load_config(tmp_path).schedule
+    assert schedule.cron is None
+    assert schedule.min_pending_facts == 10
