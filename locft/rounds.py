@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Sequence
 
 from locft.config import LocftConfig, to_dict
-from locft.errors import LocftError, StoreError
+from locft.errors import LocftError
 from locft.facts import fact_set_digest
 from locft.home import Home
 from locft.locks import PidLock, round_lock
@@ -611,18 +611,11 @@ def recover_rounds(
     requests claimed by a round that never started, and removes snapshot directories without a
     row and `.tmp-*` leftovers at once (no minimum age: no writer can be active).
     """
-    ids: list[int] = []
-    if outcome == "failed":  # a crash the caller saw (worker exit code); 'interrupted' is below
-        for r in store.running_rounds():
-            try:
-                store.finish_round(r.id, "failed", actor=actor,
-                                   error=error or "the process running this round died before it finished")
-                ids.append(r.id)
-            except StoreError as exc:  # finished meanwhile
-                log.info("round %d: %s", r.id, exc)
     # also reopens requests claimed by a round that never started
-    recovery = store.mark_running_rounds_interrupted(actor=actor)
-    ids.extend(recovery.interrupted_rounds)
+    recovery = store.close_dead_rounds(
+        outcome=outcome, actor=actor,
+        error=error or ("the process running this round died before it finished" if outcome == "failed" else None))
+    ids = list(recovery.undecided_rounds)
     rejected: list[int] = []
     if ids:
         for v in store.list_versions(state="candidate"):
@@ -632,7 +625,10 @@ def recover_rounds(
     removed = tuple(store.sweep_orphan_snapshots(0.0))
     for rid in ids:
         log.warning("round %d was left running by a process that is gone: recorded as %s", rid, outcome)
-    return RoundRecovery(tuple(ids), tuple(rejected), recovery.released_requests, removed)
+    for rid in recovery.decided_rounds:
+        log.warning("round %d was left running by a process that died after its gate decision: "
+                    "recorded as %s", rid, store.get_round(rid).outcome)
+    return RoundRecovery(tuple(ids) + recovery.decided_rounds, tuple(rejected), recovery.released_requests, removed)
 
 
 @contextmanager

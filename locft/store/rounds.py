@@ -13,7 +13,7 @@ from locft.errors import NotFoundError, StoreError
 from locft.store import events as ev
 from locft.store.db import StoreBase, aware, clamp_count, utcnow
 from locft.store.events import append_event
-from locft.store.models import Round, RoundRequest
+from locft.store.models import GateResult, Promotion, Round, RoundRequest, Version
 
 RoundTrigger = Literal["cron", "pending", "request", "manual"]
 RoundOutcome = Literal["running", "promoted", "rejected", "skipped", "failed", "interrupted"]
@@ -94,10 +94,13 @@ class ClaimedRequests:
 
 @dataclass(frozen=True)
 class Recovery:
-    """What mark_running_rounds_interrupted found after a crash."""
+    """What close_dead_rounds found after a crash."""
 
-    interrupted_rounds: tuple[int, ...]
+    undecided_rounds: tuple[int, ...]  # died before a gate decision: closed as interrupted / failed
     released_requests: tuple[int, ...]  # claimed by a round that never started: open again
+    # died after its decision was committed (its version promoted or rejected): closed with
+    # that outcome, since the pointer already moved (or the version is already unpromotable)
+    decided_rounds: tuple[int, ...] = ()
 
 
 class RoundsMixin(StoreBase):
@@ -176,17 +179,40 @@ class RoundsMixin(StoreBase):
         with self._read() as session:
             return [RoundInfo.of(r) for r in session.exec(select(Round).where(Round.outcome == "running"))]
 
-    def mark_running_rounds_interrupted(self, *, actor: str | None = None) -> Recovery:
-        """At daemon startup: rounds still 'running' died with the previous process. Also reopens
+    def close_dead_rounds(
+        self, *, outcome: Literal["interrupted", "failed"] = "interrupted", error: str | None = None,
+        actor: str | None = None,
+    ) -> Recovery:
+        """Rounds still 'running' whose process is gone (CALLER'S KNOWLEDGE: it holds the round
+        lock): each is closed as `outcome`, or with its committed gate decision. Also reopens
         requests that were claimed but never got their round."""
         with self._write() as session:
             now = utcnow()
             rows = list(session.exec(select(Round).where(Round.outcome == "running")))
+            undecided: list[int] = []
+            decided: list[int] = []
             for row in rows:
-                row.outcome, row.finished_at = "interrupted", now
-                row.error = row.error or "the process running this round stopped before it finished"
+                decision = _committed_decision(session, row.id or 0)
+                if decision is None:
+                    row.outcome, row.finished_at = outcome, now
+                    row.error = error or row.error or "the process running this round stopped before it finished"
+                    if outcome == "interrupted":
+                        append_event(session, ev.ROUND_INTERRUPTED, actor=actor, round_id=row.id, at=now, payload={})
+                    else:
+                        append_event(session, ev.ROUND_FINISHED, actor=actor, round_id=row.id, at=now,
+                                     payload={"outcome": outcome, "error": row.error, "recovered": True,
+                                              "seconds": (now - row.started_at).total_seconds()})
+                    undecided.append(row.id or 0)
+                else:
+                    row.outcome, row.version_id = decision
+                    row.finished_at = now
+                    row.error = (f"the process stopped after version {row.version_id} was {row.outcome}, "
+                                 "before the round was closed (no timings, snapshot retention not run)")
+                    append_event(session, ev.ROUND_FINISHED, actor=actor, round_id=row.id, version_id=row.version_id,
+                                 at=now, payload={"outcome": row.outcome, "error": row.error, "recovered": True,
+                                                  "seconds": (now - row.started_at).total_seconds()})
+                    decided.append(row.id or 0)
                 session.add(row)
-                append_event(session, ev.ROUND_INTERRUPTED, actor=actor, round_id=row.id, at=now, payload={})
             orphans = list(session.exec(
                 select(RoundRequest).where(col(RoundRequest.claimed_at).is_not(None), col(RoundRequest.round_id).is_(None))
             ))
@@ -194,7 +220,7 @@ class RoundsMixin(StoreBase):
                 req.claimed_at = None
                 session.add(req)
             session.flush()
-            return Recovery(tuple(r.id or 0 for r in rows), tuple(r.id or 0 for r in orphans))
+            return Recovery(tuple(undecided), tuple(r.id or 0 for r in orphans), tuple(decided))
 
     # ---- explicit requests ------------------------------------------------------------------
 
@@ -233,3 +259,20 @@ class RoundsMixin(StoreBase):
             for r in rows:
                 session.refresh(r)
             return ClaimedRequests(tuple(RoundRequestInfo.of(r) for r in rows))
+
+
+def _committed_decision(session: Any, round_id: int) -> tuple[str, int] | None:
+    """('promoted' | 'rejected', version id) when a round's gate decision reached the database
+    before its process died; None when it died earlier (then the round was interrupted)."""
+    version = session.exec(select(Version).where(Version.round_id == round_id).order_by(col(Version.id).desc())).first()
+    if version is None:
+        return None
+    gate = session.exec(select(GateResult).where(GateResult.version_id == version.id, GateResult.round_id == round_id)
+                        .order_by(col(GateResult.id).desc())).first()
+    if gate is None:
+        return None
+    if not gate.passed:
+        return "rejected", version.id
+    promoted = session.exec(select(Promotion).where(Promotion.version_id == version.id,
+                                                    Promotion.action == "promote")).first()
+    return ("promoted", version.id) if promoted is not None else None

@@ -7,6 +7,7 @@ import pytest
 from locft.errors import NotFoundError, StoreError
 from locft.home import Home
 from locft.store import Store
+from tests.store.helpers import add_facts, new_version
 
 
 def test_round_lifecycle_and_last_round(store: Store) -> None:
@@ -34,12 +35,12 @@ def test_running_rounds_are_marked_interrupted_after_a_crash(store: Store) -> No
     finished = store.start_round("cron")
     store.finish_round(finished.id, "skipped")
     crashed = store.start_round("request")
-    recovery = store.mark_running_rounds_interrupted(actor="locftd")
-    assert recovery.interrupted_rounds == (crashed.id,)
+    recovery = store.close_dead_rounds(actor="locftd")
+    assert recovery.undecided_rounds == (crashed.id,)
     again = store.get_round(crashed.id)
     assert again.outcome == "interrupted" and again.error and again.finished_at is not None
     assert store.get_round(finished.id).outcome == "skipped"
-    assert store.mark_running_rounds_interrupted().interrupted_rounds == ()
+    assert store.close_dead_rounds().undecided_rounds == ()
 
 
 def test_requests_are_claimed_once_and_together(store: Store) -> None:
@@ -56,7 +57,7 @@ def test_requests_are_claimed_once_and_together(store: Store) -> None:
     # a claim whose round never started is reopened at recovery; linked ones are not
     c = store.request_round()
     assert store.claim_round_request() is not None
-    assert store.mark_running_rounds_interrupted().released_requests == (c.id,)
+    assert store.close_dead_rounds().released_requests == (c.id,)
     assert [x.id for x in store.open_round_requests()] == [c.id]
 
 
@@ -85,3 +86,36 @@ def test_concurrent_claims_never_share_a_request(home: Home) -> None:
     assert len(ids) == len(set(ids)), "a request was claimed twice"
     with Store.open(home) as s:
         assert len(ids) + len(s.open_round_requests()) == 20 + 40
+
+
+def test_a_round_that_died_after_its_decision_keeps_that_outcome(store: Store) -> None:
+
+    add_facts(store, 2)
+    promoted_round = store.start_round("cron")
+    promoted = new_version(store, "v-promoted", passed=True, round_id=promoted_round.id)
+    store.promote(promoted.id)  # the process dies here, before finish_round
+    rejected_round = store.start_round("cron")
+    rejected = new_version(store, "v-rejected", passed=False, round_id=rejected_round.id)
+    gated_round = store.start_round("cron")  # passed, manual promotion: no decision committed
+    new_version(store, "v-waiting", passed=True, round_id=gated_round.id)
+    early_round = store.start_round("request")  # died while training: no version at all
+
+    recovery = store.close_dead_rounds(actor="locftd")
+    assert recovery.decided_rounds == (promoted_round.id, rejected_round.id)
+    assert recovery.undecided_rounds == (gated_round.id, early_round.id)
+    got = store.get_round(promoted_round.id)
+    assert (got.outcome, got.version_id) == ("promoted", promoted.id) and "after version" in (got.error or "")
+    assert (store.get_round(rejected_round.id).outcome, store.get_round(rejected_round.id).version_id) == (
+        "rejected", rejected.id)
+    assert store.get_round(gated_round.id).outcome == "interrupted"
+    assert store.get_round(early_round.id).outcome == "interrupted"
+    assert store.promoted_version().id == promoted.id
+
+
+def test_a_crash_the_caller_saw_closes_undecided_rounds_as_failed(store: Store) -> None:
+    crashed = store.start_round("cron")
+    recovery = store.close_dead_rounds(outcome="failed", error="worker exited with -9")
+    assert recovery.undecided_rounds == (crashed.id,)
+    got = store.get_round(crashed.id)
+    assert (got.outcome, got.error) == ("failed", "worker exited with -9")
+    assert [e.kind for e in store.list_events(round_id=crashed.id)][0] == "round.finished"

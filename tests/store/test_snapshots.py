@@ -30,7 +30,7 @@ def test_open_sweeps_unless_a_round_is_running(home: Home) -> None:
     Store.open(home).close()
     assert orphan.exists()  # a running round may be about to record it
     with Store.open(home) as store:
-        store.mark_running_rounds_interrupted()
+        store.close_dead_rounds()
     Store.open(home).close()
     assert not orphan.exists()
 
