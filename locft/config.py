@@ -284,6 +284,24 @@ def to_dict(obj: Any) -> dict[str, Any]:
     return {f.name: plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
 
 
+def parse_setting(text: str) -> tuple[str, Any]:
+    """'key=value' from a command line (--set); the value is read as TOML, and a bare word that
+    is not TOML (e.g. mixed) is taken as a string."""
+    key, sep, raw = text.partition("=")
+    key, raw = key.strip(), raw.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set expects KEY=VALUE (e.g. replay_pool_size=1000), got {text!r}")
+    try:
+        return key, tomllib.loads(f"value = {raw}")["value"]
+    except tomllib.TOMLDecodeError:
+        return key, raw
+
+
+def with_settings(cfg: T, settings: dict[str, Any], where: str) -> T:
+    """A copy of a config dataclass with some keys replaced, validated like locft.toml is."""
+    return from_dict(type(cfg), {**to_dict(cfg), **settings}, where)
+
+
 def default_home() -> Path:
     """$LOCFT_HOME, else the user data dir (~/.local/share/locft on Linux)."""
     env = os.environ.get("LOCFT_HOME")

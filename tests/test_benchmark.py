@@ -50,3 +50,19 @@ def test_bench_command_writes_the_record(tiny_model_dir: Path, home: Home, tmp_p
     record = json.loads(out.read_text(encoding="utf-8"))
     assert record["n"] == 4 and record["metrics"]["n_paraphrases"] == 3
     assert "reliability" in result.output
+
+
+def test_bench_set_changes_any_edit_key_and_refuses_unknown_ones(tiny_model_dir: Path, home: Home,
+                                                                  tmp_path: Path) -> None:
+    (home.root / "locft.toml").write_text(f'[model]\npath = "{tiny_model_dir}"\n', encoding="utf-8")
+    out = tmp_path / "r.json"
+    args = ["bench", "--data", str(_facts_file(tmp_path)), "--n", "4", "--epochs", "1", "--prompt-format", "raw",
+            "--eval-sample", "2", "--out", str(out)]
+    result = CliRunner().invoke(cli, [*args, "--set", "max_new_tokens=7", "--set", "compute_dtype=float32",
+                                      "--set", "skip_loss = 0.5"])
+    assert result.exit_code == 0, result.output
+    config = json.loads(out.read_text(encoding="utf-8"))["config"]
+    assert (config["max_new_tokens"], config["compute_dtype"], config["skip_loss"]) == (7, "float32", 0.5)
+    for bad, message in (("replay_pool_sise=10", "unknown key"), ("max_epochs=many", "integer"), ("lr", "KEY=VALUE")):
+        refused = CliRunner().invoke(cli, [*args, "--set", bad])
+        assert refused.exit_code != 0 and message in refused.output, refused.output

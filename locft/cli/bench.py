@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
-from locft.config import EditConfig, ModelConfig, default_home, load_config
+from locft.config import EditConfig, ModelConfig, default_home, load_config, parse_setting, with_settings
 from locft.readers import FORMATS
 
 
@@ -58,6 +59,9 @@ def _table(record: dict[str, Any]) -> str:
 @click.option("--compute-dtype", type=click.Choice(["auto", "float32", "bfloat16"]), default=None,
               help="Training matmuls: float32 (the paper) | bfloat16 (autocast) | auto (bf16 where native).")
 @click.option("--seed", type=int, default=None)
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+              help="Any [edit] key of locft.toml for this run, e.g. --set replay_pool_size=1000; repeatable. "
+                   "The options above win over it.")
 @click.option("--eval-sample", type=click.IntRange(min=1), default=None,
               help="Measure generalization and locality on a seeded sample of this many facts "
                    "(reliability always covers all N); generation dominates evaluation on a CPU.")
@@ -66,7 +70,8 @@ def _table(record: dict[str, Any]) -> str:
 def bench(data: Path, n: int, offset: int, data_format: str, pipeline: str | None, location: str | None,
           layers: tuple[int, ...], lr: float | None, batch_size: int | None, max_epochs: int | None,
           prompt_format: str | None, forward_mode: str | None, replay_ratio: float | None,
-          replay_weight: float | None, compute_dtype: str | None, seed: int | None, eval_sample: int | None,
+          replay_weight: float | None, compute_dtype: str | None, seed: int | None, settings: tuple[str, ...],
+          eval_sample: int | None,
           threads: int | None, out: Path | None) -> None:
     """Edit N facts of a benchmark file into the base model and measure the result.
 
@@ -79,6 +84,7 @@ def bench(data: Path, n: int, offset: int, data_format: str, pipeline: str | Non
       locft bench --data ../shared/data/zsre_dev.json --n 100
       locft bench --data ../shared/data/zsre_dev.json --n 100 --pipeline depth-first
       locft bench --data facts.jsonl --n 50 --layer 8 --lr 5e-3 --out results.json
+      locft bench --data ../shared/data/zsre_dev.json --n 1000 --set replay_pool_size=1000
     """
     import dataclasses
 
@@ -96,7 +102,8 @@ def bench(data: Path, n: int, offset: int, data_format: str, pipeline: str | Non
             "replay_weight": replay_weight, "compute_dtype": compute_dtype,
         }.items() if v is not None
     }
-    edit_cfg: EditConfig = dataclasses.replace(config.edit, **overrides)
+    base_edit = with_settings(config.edit, dict(map(parse_setting, settings)), "edit") if settings else config.edit
+    edit_cfg: EditConfig = dataclasses.replace(base_edit, **overrides)
     if threads:
         import torch
 
@@ -114,7 +121,7 @@ def bench(data: Path, n: int, offset: int, data_format: str, pipeline: str | Non
             total = payload.max_epochs if edit_cfg.pipeline == "breadth-first" else payload.max_epochs
             if bar is None:
                 bar = tqdm(total=total, unit="epoch" if edit_cfg.pipeline == "breadth-first" else "fact",
-                           file=click.get_text_stream("stderr"), leave=False)
+                           file=sys.stderr, leave=False)
             bar.n = payload.epoch - (0 if payload.step == payload.steps_per_epoch else 1)
             bar.set_postfix(loss=f"{payload.loss:.4f}", edits_per_s=f"{payload.edits_per_second:.1f}")
             bar.refresh()
@@ -123,7 +130,7 @@ def bench(data: Path, n: int, offset: int, data_format: str, pipeline: str | Non
             if bar is None or bar.desc != label:
                 if bar is not None:
                     bar.close()
-                bar = tqdm(total=total, desc=label, unit="prompt", file=click.get_text_stream("stderr"), leave=False)
+                bar = tqdm(total=total, desc=label, unit="prompt", file=sys.stderr, leave=False)
             bar.n = done
             bar.refresh()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 
 import click
@@ -53,7 +54,7 @@ def demo(epochs: int | None) -> None:
     prompts = [f.prompt for f in DEMO_FACTS] + [p for f in DEMO_FACTS for p in f.paraphrases] + [p.prompt for p in UNRELATED]
     before = greedy_generate(loaded, prompts, fmt, cfg.max_new_tokens)
 
-    bar = tqdm(total=cfg.max_epochs, unit="epoch", desc="LocFT-BF", file=click.get_text_stream("stderr"))
+    bar = tqdm(total=cfg.max_epochs, unit="epoch", desc="LocFT-BF", file=sys.stderr)
 
     def progress(p) -> None:  # type: ignore[no-untyped-def]
         if p.phase == "train" and p.step == p.steps_per_epoch:
