@@ -63,7 +63,7 @@ def main() -> None:
         overrides = json.loads(raw)
         # resolved first, so that '{}' means the model's defaults (replay included)
         cfg = resolve_edit_config(loaded, replace(EditConfig(), **overrides))
-        replay = replay_for(loaded, cfg, fmt, exclude=evaluated, cache_dir=home / "cache")
+        replay = replay_for(loaded, cfg, fmt, len(facts), exclude=evaluated, cache_dir=home / "cache")
         t0 = time.perf_counter()
         result = edit(loaded, facts, cfg, replay=replay)
         train_s = time.perf_counter() - t0

@@ -31,7 +31,7 @@ from locft.config import EditConfig, ModelConfig
 from locft.engine.data import collate, encode_prompt, example_from_ids, resolve_prompt_format
 from locft.engine.generate import greedy_generate
 from locft.engine.model_io import LoadedModel, load_base
-from locft.engine.replay import default_replay_prompts, replay_for
+from locft.engine.replay import default_replay_prompts, replay_for, replay_pool_size
 from locft.engine.train import edit, resolve_edit_config
 from locft.engine.weights import applied
 from locft.evaluation.probes import FIXED_PROBE_PROMPTS
@@ -81,9 +81,9 @@ def main() -> None:
     evaluated = [f.prompt for f in facts] + [p for f in facts for p in f.paraphrases] + fact_probes + probe_set
     overrides = json.loads(args.variant)
     cfg = resolve_edit_config(loaded, replace(EditConfig(), **overrides))
-    replay = replay_for(loaded, cfg, fmt, exclude=evaluated, cache_dir=home / "cache")
+    replay = replay_for(loaded, cfg, fmt, len(facts), exclude=evaluated, cache_dir=home / "cache")
     trained = {r.prompt for r in replay}
-    pool = default_replay_prompts(cfg.replay_pool_size + args.heldout, evaluated, cfg.replay_pool)
+    pool = default_replay_prompts(replay_pool_size(cfg, len(facts)) + args.heldout, evaluated, cfg.replay_pool)
     heldout = [p for p in pool if p not in trained][: args.heldout]
     base_fact_probes = greedy_generate(loaded, fact_probes, fmt, 32)
     base_probe_set = greedy_generate(loaded, probe_set, fmt, 32)

@@ -61,7 +61,8 @@ def measure(n: int, epochs: int, data_dir: Path, home: Path) -> dict:
     phases["read facts"] = {"seconds": time.perf_counter() - t, "peak_mib": _peak_mib()}
     cfg = resolve_edit_config(loaded, EditConfig(max_epochs=epochs, skip_loss=0.0, stop_loss=0.0))
     t = time.perf_counter()
-    replay = replay_for(loaded, cfg, cfg.prompt_format, exclude=[f.prompt for f in facts], cache_dir=home / "cache")
+    replay = replay_for(loaded, cfg, cfg.prompt_format, len(facts), exclude=[f.prompt for f in facts],
+                        cache_dir=home / "cache")
     phases["replay pool (cached)"] = {"seconds": time.perf_counter() - t, "peak_mib": _peak_mib()}
     t = time.perf_counter()
     result = edit(loaded, facts, cfg, replay=replay)

@@ -67,7 +67,7 @@ def _sample(facts: list, k: int | None, seed: int) -> list:
 def run_benchmark(spec: BenchSpec, on_event: Callable[[str, Any], None] | None = None) -> dict[str, Any]:
     """Load, measure the base answers to probes, train, evaluate; return the result record."""
     from locft.engine.model_io import load_base
-    from locft.engine.replay import replay_for
+    from locft.engine.replay import replay_for, replay_pool_size
     from locft.engine.train import edit, resolve_edit_config
     from locft.engine.weights import applied
     from locft.evaluation.editing import base_probe_generations, evaluate_edits
@@ -89,9 +89,9 @@ def run_benchmark(spec: BenchSpec, on_event: Callable[[str, Any], None] | None =
     base_seconds = time.perf_counter() - t1
     replay = []
     if cfg.replay_ratio and cfg.pipeline == "breadth-first":
-        emit("phase", f"base answers for the replay pool ({cfg.replay_pool_size} prompts, cached)")
+        emit("phase", f"base answers for the replay pool ({replay_pool_size(cfg, len(facts))} prompts, cached)")
         evaluated = [f.prompt for f in facts] + [p for f in facts for p in f.paraphrases] + probes
-        replay = replay_for(loaded, cfg, prompt_format, exclude=evaluated, cache_dir=spec.home / "cache")
+        replay = replay_for(loaded, cfg, prompt_format, len(facts), exclude=evaluated, cache_dir=spec.home / "cache")
     replay_seconds = time.perf_counter() - t1 - base_seconds
     emit("phase", f"training on {len(facts)} facts ({cfg.pipeline})")
     result = edit(loaded, facts, cfg, progress=lambda p: emit("train", p), replay=replay)

@@ -67,7 +67,10 @@ class EditConfig:
     # model (1.0 for the embedded one, off for models nobody measured)
     replay_ratio: float | None = None
     replay_weight: float = 1.0  # weight of the replay loss next to the edit loss (3.0 measured no better)
-    replay_pool_size: int = 400  # distinct replay prompts (base answers cached per base model)
+    # distinct replay prompts (base answers cached per base model); None: one per fact, at least
+    # 400 and at most 2000 (engine.replay.replay_pool_size: a pool that grows with the facts kept
+    # more locality at N=1000, bench/results/quality/)
+    replay_pool_size: int | None = None
     replay_max_tokens: int = 16  # length of the base continuations used as replay targets
     replay_pool: str = "mixed"  # "questions" (NQ-open, TriviaQA) or "mixed" (four prompt styles)
     # what a replay position is trained towards: "tokens" (cross-entropy on the base model's greedy
@@ -102,7 +105,7 @@ class EditConfig:
             raise ConfigError("edit.max_new_tokens must be >= 1")
         if (self.replay_ratio is not None and self.replay_ratio < 0) or self.replay_weight < 0:
             raise ConfigError("edit.replay_ratio and edit.replay_weight must be >= 0")
-        if self.replay_pool_size < 1 or self.replay_max_tokens < 1:
+        if (self.replay_pool_size is not None and self.replay_pool_size < 1) or self.replay_max_tokens < 1:
             raise ConfigError("edit.replay_pool_size and edit.replay_max_tokens must be >= 1")
         if self.replay_target not in ("tokens", "distribution"):
             raise ConfigError(f"edit.replay_target must be 'tokens' or 'distribution', got {self.replay_target!r}")
@@ -354,6 +357,7 @@ CONFIG_TEMPLATE = """\
 # replay_target = "distribution"  # KL to the base's next-token distribution | tokens (its greedy tokens)
 # micro_batch_size = 32      # rows per forward/backward (gradients accumulate): bounds memory
 # replay_pool = "mixed"      # mixed (questions, search queries, sentence openings, instructions) | questions
+# replay_pool_size = 1000    # distinct replay prompts; default: one per fact, within 400..2000
 # compute_dtype = "auto"     # training matmuls: auto (bf16 where native) | float32 (the paper) | bfloat16
 
 [gates]

@@ -370,7 +370,7 @@ def locate(
 
         emit(LocateProgress("base", None, n, "base model answers to the replay prompts (cached)"))
         trained_on = [f.prompt for f in sample] + [p for f in sample for p in f.paraphrases]
-        replay = replay_for(loaded, resolved, prompt_format, exclude=trained_on + probe_prompts,
+        replay = replay_for(loaded, resolved, prompt_format, len(sample), exclude=trained_on + probe_prompts,
                             cache_dir=cache_dir)
 
     results: list[CandidateResult] = []

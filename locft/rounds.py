@@ -309,7 +309,7 @@ def _run(
         emit(RoundProgress("replay", detail="base model answers to the replay prompts (cached)"))
         with clock.phase("replay"):
             trained_on = [f.prompt for f in facts] + [p for f in facts for p in f.paraphrases]
-            replay = replay_for(loaded, edit_cfg, edit_cfg.prompt_format,
+            replay = replay_for(loaded, edit_cfg, edit_cfg.prompt_format, len(facts),
                                 exclude=trained_on + probe_prompts, cache_dir=home.cache_dir)
 
     check_stop()

@@ -445,7 +445,8 @@ def edit(
     if cfg.replay_ratio and cfg.pipeline == "breadth-first":
         if replay is None:
             trained_on = [f.prompt for f in facts] + [p for f in facts for p in f.paraphrases]
-            replay = replay_for(loaded, cfg, prompt_format, exclude=trained_on, cache_dir=cache_dir)
+            replay = replay_for(loaded, cfg, prompt_format, len(facts), exclude=trained_on,
+                                cache_dir=cache_dir)
         examples += [example_from_ids(encode_prompt(tok, r.prompt, prompt_format), r.token_ids) for r in replay]
     result = EditResult({}, location, prompt_format, lr, cfg.forward_mode, n_facts=len(facts))
     result.n_replay = len(examples) - len(facts)

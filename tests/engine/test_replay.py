@@ -8,7 +8,15 @@ import torch
 from locft.config import EditConfig
 from locft.engine.data import collate, encode_prompt, example_from_ids
 from locft.engine.model_io import LoadedModel
-from locft.engine.replay import ReplayItem, build_replay, default_replay_prompts
+from locft.engine.replay import (
+    MAX_DEFAULT_POOL,
+    MIN_DEFAULT_POOL,
+    ReplayItem,
+    build_replay,
+    default_replay_prompts,
+    replay_for,
+    replay_pool_size,
+)
 from locft.engine.train import edit
 from locft.engine.weights import applied
 from locft.evaluation.editing import token_agreement
@@ -73,6 +81,21 @@ def test_replay_cache_generates_only_new_prompts(tiny: LoadedModel, tmp_path: Pa
     assert asked == prompts[:4] + prompts[4:]
     assert second[:2] == first[2:] and [r.prompt for r in second] == prompts[2:]
     assert len(list((tmp_path / "replay").iterdir())) == 1
+
+
+@pytest.mark.parametrize("n_facts, expected", [(1, MIN_DEFAULT_POOL), (MIN_DEFAULT_POOL + 1, MIN_DEFAULT_POOL + 1),
+                                               (1000, 1000), (10_000, MAX_DEFAULT_POOL)])
+def test_default_pool_grows_with_the_facts_within_bounds(n_facts: int, expected: int) -> None:
+    assert replay_pool_size(EditConfig(), n_facts) == expected
+    assert replay_pool_size(EditConfig(replay_pool_size=7), n_facts) == 7  # set: used as it is
+
+
+def test_a_larger_pool_extends_a_smaller_one(tiny: LoadedModel, tmp_path: Path) -> None:
+    # a round over more facts asks for more prompts: the earlier ones stay (and stay cached)
+    small = replay_for(tiny, EditConfig(replay_ratio=1.0, replay_pool_size=5), "raw", 3, cache_dir=tmp_path)
+    large = replay_for(tiny, EditConfig(replay_ratio=1.0, replay_pool_size=9), "raw", 3, cache_dir=tmp_path)
+    assert [r.prompt for r in large][: len(small)] == [r.prompt for r in small]
+    assert len(large) > len(small)
 
 
 def test_replay_keeps_base_continuations(tiny: LoadedModel) -> None:
