@@ -78,6 +78,9 @@ class EditConfig:
     # replay_top_k probabilities, renormalized): the latter keeps the base's uncertainty too
     replay_target: str = "distribution"
     replay_top_k: int = 32
+    # the paper's augmentation for generalization: each fact is also trained behind this many
+    # unrelated sentences (engine.augment), sampled per fact; 0 = off. Breadth-first only
+    augment_prefixes: int = 0
     # rows (facts + replay prompts) per forward/backward pass; a larger batch accumulates the
     # gradients of several passes (the same step), so activation memory is bounded by this
     micro_batch_size: int = 32
@@ -111,6 +114,8 @@ class EditConfig:
             raise ConfigError(f"edit.replay_target must be 'tokens' or 'distribution', got {self.replay_target!r}")
         if self.micro_batch_size < 1:
             raise ConfigError(f"edit.micro_batch_size must be >= 1, got {self.micro_batch_size}")
+        if self.augment_prefixes < 0:
+            raise ConfigError(f"edit.augment_prefixes must be >= 0, got {self.augment_prefixes}")
         if self.replay_top_k < 1:
             raise ConfigError("edit.replay_top_k must be >= 1")
         if self.replay_pool not in ("questions", "mixed"):

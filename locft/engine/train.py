@@ -40,6 +40,7 @@ from locft.engine.data import (
     per_sample_mean,
     resolve_prompt_format,
 )
+from locft.engine.augment import augmented_prompts
 from locft.engine.model_io import LoadedModel
 from locft.engine.replay import ReplayItem, replay_for
 from locft.engine.targets import (
@@ -103,6 +104,7 @@ class EditResult:
     steps: int = 0
     n_facts: int = 0
     n_replay: int = 0  # replay pool size
+    n_augmented: int = 0  # prefixed copies of the facts (edit.augment_prefixes per fact)
     shared_prefix_tokens: int = 0  # leading tokens run once per step for the whole batch (cached mode)
     config: EditConfig | None = None  # with per-model defaults resolved: what was actually used
     examples_seen: int = 0  # fact forward passes: edits x epochs for breadth-first
@@ -130,6 +132,7 @@ class EditResult:
                 if self.n_replay else None
             ),
             "replay_pool": self.n_replay,
+            "augmented_rows": self.n_augmented,
             "shared_prefix_tokens": self.shared_prefix_tokens,
             "steps": self.steps,
             "cache_seconds": round(self.cache_seconds, 3),
@@ -442,6 +445,12 @@ def edit(
     assert lr is not None and cfg.batch_size is not None
     tok = loaded.tokenizer
     examples = [build_example(tok, f.prompt, f.answer, prompt_format) for f in facts]
+    n_augmented = 0
+    if cfg.augment_prefixes and cfg.pipeline == "breadth-first":
+        # rows [n, n + n*k): fact i's k prefixed copies at n + i*k ... (see _breadth_first)
+        for fact, prompts in zip(facts, augmented_prompts(facts, cfg.augment_prefixes, cfg.seed)):
+            examples += [build_example(tok, p, fact.answer, prompt_format) for p in prompts]
+        n_augmented = len(examples) - len(facts)
     if cfg.replay_ratio and cfg.pipeline == "breadth-first":
         if replay is None:
             trained_on = [f.prompt for f in facts] + [p for f in facts for p in f.paraphrases]
@@ -449,7 +458,8 @@ def edit(
                                 cache_dir=cache_dir)
         examples += [example_from_ids(encode_prompt(tok, r.prompt, prompt_format), r.token_ids) for r in replay]
     result = EditResult({}, location, prompt_format, lr, cfg.forward_mode, n_facts=len(facts))
-    result.n_replay = len(examples) - len(facts)
+    result.n_augmented = n_augmented
+    result.n_replay = len(examples) - len(facts) - n_augmented
     result.config = cfg
     torch.manual_seed(cfg.seed)
     base = parameters_by_name(loaded.model, names)
@@ -471,7 +481,7 @@ def edit(
             result.forward_mode = forward.mode
             result.shared_prefix_tokens = forward.prefix_len if forward.mode == "cached" else 0
             if cfg.replay_target == "distribution" and result.n_replay:
-                forward.record_soft_targets(range(len(facts), len(examples)), cfg.replay_top_k)
+                forward.record_soft_targets(range(len(facts) + n_augmented, len(examples)), cfg.replay_top_k)
             loaded.model.train(False)  # dropout off: training is deterministic
             run = _breadth_first if cfg.pipeline == "breadth-first" else _depth_first
             t1 = time.perf_counter()
@@ -553,8 +563,9 @@ def _breadth_first(
     progress: ProgressCallback | None,
     should_stop: Callable[[], bool] | None,
 ) -> None:
-    n = result.n_facts  # examples [0, n) are facts, [n, ...) replay
-    replay_ids = list(range(n, len(forward.examples)))
+    n = result.n_facts  # examples [0, n) are facts, then n*k prefixed copies, then replay
+    k_aug = result.n_augmented // n
+    replay_ids = list(range(n + result.n_augmented, len(forward.examples)))
     optimizer = torch.optim.Adam(params, lr=lr)
     generator = torch.Generator().manual_seed(cfg.seed)
     steps_per_epoch = (n + cfg.batch_size - 1) // cfg.batch_size
@@ -569,6 +580,7 @@ def _breadth_first(
         for step in range(steps_per_epoch):
             _check_stop(should_stop)
             indices = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+            edit_rows = indices + [n + i * k_aug + j for i in indices for j in range(k_aug)]
             extra: list[int] = []
             if replay_ids:
                 k = max(1, round(len(indices) * cfg.replay_ratio))
@@ -576,8 +588,8 @@ def _breadth_first(
                     replay_queue += [replay_ids[i] for i in torch.randperm(len(replay_ids), generator=generator)]
                 extra, replay_queue = replay_queue[:k], replay_queue[k:]
             optimizer.zero_grad(set_to_none=True)
-            loss, replay_loss = _accumulate_gradients(forward, indices, extra, cfg)
-            result.examples_seen += len(indices) + len(extra)
+            loss, replay_loss = _accumulate_gradients(forward, edit_rows, extra, cfg)
+            result.examples_seen += len(indices)
             losses.append(loss)
             if replay_loss is not None:
                 replay_losses.append(replay_loss)
