@@ -348,7 +348,7 @@ CONFIG_TEMPLATE = """\
 
 [edit]
 # location = "model.layers.{L}.mlp.down_proj.weight"   # default: chosen per architecture
-# layers = [22]
+# layers = [21, 22]          # default: per architecture (the embedded model: 21 and 22)
 # prompt_format = "auto"     # auto (chat template when the model has one) | chat | raw
 # lr = 5e-3                  # default: measured per model (paper: 5e-4 for 7B models)
 # batch_size = 32           # default: measured per model (paper: 100)

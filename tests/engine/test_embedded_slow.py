@@ -34,7 +34,7 @@ def test_embedded_model_learns_real_facts(embedded_home: Path) -> None:
     facts = load_edit_facts(DATA, limit=6)
     before = evaluate_edits(loaded, facts, "chat", max_new_tokens=16)
     result = edit(loaded, facts, EditConfig(batch_size=6))
-    assert result.location.describe() == "model.layers.22.mlp.down_proj.weight" and result.lr == 5e-3
+    assert result.location.describe() == "model.layers.21,22.mlp.down_proj.weight" and result.lr == 5e-3
     with applied(loaded.model, result.tensors):
         after = evaluate_edits(loaded, facts, "chat", max_new_tokens=16)
     assert before.reliability <= 0.2

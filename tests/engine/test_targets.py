@@ -74,3 +74,14 @@ def test_candidate_templates_are_deduplicated(twelve_layers: LlamaForCausalLM) -
     templates = candidate_templates(twelve_layers)
     assert templates.count("model.layers.{L}.mlp.down_proj.weight") == 1
     assert "model.embed_tokens.weight" in templates
+
+
+def test_embedded_default_tunes_two_down_projections() -> None:
+    # SmolLM2-135M's measured default (bench/results/quality/README.md, levers at N=1000)
+    cfg = LlamaConfig(vocab_size=8, hidden_size=576, num_hidden_layers=30, num_attention_heads=9,
+                      num_key_value_heads=3, intermediate_size=8)
+    with torch.device("meta"):
+        model = LlamaForCausalLM(cfg)
+    location = default_location(model)
+    assert location == EditLocation("model.layers.{L}.mlp.down_proj.weight", (21, 22))
+    assert resolve_location(model, location) == [f"model.layers.{i}.mlp.down_proj.weight" for i in (21, 22)]
