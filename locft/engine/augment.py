@@ -14,6 +14,7 @@ import random
 import re
 from typing import Sequence
 
+from locft.errors import ConfigError
 from locft.facts import EditFact
 
 _SOURCE = ("sciq/none/validation", "support")
@@ -44,5 +45,7 @@ def augmented_prompts(facts: Sequence[EditFact], per_fact: int, seed: int) -> li
     if per_fact <= 0:
         return [[] for _ in facts]
     pool = prefix_sentences()
+    if per_fact > len(pool):
+        raise ConfigError(f"edit.augment_prefixes = {per_fact}: only {len(pool)} prefix sentences exist")
     rng = random.Random(seed)
     return [[f"{prefix} {fact.prompt}" for prefix in rng.sample(pool, per_fact)] for fact in facts]

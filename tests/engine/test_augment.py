@@ -30,6 +30,8 @@ def test_each_fact_gets_distinct_prefixes_from_a_seeded_draw() -> None:
         assert all(p.endswith(" " + fact.prompt) and p[: -len(fact.prompt) - 1] in prefix_sentences()
                    for p in prompts)
     assert augmented_prompts(FACTS, 0, seed=0) == [[] for _ in FACTS]
+    with pytest.raises(ConfigError, match="prefix sentences"):
+        augmented_prompts(FACTS, len(prefix_sentences()) + 1, seed=0)
 
 
 def _prefixed(seed: int) -> list[EditFact]:
