@@ -193,25 +193,22 @@ class RoundsMixin(StoreBase):
             decided: list[int] = []
             for row in rows:
                 decision = _committed_decision(session, row.id or 0)
+                row.finished_at = now
                 if decision is None:
-                    row.outcome, row.finished_at = outcome, now
+                    row.outcome = outcome
                     row.error = error or row.error or "the process running this round stopped before it finished"
-                    if outcome == "interrupted":
-                        append_event(session, ev.ROUND_INTERRUPTED, actor=actor, round_id=row.id, at=now, payload={})
-                    else:
-                        append_event(session, ev.ROUND_FINISHED, actor=actor, round_id=row.id, at=now,
-                                     payload={"outcome": outcome, "error": row.error, "recovered": True,
-                                              "seconds": (now - row.started_at).total_seconds()})
                     undecided.append(row.id or 0)
                 else:
                     row.outcome, row.version_id = decision
-                    row.finished_at = now
                     row.error = (f"the process stopped after version {row.version_id} was {row.outcome}, "
                                  "before the round was closed (no timings, snapshot retention not run)")
+                    decided.append(row.id or 0)
+                if row.outcome == "interrupted":
+                    append_event(session, ev.ROUND_INTERRUPTED, actor=actor, round_id=row.id, at=now, payload={})
+                else:
                     append_event(session, ev.ROUND_FINISHED, actor=actor, round_id=row.id, version_id=row.version_id,
                                  at=now, payload={"outcome": row.outcome, "error": row.error, "recovered": True,
                                                   "seconds": (now - row.started_at).total_seconds()})
-                    decided.append(row.id or 0)
                 session.add(row)
             orphans = list(session.exec(
                 select(RoundRequest).where(col(RoundRequest.claimed_at).is_not(None), col(RoundRequest.round_id).is_(None))
