@@ -201,6 +201,9 @@ class _State:
     snapshot_dir: Path | None = None  # written, maybe not yet recorded
     version_id: int | None = None  # recorded
     gated: bool = False
+    # the gate decision once it is committed (outcome, reason for a rejection): a stop or crash
+    # during cleanup after it must not record the round as interrupted or failed
+    decided: tuple[str, str | None] | None = None
     loss: list[float] = field(default_factory=list)
 
 
@@ -386,6 +389,8 @@ def _run(
         else:
             outcome = "candidate"
             reason = f"version {version.id} passed its gates; `locft promote {version.id}` serves it"
+        error = reason if outcome == "rejected" else None
+        state.decided = (outcome, error)
     log.info("round %d: %s", state.round_id, reason)
 
     with clock.phase("cleanup"):
@@ -395,7 +400,7 @@ def _run(
             log.exception("snapshot retention failed (the round itself succeeded)")
     timings = clock.timings()
     _finish(store, state.round_id, outcome, version_id=version.id, timings=timings, loss=state.loss,
-            error=None if outcome != "rejected" else reason, actor=actor)
+            error=error, actor=actor)
     return RoundResult(
         outcome, reason, state.round_id, plan.trigger, version_id=version.id,
         promoted_version_id=store.promoted_version().id, n_facts=len(facts), fact_set_digest=plan.digest,
@@ -572,6 +577,9 @@ def _reject_ungated(store: Store, version_id: int, round_id: int, why: str, acto
 
 def _abandon(store: Store, state: _State, outcome: str, error: str, clock: _Clock, actor: str | None) -> None:
     """Leave nothing half-done: no unrecorded snapshot, no ungated candidate, no 'running' round."""
+    if state.decided is not None:  # stopped during cleanup: the committed decision is the outcome
+        log.warning("round %d stopped after its decision (%s): %s", state.round_id, state.decided[0], error)
+        outcome, error = state.decided[0], state.decided[1]
     if state.version_id is None and state.snapshot_dir is not None:
         shutil.rmtree(state.snapshot_dir, ignore_errors=True)
         log.info("round %d: removed its unrecorded snapshot %s", state.round_id, state.snapshot_dir)

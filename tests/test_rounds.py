@@ -163,6 +163,22 @@ def test_stop_after_the_candidate_is_recorded_fails_its_gate(home: Home, store: 
         store.promote(1)
 
 
+def test_ctrl_c_during_cleanup_keeps_the_committed_promotion(
+    home: Home, store: Store, loaded: LoadedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    add(store, FACTS[:2])
+
+    def interrupted_retention(**kw: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(store, "apply_retention", interrupted_retention)
+    with pytest.raises(KeyboardInterrupt):
+        run(home, store, loaded)
+    assert store.promoted_version().id == 1
+    last = store.list_rounds()[0]
+    assert last.outcome == "promoted" and last.version_id == 1 and last.error is None
+
+
 def test_capability_gate_runs_lm_eval_and_caches_base_scores(home: Home, store: Store, loaded: LoadedModel) -> None:
     text = home.config_path.read_text().replace(
         "capability_tasks = []", 'capability_tasks = ["arc_easy"]\ncapability_limit = 4\nmax_capability_drop = 1.0'
