@@ -67,6 +67,10 @@ class EditConfig:
     # model (1.0 for the embedded one, off for models nobody measured)
     replay_ratio: float | None = None
     replay_weight: float = 1.0  # weight of the replay loss next to the edit loss (3.0 measured no better)
+    # pull towards the base weights after every optimizer step: change *= 1 - lr * delta_decay
+    # (decoupled, like AdamW's decay but towards the base instead of zero). A smaller change of
+    # the tuned matrices flips fewer unrelated answers; 0 = off (the paper). Breadth-first only
+    delta_decay: float = 0.0
     # distinct replay prompts (base answers cached per base model); None: one per fact, at least
     # 400 and at most 2000 (engine.replay.replay_pool_size: a pool that grows with the facts kept
     # more locality at N=1000, bench/results/quality/)
@@ -106,6 +110,8 @@ class EditConfig:
             raise ConfigError("edit.layers is set but edit.location has no {L} placeholder")
         if self.max_new_tokens < 1:
             raise ConfigError("edit.max_new_tokens must be >= 1")
+        if self.delta_decay < 0 or (self.lr is not None and self.lr * self.delta_decay >= 1):
+            raise ConfigError(f"edit.delta_decay must be >= 0 and lr * delta_decay < 1, got {self.delta_decay}")
         if (self.replay_ratio is not None and self.replay_ratio < 0) or self.replay_weight < 0:
             raise ConfigError("edit.replay_ratio and edit.replay_weight must be >= 0")
         if (self.replay_pool_size is not None and self.replay_pool_size < 1) or self.replay_max_tokens < 1:
@@ -359,6 +365,7 @@ CONFIG_TEMPLATE = """\
 # replay_ratio = 1.0         # generic prompts per fact in a batch, base answers as targets;
 #                            # default: measured per model (1.0 embedded, 0 = the paper's recipe)
 # replay_weight = 1.0        # weight of the replay loss
+# delta_decay = 0.0          # pull towards the base weights each step (change *= 1 - lr * delta_decay)
 # replay_target = "distribution"  # KL to the base's next-token distribution | tokens (its greedy tokens)
 # micro_batch_size = 32      # rows per forward/backward (gradients accumulate): bounds memory
 # replay_pool = "mixed"      # mixed (questions, search queries, sentence openings, instructions) | questions

@@ -554,6 +554,13 @@ def _accumulate_gradients(
     return sums[0] / n_edit, (sums[1] / len(extra) if extra else None)
 
 
+@torch.no_grad()
+def _decay_towards(params: Sequence[torch.nn.Parameter], origins: Sequence[torch.Tensor], rate: float) -> None:
+    """Shrink each parameter's change from its origin by the factor (1 - rate)."""
+    for p, origin in zip(params, origins):
+        p.sub_(rate * (p - origin))
+
+
 def _breadth_first(
     forward: _Forward,
     params: list[torch.nn.Parameter],
@@ -567,6 +574,7 @@ def _breadth_first(
     k_aug = result.n_augmented // n
     replay_ids = list(range(n + result.n_augmented, len(forward.examples)))
     optimizer = torch.optim.Adam(params, lr=lr)
+    origins = [p.detach().clone() for p in params] if cfg.delta_decay else []
     generator = torch.Generator().manual_seed(cfg.seed)
     steps_per_epoch = (n + cfg.batch_size - 1) // cfg.batch_size
     replay_queue: list[int] = []
@@ -597,6 +605,7 @@ def _breadth_first(
                 skipped += 1
             else:
                 optimizer.step()
+                _decay_towards(params, origins, lr * cfg.delta_decay)
                 result.steps += 1
             if progress:
                 done = (epoch - 1) * n + min((step + 1) * cfg.batch_size, n)

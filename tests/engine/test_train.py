@@ -160,6 +160,31 @@ def test_skips_batches_below_skip_loss(tiny: LoadedModel) -> None:
     assert torch.equal(result.tensors[TARGET], dict(tiny.model.named_parameters())[TARGET].detach())
 
 
+def test_delta_decay_shrinks_each_step_towards_the_base(tiny: LoadedModel) -> None:
+    one_step = EditConfig(lr=1e-2, batch_size=4, max_epochs=1, skip_loss=0.0, stop_loss=0.0,
+                          prompt_format="raw", compute_dtype="float32")
+    base = dict(tiny.model.named_parameters())[TARGET].detach()
+    plain = edit(tiny, FACTS, one_step).tensors[TARGET] - base
+    decayed = edit(tiny, FACTS, EditConfig(**{**one_step.to_dict(), "delta_decay": 20.0})).tensors[TARGET] - base
+    torch.testing.assert_close(decayed, plain * (1 - 1e-2 * 20.0))
+
+
+def test_delta_decay_still_learns_with_a_smaller_change(tiny: LoadedModel) -> None:
+    base = dict(tiny.model.named_parameters())[TARGET].detach()
+    plain = edit(tiny, FACTS, LEARN)
+    decayed = edit(tiny, FACTS, EditConfig(**{**LEARN.to_dict(), "delta_decay": 1.0, "max_epochs": 60}))
+    with applied(tiny.model, decayed.tensors):
+        assert evaluate_edits(tiny, FACTS, "raw", max_new_tokens=8).reliability == 1.0
+    assert (decayed.tensors[TARGET] - base).norm() < (plain.tensors[TARGET] - base).norm()
+
+
+def test_delta_decay_is_validated() -> None:
+    with pytest.raises(ConfigError, match="delta_decay"):
+        EditConfig(delta_decay=-1.0)
+    with pytest.raises(ConfigError, match="delta_decay"):
+        EditConfig(lr=0.1, delta_decay=10.0)  # would overshoot the base
+
+
 def test_depth_first_baseline_runs_each_fact(tiny: LoadedModel) -> None:
     result = edit(tiny, FACTS, EditConfig(lr=1e-2, max_epochs=3, pipeline="depth-first", prompt_format="raw"))
     assert len(result.epochs) == len(FACTS)
