@@ -575,7 +575,7 @@ def _reject_ungated(store: Store, version_id: int, round_id: int, why: str, acto
                              round_id=round_id, actor=actor)
 
 
-def _abandon(store: Store, state: _State, outcome: str, error: str, clock: _Clock, actor: str | None) -> None:
+def _abandon(store: Store, state: _State, outcome: str, error: str | None, clock: _Clock, actor: str | None) -> None:
     """Leave nothing half-done: no unrecorded snapshot, no ungated candidate, no 'running' round."""
     if state.decided is not None:  # stopped during cleanup: the committed decision is the outcome
         log.warning("round %d stopped after its decision (%s): %s", state.round_id, state.decided[0], error)
