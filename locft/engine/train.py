@@ -41,6 +41,7 @@ from locft.engine.data import (
     resolve_prompt_format,
 )
 from locft.engine.augment import augmented_prompts
+from locft.engine.memory import release_freed_memory
 from locft.engine.model_io import LoadedModel
 from locft.engine.replay import ReplayItem, replay_for
 from locft.engine.targets import (
@@ -492,6 +493,8 @@ def edit(
                 p.requires_grad_(False)
                 p.grad = None
         result.tensors = {n: p.detach().to("cpu", copy=True).contiguous() for n, p in zip(names, params)}
+    del forward
+    release_freed_memory()  # a long-lived caller (the daemon, a server) gets the activations' pages back
     return result
 
 
