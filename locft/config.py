@@ -71,6 +71,10 @@ class EditConfig:
     # (decoupled, like AdamW's decay but towards the base instead of zero). A smaller change of
     # the tuned matrices flips fewer unrelated answers; 0 = off (the paper). Breadth-first only
     delta_decay: float = 0.0
+    # keep the change out of the input directions that hold this share of the replay prompts'
+    # input energy (engine.null_space; AlphaEdit's projection); needs replay; 0 = off. At 100
+    # facts 0.5 moved nothing beyond noise and 0.9 stopped edits landing (bench/results/quality/)
+    null_space_energy: float = 0.0
     # distinct replay prompts (base answers cached per base model); None: one per fact, at least
     # 400 and at most 2000 (engine.replay.replay_pool_size: a pool that grows with the facts kept
     # more locality at N=1000, bench/results/quality/)
@@ -112,6 +116,8 @@ class EditConfig:
             raise ConfigError("edit.max_new_tokens must be >= 1")
         if self.delta_decay < 0 or (self.lr is not None and self.lr * self.delta_decay >= 1):
             raise ConfigError(f"edit.delta_decay must be >= 0 and lr * delta_decay < 1, got {self.delta_decay}")
+        if not 0 <= self.null_space_energy < 1:
+            raise ConfigError(f"edit.null_space_energy must be in [0, 1), got {self.null_space_energy}")
         if (self.replay_ratio is not None and self.replay_ratio < 0) or self.replay_weight < 0:
             raise ConfigError("edit.replay_ratio and edit.replay_weight must be >= 0")
         if (self.replay_pool_size is not None and self.replay_pool_size < 1) or self.replay_max_tokens < 1:
@@ -366,6 +372,7 @@ CONFIG_TEMPLATE = """\
 #                            # default: measured per model (1.0 embedded, 0 = the paper's recipe)
 # replay_weight = 1.0        # weight of the replay loss
 # delta_decay = 0.0          # pull towards the base weights each step (change *= 1 - lr * delta_decay)
+# null_space_energy = 0.0    # keep the change off the replay prompts' top input directions (share of energy)
 # replay_target = "distribution"  # KL to the base's next-token distribution | tokens (its greedy tokens)
 # micro_batch_size = 32      # rows per forward/backward (gradients accumulate): bounds memory
 # replay_pool = "mixed"      # mixed (questions, search queries, sentence openings, instructions) | questions

@@ -43,6 +43,7 @@ from locft.engine.data import (
 from locft.engine.augment import augmented_prompts
 from locft.engine.memory import release_freed_memory
 from locft.engine.model_io import LoadedModel
+from locft.engine.null_space import input_second_moments, low_energy_projector, project_change
 from locft.engine.replay import ReplayItem, replay_for
 from locft.engine.targets import (
     EditLocation,
@@ -110,6 +111,8 @@ class EditResult:
     config: EditConfig | None = None  # with per-model defaults resolved: what was actually used
     examples_seen: int = 0  # fact forward passes: edits x epochs for breadth-first
     compute_dtype: str = "float32"  # what the training forward/backward ran in (autocast resolved)
+    # per tuned tensor: input directions its change was kept out of (edit.null_space_energy)
+    null_space_ranks: dict[str, int] = field(default_factory=dict)
 
     @property
     def edits_x_epochs_per_second(self) -> float:
@@ -140,6 +143,7 @@ class EditResult:
             "train_seconds": round(self.train_seconds, 3),
             "seconds_per_epoch": round(self.train_seconds / len(self.epochs), 3) if self.epochs else None,
             "edits_x_epochs_per_second": round(self.edits_x_epochs_per_second, 3),
+            "null_space_ranks": self.null_space_ranks or None,
         }
 
 
@@ -247,6 +251,7 @@ class _Forward:
         # autocast dtype of the training forward/backward; None: the model's own dtype. The
         # activation cache and the forward-mode check always run in the model's dtype (exact).
         self.compute_dtype = compute_dtype
+        self.projectors: list[torch.Tensor] = []  # per tuned tensor (engine.null_space); empty: off
 
     def build_cache(self, progress: ProgressCallback | None) -> None:
         """Hidden states entering layer `start`, per example, computed once without grad."""
@@ -484,6 +489,9 @@ def edit(
             if cfg.replay_target == "distribution" and result.n_replay:
                 forward.record_soft_targets(range(len(facts) + n_augmented, len(examples)), cfg.replay_top_k)
             loaded.model.train(False)  # dropout off: training is deterministic
+            if cfg.null_space_energy and cfg.pipeline == "breadth-first":
+                forward.projectors = _null_space_projectors(loaded, examples[len(facts) + n_augmented :], names,
+                                                            cfg.null_space_energy, result)
             run = _breadth_first if cfg.pipeline == "breadth-first" else _depth_first
             t1 = time.perf_counter()
             run(forward, params, cfg, lr, result, progress, should_stop)
@@ -560,8 +568,25 @@ def _accumulate_gradients(
 @torch.no_grad()
 def _decay_towards(params: Sequence[torch.nn.Parameter], origins: Sequence[torch.Tensor], rate: float) -> None:
     """Shrink each parameter's change from its origin by the factor (1 - rate)."""
+    if not rate:
+        return
     for p, origin in zip(params, origins):
         p.sub_(rate * (p - origin))
+
+
+def _null_space_projectors(loaded: LoadedModel, replay: Sequence[Example], names: Sequence[str], energy: float,
+                           result: EditResult) -> list[torch.Tensor]:
+    if not replay:
+        raise ConfigError("edit.null_space_energy needs replay prompts (edit.replay_ratio > 0)")
+    t = time.perf_counter()
+    moments = input_second_moments(loaded, replay, names)
+    projectors = []
+    for name in names:
+        projector, rank = low_energy_projector(moments[name], energy)
+        projectors.append(projector)
+        result.null_space_ranks[name] = rank
+    log.info("null space: protected input directions %s (%.1f s)", result.null_space_ranks, time.perf_counter() - t)
+    return projectors
 
 
 def _breadth_first(
@@ -577,7 +602,7 @@ def _breadth_first(
     k_aug = result.n_augmented // n
     replay_ids = list(range(n + result.n_augmented, len(forward.examples)))
     optimizer = torch.optim.Adam(params, lr=lr)
-    origins = [p.detach().clone() for p in params] if cfg.delta_decay else []
+    origins = [p.detach().clone() for p in params] if cfg.delta_decay or forward.projectors else []
     generator = torch.Generator().manual_seed(cfg.seed)
     steps_per_epoch = (n + cfg.batch_size - 1) // cfg.batch_size
     replay_queue: list[int] = []
@@ -609,6 +634,8 @@ def _breadth_first(
             else:
                 optimizer.step()
                 _decay_towards(params, origins, lr * cfg.delta_decay)
+                if forward.projectors:
+                    project_change(params, origins, forward.projectors)
                 result.steps += 1
             if progress:
                 done = (epoch - 1) * n + min((step + 1) * cfg.batch_size, n)
