@@ -87,14 +87,17 @@ def run_benchmark(spec: BenchSpec, on_event: Callable[[str, Any], None] | None =
     t1 = time.perf_counter()
     base = base_probe_generations(loaded, probes, prompt_format, cfg.max_new_tokens)
     base_seconds = time.perf_counter() - t1
+    peaks = {"load_and_base_answers": peak_rss_bytes()}  # the high-water mark after each phase
     replay = []
     if cfg.replay_ratio and cfg.pipeline == "breadth-first":
         emit("phase", f"base answers for the replay pool ({replay_pool_size(cfg, len(facts))} prompts, cached)")
         evaluated = [f.prompt for f in facts] + [p for f in facts for p in f.paraphrases] + probes
         replay = replay_for(loaded, cfg, prompt_format, len(facts), exclude=evaluated, cache_dir=spec.home / "cache")
     replay_seconds = time.perf_counter() - t1 - base_seconds
+    peaks["replay_pool"] = peak_rss_bytes()
     emit("phase", f"training on {len(facts)} facts ({cfg.pipeline})")
     result = edit(loaded, facts, cfg, progress=lambda p: emit("train", p), replay=replay)
+    peaks["train"] = peak_rss_bytes()
     emit("phase", "evaluating")
     t2 = time.perf_counter()
     with applied(loaded.model, result.tensors):
@@ -104,6 +107,7 @@ def run_benchmark(spec: BenchSpec, on_event: Callable[[str, Any], None] | None =
             paraphrase_facts=sampled,
         )
     eval_seconds = time.perf_counter() - t2
+    peaks["evaluate"] = peak_rss_bytes()
     train = result.summary()
     return {
         "data": str(spec.data),
@@ -123,6 +127,7 @@ def run_benchmark(spec: BenchSpec, on_event: Callable[[str, Any], None] | None =
         },
         "edits_per_second": round(len(facts) / result.train_seconds, 3) if result.train_seconds else None,
         "peak_memory_bytes": peak_rss_bytes(),
+        "peak_memory_bytes_after": peaks,
         "config": to_dict(result.config or cfg) | {"location": result.location.describe()},
         "model": {"source": loaded.source, "fingerprint": loaded.fingerprint},
         "samples": evaluation.samples,

@@ -35,6 +35,9 @@ def test_benchmark_samples_generalization_and_locality_but_not_reliability(
     assert metrics["n_paraphrases"] == 2 and metrics["n_probes"] == 2  # the sample's
     assert record["eval_sample"] == 2 and len(record["training"]["loss_per_epoch"]) <= 2
     assert 0.0 <= metrics["reliability"] <= 1.0
+    peaks = list(record["peak_memory_bytes_after"].values())  # a high-water mark per phase, in order
+    assert list(record["peak_memory_bytes_after"]) == ["load_and_base_answers", "replay_pool", "train", "evaluate"]
+    assert 0 < peaks[0] and peaks == sorted(peaks) and peaks[-1] <= record["peak_memory_bytes"]
     json.dumps(record)  # the record is what --out writes
 
     everything = run_benchmark(BenchSpec(**{**spec.__dict__, "eval_sample": None}))
