@@ -1,14 +1,16 @@
-"""Handing freed heap memory back to the operating system once training is done.
+"""Handing freed heap memory back to the operating system during and after training.
 
 glibc's malloc keeps memory that was freed inside its heap for reuse instead of returning it.
 Training allocates and frees activations of many shapes (micro-batches sorted by length, replay
 rows of other lengths), so a process that trained keeps about twice the memory it still uses:
-after 64 facts x 20 epochs, 2.4 GiB resident where 1.3 GiB is live. `malloc_trim(0)` returns the
-free pages, which matters to a long-lived process (the daemon, a server) that trains and then
-does other work. It does not lower the peak during training: trimming after every epoch left it
-where it was, and only serving large blocks from mmap did (`mmap_large_allocations`), at twice
-the seconds per epoch (bench/epoch_memory.py, bench/results/quality/epoch_memory.jsonl). Other
-C libraries (musl, macOS) have no such calls, and there these are no-ops.
+after 64 facts x 20 epochs, 2.5 GiB resident where 1.3 GiB is left once freed pages go back.
+`malloc_trim(0)` returns them: once training is done, which matters to a long-lived process
+(the daemon, a server) that trains and then does other work; and after every epoch, which
+lowers training's own peak a little (2.6 against 2.8 GiB) for about 0.1-0.2 s an epoch.
+Serving large blocks from mmap (`mmap_large_allocations`) lowers the peak most (2.1 GiB) but
+doubles the seconds per epoch, so the library does not do it (bench/epoch_memory.py,
+bench/results/quality/epoch_memory.jsonl). Other C libraries (musl, macOS) have no such calls,
+and there these are no-ops.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ def mmap_large_allocations(threshold_bytes: int = 128 * 1024) -> bool:
 
     glibc raises its mmap threshold as large blocks are freed (up to 32 MiB), after which
     activation-sized tensors are carved out of the heap and leave holes behind; a fixed threshold
-    keeps them out of it. False where the C library has no mallopt (nothing was done).
+    keeps them out of it, at the price of page faults on every such allocation. Process-wide;
+    used by bench/epoch_memory.py, not by training. False where there is no glibc (nothing done).
     """
     if _MALLOC_TRIM is None:  # not glibc
         return False

@@ -645,6 +645,7 @@ def _breadth_first(
         replay_mean = sum(replay_losses) / len(replay_losses) if replay_losses else None
         result.epochs.append(EpochStats(epoch, mean, time.perf_counter() - t_epoch, len(losses), skipped, replay_mean))
         log.info("epoch %d/%d: mean loss %.4f (%d skipped)", epoch, cfg.max_epochs, mean, skipped)
+        release_freed_memory()  # lowers the next epochs' peak a little (engine.memory)
         if mean < cfg.stop_loss:
             result.converged = True
             break

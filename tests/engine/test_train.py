@@ -205,9 +205,11 @@ def test_chat_format_is_default_when_the_tokenizer_has_a_template(tiny: LoadedMo
     assert result.prompt_format == "chat"
 
 
-def test_freed_memory_is_released_once_training_is_done(tiny: LoadedModel, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_freed_memory_is_released_after_every_epoch_and_at_the_end(
+    tiny: LoadedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
     calls: list[int] = []
     monkeypatch.setattr("locft.engine.train.release_freed_memory", lambda: calls.append(1) or True)
     result = edit(tiny, FACTS, EditConfig(lr=1e-2, batch_size=2, max_epochs=3, skip_loss=0.0, stop_loss=0.0))
     assert result.forward_mode == "cached" and len(result.epochs) == 3
-    assert calls == [1]
+    assert len(calls) == 3 + 1
