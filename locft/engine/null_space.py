@@ -11,16 +11,13 @@ edit. The unrelated prompts are the replay pool's (prompt + the base model's con
 
 from __future__ import annotations
 
-import logging
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
 from locft.engine.data import Example, collate
 from locft.engine.model_io import LoadedModel
 from locft.errors import ConfigError
-
-log = logging.getLogger(__name__)
 
 _BATCH = 64
 
@@ -45,11 +42,11 @@ def input_second_moments(loaded: LoadedModel, examples: Sequence[Example], names
     mask: list[torch.Tensor] = []
     seen: set[str] = set()
 
-    def hook_for(name: str):
+    def hook_for(name: str) -> Callable[[torch.nn.Module, tuple], None]:
         def hook(module: torch.nn.Module, args: tuple) -> None:
             x = args[0].detach().float() * mask[0].unsqueeze(-1)
             flat = x.reshape(-1, x.shape[-1])
-            moments[name] += (flat.T @ flat).double()  # float32 per batch, summed in float64
+            moments[name] += (flat.T @ flat).to("cpu", torch.float64)  # float32 per batch, summed in float64
             seen.add(name)
             if len(seen) == len(modules):  # nothing above the last tuned weight is needed
                 raise _Done

@@ -583,7 +583,7 @@ def _null_space_projectors(loaded: LoadedModel, replay: Sequence[Example], names
     projectors = []
     for name in names:
         projector, rank = low_energy_projector(moments[name], energy)
-        projectors.append(projector)
+        projectors.append(projector.to(loaded.device))
         result.null_space_ranks[name] = rank
     log.info("null space: protected input directions %s (%.1f s)", result.null_space_ranks, time.perf_counter() - t)
     return projectors
