@@ -8,7 +8,7 @@ after 64 facts x 20 epochs, 2.5 GiB resident where 1.3 GiB is left once freed pa
 (the daemon, a server) that trains and then does other work; and after every epoch, which
 lowers training's own peak a little (2,619 against 2,804-2,847 MiB) for 0.1-0.2 s an epoch.
 Serving large blocks from mmap (`mmap_large_allocations`) lowers it most (2,134 MiB) but
-doubles the seconds per epoch, so the library does not do it (bench/epoch_memory.py,
+nearly doubles the seconds per epoch, so the library does not do it (bench/epoch_memory.py,
 bench/results/quality/epoch_memory.jsonl). Other C libraries (musl, macOS) have no such calls,
 and there these are no-ops.
 """
