@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from locft.config import EditConfig
+from locft.engine.data import encode_prompt, example_from_ids
 from locft.engine.model_io import LoadedModel
-from locft.engine.null_space import low_energy_projector
+from locft.engine.null_space import input_second_moments, low_energy_projector
 from locft.engine.replay import ReplayItem
 from locft.engine.train import edit
 from locft.errors import ConfigError
@@ -42,8 +43,6 @@ def test_the_change_never_touches_the_protected_directions(tiny: LoadedModel) ->
     change = result.tensors[TARGET] - base
     assert change.norm() > 0
     # the protected directions: the top eigenvectors of the replay inputs' second moment
-    from locft.engine.null_space import input_second_moments
-
     replay_examples = _replay_examples(tiny)
     _, vectors = torch.linalg.eigh(input_second_moments(tiny, replay_examples, [TARGET])[TARGET])
     top = vectors.flip(1)[:, :rank].float()
@@ -53,8 +52,6 @@ def test_the_change_never_touches_the_protected_directions(tiny: LoadedModel) ->
 
 
 def _replay_examples(tiny: LoadedModel) -> list:
-    from locft.engine.data import encode_prompt, example_from_ids
-
     return [example_from_ids(encode_prompt(tiny.tokenizer, r.prompt, "raw"), r.token_ids) for r in REPLAY]
 
 
