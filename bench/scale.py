@@ -50,7 +50,7 @@ def measure(n: int, epochs: int, data_dir: Path, home: Path) -> dict:
     from locft.config import EditConfig, ModelConfig
     from locft.engine.model_io import load_base
     from locft.engine.replay import replay_for
-    from locft.engine.train import edit, resolve_edit_config
+    from locft.engine.train import TrainProgress, edit, resolve_edit_config
 
     phases: dict[str, dict[str, float]] = {}
     t = time.perf_counter()
@@ -64,10 +64,16 @@ def measure(n: int, epochs: int, data_dir: Path, home: Path) -> dict:
     replay = replay_for(loaded, cfg, cfg.prompt_format, len(facts), exclude=[f.prompt for f in facts],
                         cache_dir=home / "cache")
     phases["replay pool (cached)"] = {"seconds": time.perf_counter() - t, "peak_mib": _peak_mib()}
+    cache_peak = [float("nan")]
+
+    def progress(p: TrainProgress) -> None:  # the cache's last batch: its peak before training starts
+        if p.phase == "cache" and p.step == p.steps_per_epoch:
+            cache_peak[0] = _peak_mib()
+
     t = time.perf_counter()
-    result = edit(loaded, facts, cfg, replay=replay)
+    result = edit(loaded, facts, cfg, replay=replay, progress=progress)
     train_total = time.perf_counter() - t
-    phases["activation cache"] = {"seconds": result.cache_seconds, "peak_mib": float("nan")}
+    phases["activation cache"] = {"seconds": result.cache_seconds, "peak_mib": cache_peak[0]}
     phases["train"] = {"seconds": result.train_seconds, "peak_mib": _peak_mib()}
     return {
         "n": n, "epochs": len(result.epochs), "phases": phases,

@@ -92,6 +92,10 @@ class EditConfig:
     # rows (facts + replay prompts) per forward/backward pass; a larger batch accumulates the
     # gradients of several passes (the same step), so activation memory is bounded by this
     micro_batch_size: int = 32
+    # and at most this many padded tokens per pass (rows x the longest row's tokens run above the
+    # activation cache): a step keeps about 45 KiB per token and layer for backward on the embedded
+    # model, so 32 long replay rows held over 1 GiB where 32 short facts hold 0.2
+    micro_batch_tokens: int = 1024
     # the dtype of the training forward/backward (autocast); the tuned tensor, its gradient and
     # Adam's state keep the model's dtype. "auto": bfloat16 where the device computes it natively
     # (CUDA with bf16, CPUs with AVX512-BF16 or AMX), else float32; "float32" is the paper's recipe.
@@ -124,8 +128,9 @@ class EditConfig:
             raise ConfigError("edit.replay_pool_size and edit.replay_max_tokens must be >= 1")
         if self.replay_target not in ("tokens", "distribution"):
             raise ConfigError(f"edit.replay_target must be 'tokens' or 'distribution', got {self.replay_target!r}")
-        if self.micro_batch_size < 1:
-            raise ConfigError(f"edit.micro_batch_size must be >= 1, got {self.micro_batch_size}")
+        if self.micro_batch_size < 1 or self.micro_batch_tokens < 1:
+            raise ConfigError("edit.micro_batch_size and edit.micro_batch_tokens must be >= 1, got "
+                              f"{self.micro_batch_size} and {self.micro_batch_tokens}")
         if self.augment_prefixes < 0:
             raise ConfigError(f"edit.augment_prefixes must be >= 0, got {self.augment_prefixes}")
         if self.replay_top_k < 1:
@@ -375,6 +380,7 @@ CONFIG_TEMPLATE = """\
 # null_space_energy = 0.0    # keep the change off the replay prompts' top input directions (share of energy)
 # replay_target = "distribution"  # KL to the base's next-token distribution | tokens (its greedy tokens)
 # micro_batch_size = 32      # rows per forward/backward (gradients accumulate): bounds memory
+# micro_batch_tokens = 1024  # and padded tokens per forward/backward (a row longer than this runs alone)
 # replay_pool = "mixed"      # mixed (questions, search queries, sentence openings, instructions) | questions
 # replay_pool_size = 1000    # distinct replay prompts; default: one per fact, within 400..2000
 # compute_dtype = "auto"     # training matmuls: auto (bf16 where native) | float32 (the paper) | bfloat16

@@ -8,11 +8,12 @@ only as the benchmark's baseline.
 
 Forward modes give the same loss (checked on the first batch, else we fall back):
 - cached: the hidden states entering the lowest tuned layer are constant (everything below is
-  frozen, the texts do not change), so they are computed once and each step runs only the
-  layers above, with logits only at target positions; when every sequence starts with the same
+  frozen, the texts do not change), so they are computed once (into one buffer) and each step
+  runs only the layers above; the loss is taken at target positions only, through the frozen
+  output head a few rows at a time (engine.token_loss); when every sequence starts with the same
   tokens (a chat template's system prompt: about half of each short fact), that shared prefix
   runs once per step with batch 1 and the batch attends to its keys and values;
-- full: every step runs from the embeddings, logits only at target positions;
+- full: every step runs from the embeddings, the loss as in cached mode;
 - reference: the paper's loop: full forward, logits at every position.
 """
 
@@ -27,7 +28,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from locft.config import EditConfig
 from locft.engine.data import (
@@ -45,6 +45,7 @@ from locft.engine.memory import release_freed_memory
 from locft.engine.model_io import LoadedModel
 from locft.engine.null_space import input_second_moments, low_energy_projector, project_change
 from locft.engine.replay import ReplayItem, replay_for
+from locft.engine.token_loss import head_token_losses, is_frozen_linear, logits_token_losses
 from locft.engine.targets import (
     EditLocation,
     default_batch_size,
@@ -62,6 +63,9 @@ log = logging.getLogger(__name__)
 
 _CAPTURE_BATCH = 64
 _MODE_CHECK_RTOL = 1e-3
+# rows of the forward-mode check: the reference loop computes logits at every position (a few
+# hundred MiB for a full batch of chat-formatted rows), and a few rows tell the paths apart
+_MODE_CHECK_ROWS = 8
 _MIN_SHARED_PREFIX = 4  # shorter common prefixes are not worth a second forward call
 
 
@@ -216,6 +220,12 @@ def _common_prefix_len(examples: Sequence[Example]) -> int:
     return n
 
 
+def _packed_rows(lengths: Sequence[int], width: int, dtype: torch.dtype, device: torch.device) -> list[torch.Tensor]:
+    """Views [length, width] into one new buffer, one per length, in order."""
+    buffer = torch.empty((sum(lengths), width), dtype=dtype, device=device)
+    return list(buffer.split(list(lengths)))
+
+
 @contextmanager
 def _only_layers_from(stack: _LayerStack) -> Iterator[None]:
     """Run the decoder's own forward over layers[start:] only (same module objects)."""
@@ -254,7 +264,11 @@ class _Forward:
         self.projectors: list[torch.Tensor] = []  # per tuned tensor (engine.null_space); empty: off
 
     def build_cache(self, progress: ProgressCallback | None) -> None:
-        """Hidden states entering layer `start`, per example, computed once without grad."""
+        """Hidden states entering layer `start`, per example, computed once without grad.
+
+        All rows live in one buffer allocated up front (self.cache holds views into it): one
+        clone per example, interleaved with the capture batches' transient activations, left
+        the heap about twice the cache's size (measured at 4,000 rows; bench/scale.py)."""
         assert self.stack is not None
         layers = getattr(self.stack.decoder, self.stack.attr)
         captured: list[torch.Tensor] = []
@@ -264,11 +278,11 @@ class _Forward:
             raise _Captured
 
         order = sorted(range(len(self.examples)), key=lambda i: len(self.examples[i].input_ids))
-        self.cache = [torch.empty(0)] * len(self.examples)
         # the shared prefix depends only on token ids: known before capture, so each example keeps
         # only its own part (never two copies of the whole cache at once)
         prefix = _common_prefix_len(self.examples)
         keep_from = prefix if prefix >= _MIN_SHARED_PREFIX else 0
+        self.cache = []
         handle = layers[self.stack.start].register_forward_pre_hook(hook, with_kwargs=True)
         try:
             with torch.no_grad():
@@ -281,20 +295,33 @@ class _Forward:
                     except _Captured:
                         pass
                     hidden = captured[0]
+                    if not self.cache:
+                        self.cache = _packed_rows([len(e.input_ids) - keep_from for e in self.examples],
+                                                  hidden.shape[-1], hidden.dtype, hidden.device)
                     if keep_from and self.prefix_hidden is None:
                         self.prefix_hidden = hidden[:1, :keep_from].clone()
                     for j, i in enumerate(idx):
-                        self.cache[i] = hidden[j, keep_from : len(self.examples[i].input_ids)].clone()
+                        self.cache[i].copy_(hidden[j, keep_from : len(self.examples[i].input_ids)])
                     if progress:
                         progress(TrainProgress("cache", 0, 0, b + len(idx), len(order), None, 0.0))
         finally:
             handle.remove()
         self.prefix_len = keep_from
 
+    def row_tokens(self, index: int) -> int:
+        """Positions example `index` runs through the trained layers in this mode."""
+        n = len(self.examples[index].input_ids)
+        return n - self.prefix_len if self.mode == "cached" else n
+
     def _drop_shared_prefix(self) -> None:
         assert self.prefix_hidden is not None
-        self.cache = [torch.cat([self.prefix_hidden[0], c]) for c in self.cache]
-        self.prefix_len, self.prefix_hidden = 0, None
+        prefix = self.prefix_hidden[0]
+        cache = _packed_rows([len(prefix) + len(c) for c in self.cache], prefix.shape[-1], prefix.dtype,
+                             prefix.device)
+        for whole, own in zip(cache, self.cache):
+            whole[: len(prefix)].copy_(prefix)
+            whole[len(prefix) :].copy_(own)
+        self.cache, self.prefix_len, self.prefix_hidden = cache, 0, None
 
     def _upper_layers(self, hidden_in: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Run the layers above the cache on `hidden_in` (the part after the shared prefix)."""
@@ -323,51 +350,57 @@ class _Forward:
                 )
             return out.last_hidden_state
 
-    def _selected_logits(self, indices: Sequence[int], mode: str) -> tuple[torch.Tensor, Batch]:
-        """Logits at the batch's target positions (flattened as batch.rows/cols), and the batch."""
+    @contextmanager
+    def _compute_precision(self) -> Iterator[None]:
         with torch.autocast(self.device.type, dtype=self.compute_dtype or torch.bfloat16,
                             enabled=self.compute_dtype is not None):
-            return self._logits_at_targets(indices, mode)
+            yield
 
-    def _logits_at_targets(self, indices: Sequence[int], mode: str) -> tuple[torch.Tensor, Batch]:
+    def _at_targets(self, indices: Sequence[int], mode: str) -> tuple[torch.Tensor, bool, Batch]:
+        """At the batch's target positions (flattened as batch.rows/cols): the final hidden states
+        (is_logits False), or the logits where the head is not applied separately (the reference
+        loop, a head that trains); and the batch."""
         batch = collate([self.examples[i] for i in indices], self.pad_id, self.device)
         if mode == "reference":
             logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-            return logits[batch.rows, batch.cols], batch
+            return logits[batch.rows, batch.cols], True, batch
         if mode == "cached":
             hidden_in = torch.nn.utils.rnn.pad_sequence([self.cache[i] for i in indices], batch_first=True)
             hidden = self._upper_layers(hidden_in, batch.attention_mask[:, self.prefix_len :])
-            return self.head(hidden[batch.rows, batch.cols - self.prefix_len]), batch
-        decoder = self.stack.decoder if self.stack else self.model.get_decoder()
-        hidden = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
-        return self.head(hidden[batch.rows, batch.cols]), batch
+            selected = hidden[batch.rows, batch.cols - self.prefix_len]
+        else:
+            decoder = self.stack.decoder if self.stack else self.model.get_decoder()
+            hidden = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+            selected = hidden[batch.rows, batch.cols]
+        if is_frozen_linear(self.head):
+            return selected, False, batch
+        return self.head(selected), True, batch
 
-    def record_soft_targets(self, indices: Sequence[int], top_k: int) -> None:
+    def record_soft_targets(self, indices: Sequence[int], top_k: int, rows_per_pass: int) -> None:
         """Keep the current (base) model's top-k next-token distribution at each target position of
-        `indices`; sample_losses then trains those examples towards it (KL) instead of their tokens."""
-        with torch.no_grad():
-            for b in range(0, len(indices), _CAPTURE_BATCH):
-                idx = list(indices[b : b + _CAPTURE_BATCH])
-                selected, batch = self._selected_logits(idx, self.mode)
-                logp, top = selected.float().log_softmax(-1).topk(min(top_k, selected.shape[-1]), dim=-1)
+        `indices`; sample_losses then trains those examples towards it (KL) instead of their tokens.
+        `rows_per_pass` bounds the full-vocabulary logits held at once, as in training."""
+        with torch.no_grad(), self._compute_precision():
+            for b in range(0, len(indices), rows_per_pass):
+                idx = list(indices[b : b + rows_per_pass])
+                selected, is_logits, batch = self._at_targets(idx, self.mode)
+                logits = selected if is_logits else self.head(selected)
+                logp, top = logits.float().log_softmax(-1).topk(min(top_k, logits.shape[-1]), dim=-1)
                 p = logp.softmax(-1)  # renormalized over the top k
                 neg_entropy = (p * p.clamp_min(1e-30).log()).sum(-1)
                 for j, i in enumerate(idx):
                     rows = batch.rows == j
                     self.soft[i] = (top[rows].clone(), p[rows].clone(), neg_entropy[rows].clone())
 
-    def sample_losses(self, indices: Sequence[int], mode: str | None = None) -> torch.Tensor:
-        """Per-sample mean target-token loss, shape [len(indices)]: cross-entropy on the target
-        tokens, or KL to the recorded distribution for examples with soft targets."""
-        selected, batch = self._selected_logits(indices, mode or self.mode)
+    def _target_distributions(self, indices: Sequence[int], batch: Batch) -> tuple[torch.Tensor, ...]:
+        """Per target position: token ids, their weights and the constant of the loss
+        (engine.token_loss): one-hot on the label, or the recorded distribution (soft targets)."""
         soft = [self.soft.get(i) for i in indices]
-        if not any(s is not None for s in soft):
-            token_losses = F.cross_entropy(selected.float(), batch.labels, reduction="none")
-            return per_sample_mean(token_losses, batch)
-        k = max(s[0].shape[1] for s in soft if s is not None)
-        targets = torch.zeros((len(batch.labels), k), dtype=torch.long, device=selected.device)
-        weights = torch.zeros((len(batch.labels), k), dtype=torch.float32, device=selected.device)
-        constant = torch.zeros(len(batch.labels), dtype=torch.float32, device=selected.device)
+        k = max([s[0].shape[1] for s in soft if s is not None], default=1)
+        device = batch.labels.device
+        targets = torch.zeros((len(batch.labels), k), dtype=torch.long, device=device)
+        weights = torch.zeros((len(batch.labels), k), dtype=torch.float32, device=device)
+        constant = torch.zeros(len(batch.labels), dtype=torch.float32, device=device)
         targets[:, 0], weights[:, 0] = batch.labels, 1.0  # hard rows: one-hot on the label
         for j, s in enumerate(soft):
             if s is not None:
@@ -375,9 +408,18 @@ class _Forward:
                 targets[rows, : s[0].shape[1]], weights[rows] = s[0], 0.0
                 weights[rows, : s[1].shape[1]] = s[1]
                 constant[rows] = s[2]
-        logq = selected.float().log_softmax(-1)
-        # cross-entropy to the target distribution minus its entropy: KL for soft rows, CE for hard
-        token_losses = constant - (weights * logq.gather(1, targets)).sum(-1)
+        return targets, weights, constant
+
+    def sample_losses(self, indices: Sequence[int], mode: str | None = None) -> torch.Tensor:
+        """Per-sample mean target-token loss, shape [len(indices)]: cross-entropy on the target
+        tokens, or KL to the recorded distribution for examples with soft targets."""
+        with self._compute_precision():
+            selected, is_logits, batch = self._at_targets(indices, mode or self.mode)
+            targets, weights, constant = self._target_distributions(indices, batch)
+            if is_logits:
+                token_losses = logits_token_losses(selected, targets, weights, constant)
+            else:
+                token_losses = head_token_losses(selected, self.head, targets, weights, constant)
         return per_sample_mean(token_losses, batch)
 
     def _fast_loss(self, indices: Sequence[int]) -> float | None:
@@ -483,11 +525,12 @@ def edit(
             if forward.mode == "cached":
                 forward.build_cache(progress)
             result.cache_seconds = time.perf_counter() - t0
-            forward.check_mode(list(range(min(cfg.batch_size, len(facts)))))
+            forward.check_mode(list(range(min(cfg.batch_size, _MODE_CHECK_ROWS, len(facts)))))
             result.forward_mode = forward.mode
             result.shared_prefix_tokens = forward.prefix_len if forward.mode == "cached" else 0
             if cfg.replay_target == "distribution" and result.n_replay:
-                forward.record_soft_targets(range(len(facts) + n_augmented, len(examples)), cfg.replay_top_k)
+                forward.record_soft_targets(range(len(facts) + n_augmented, len(examples)), cfg.replay_top_k,
+                                            cfg.micro_batch_size)
             loaded.model.train(False)  # dropout off: training is deterministic
             if cfg.null_space_energy and cfg.pipeline == "breadth-first":
                 forward.projectors = _null_space_projectors(loaded, examples[len(facts) + n_augmented :], names,
@@ -545,17 +588,18 @@ def _accumulate_gradients(
     forward: _Forward, indices: Sequence[int], extra: Sequence[int], cfg: EditConfig
 ) -> tuple[float, float | None]:
     """Backward of (mean edit loss + replay_weight * mean replay loss) over one batch, run in
-    slices of cfg.micro_batch_size rows so that activation memory stays bounded; the summed
-    gradient is the whole batch's. Returns the two means (replay None without replay rows)."""
+    passes of at most cfg.micro_batch_size rows and cfg.micro_batch_tokens padded tokens so that
+    activation memory stays bounded; the summed gradient is the whole batch's. Returns the two
+    means (replay None without replay rows)."""
     n_edit = len(indices)
     weights = [1.0 / n_edit] * n_edit + [cfg.replay_weight / max(len(extra), 1)] * len(extra)
     is_edit = [True] * n_edit + [False] * len(extra)
-    # rows sorted by length, so each slice pads to its own longest row; the gradient is a sum over
+    # rows sorted by length, so each pass pads to its own longest row; the gradient is a sum over
     # rows and does not depend on their order
-    rows = sorted(zip(list(indices) + list(extra), weights, is_edit), key=lambda r: len(forward.examples[r[0]].input_ids))
+    rows = sorted(zip(list(indices) + list(extra), weights, is_edit), key=lambda r: forward.row_tokens(r[0]))
     sums = [0.0, 0.0]  # edit, replay
-    for start in range(0, len(rows), cfg.micro_batch_size):
-        chunk = rows[start : start + cfg.micro_batch_size]
+    for chunk in _passes(rows, [forward.row_tokens(r[0]) for r in rows], cfg.micro_batch_size,
+                         cfg.micro_batch_tokens):
         per_sample = forward.sample_losses([r[0] for r in chunk])
         scale = torch.tensor([r[1] for r in chunk]).to(per_sample)
         (per_sample * scale).sum().backward()
@@ -563,6 +607,19 @@ def _accumulate_gradients(
         sums[0] += float(per_sample.detach()[edit_rows].sum())
         sums[1] += float(per_sample.detach()[~edit_rows].sum())
     return sums[0] / n_edit, (sums[1] / len(extra) if extra else None)
+
+
+def _passes(rows: Sequence[Any], tokens: Sequence[int], max_rows: int, max_tokens: int) -> Iterator[list[Any]]:
+    """Consecutive slices of `rows` (sorted by `tokens`, ascending) of at most `max_rows` rows
+    whose padded size (rows x the last row's tokens) stays within `max_tokens`; a longer row
+    goes alone."""
+    start = 0
+    while start < len(rows):
+        end = start + 1
+        while end < len(rows) and end - start < max_rows and (end + 1 - start) * tokens[end] <= max_tokens:
+            end += 1
+        yield list(rows[start:end])
+        start = end
 
 
 @torch.no_grad()

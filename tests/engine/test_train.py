@@ -7,7 +7,8 @@ import torch
 
 from locft.config import EditConfig
 from locft.engine.model_io import LoadedModel
-from locft.engine.train import EditCancelled, edit
+from locft.engine.data import build_example
+from locft.engine.train import EditCancelled, _Forward, _passes, edit
 from locft.engine.weights import applied
 from locft.errors import ConfigError
 from locft.evaluation.editing import evaluate_edits
@@ -82,8 +83,8 @@ def test_shared_prompt_prefix_runs_once_and_changes_nothing(tiny: LoadedModel) -
     assert float((a - b).norm() / a.norm()) < 1e-4
 
 
-@pytest.mark.parametrize("micro", [1, 3])
-def test_micro_batches_take_the_whole_batch_step(tiny: LoadedModel, micro: int) -> None:
+@pytest.mark.parametrize(("micro", "tokens"), [(1, 1024), (3, 1024), (64, 12)])
+def test_micro_batches_take_the_whole_batch_step(tiny: LoadedModel, micro: int, tokens: int) -> None:
     # A batch split into passes of a few rows (facts and replay prompts, sorted by length so a pass
     # can mix both) accumulates the same gradient as one pass over the batch: losses, replay
     # losses and the learned tensor agree to float precision.
@@ -93,7 +94,8 @@ def test_micro_batches_take_the_whole_batch_step(tiny: LoadedModel, micro: int) 
     cfg = EditConfig(lr=1e-2, batch_size=4, max_epochs=3, prompt_format="raw", skip_loss=0.0,
                      replay_ratio=0.5, replay_target="tokens", micro_batch_size=64, compute_dtype="float32")
     whole = edit(tiny, FACTS, cfg, replay=replay)
-    sliced = edit(tiny, FACTS, EditConfig(**{**cfg.to_dict(), "micro_batch_size": micro}), replay=replay)
+    sliced = edit(tiny, FACTS, EditConfig(**{**cfg.to_dict(), "micro_batch_size": micro,
+                                             "micro_batch_tokens": tokens}), replay=replay)
     assert whole.n_replay == 2 and whole.steps == sliced.steps == 3
     for a, b in zip(whole.epochs, sliced.epochs):
         assert a.mean_loss == pytest.approx(b.mean_loss, rel=1e-5)
@@ -213,3 +215,64 @@ def test_freed_memory_is_released_after_every_epoch_and_at_the_end(
     result = edit(tiny, FACTS, EditConfig(lr=1e-2, batch_size=2, max_epochs=3, skip_loss=0.0, stop_loss=0.0))
     assert result.forward_mode == "cached" and len(result.epochs) == 3
     assert len(calls) == 3 + 1
+
+
+def _chat_forward(tiny: LoadedModel) -> _Forward:
+    examples = [build_example(tiny.tokenizer, f.prompt, f.answer, "chat") for f in FACTS]
+    forward = _Forward(tiny, examples, [TARGET], "cached")
+    forward.build_cache(None)
+    return forward
+
+
+def test_activation_cache_rows_share_one_buffer(tiny: LoadedModel) -> None:
+    # one allocation for all rows: per-row copies interleaved with the capture batches'
+    # activations left the heap about twice the cache's size
+    forward = _chat_forward(tiny)
+    assert forward.prefix_len >= 4
+    storages = {row.untyped_storage().data_ptr() for row in forward.cache}
+    assert len(storages) == 1
+    assert [len(row) for row in forward.cache] == [len(e.input_ids) - forward.prefix_len for e in forward.examples]
+    assert sum(row.numel() for row in forward.cache) == forward.cache[0].untyped_storage().nbytes() // 4
+
+
+def test_dropping_the_shared_prefix_keeps_the_losses(tiny: LoadedModel) -> None:
+    # the fallback when a shared-prefix forward disagrees with the reference: whole rows again
+    forward = _chat_forward(tiny)
+    with torch.no_grad():
+        before = forward.sample_losses(range(len(FACTS)))
+        prefix = forward.prefix_hidden[0].clone()
+        forward._drop_shared_prefix()
+        after = forward.sample_losses(range(len(FACTS)))
+    assert forward.prefix_len == 0 and forward.prefix_hidden is None
+    assert len({row.untyped_storage().data_ptr() for row in forward.cache}) == 1
+    assert all(torch.equal(row[: len(prefix)], prefix) for row in forward.cache)
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-5)
+
+
+def test_replay_towards_the_base_distribution_agrees_with_the_reference_loop(tiny: LoadedModel) -> None:
+    # the cached forward computes its loss through the frozen head chunk by chunk
+    # (engine.token_loss); the reference loop from full logits: same KL losses, same tensor
+    from locft.engine.replay import ReplayItem
+
+    replay = [ReplayItem("Some question?", (42, 43, 44)), ReplayItem("Another one:", (7, 8))]
+    cfg = EditConfig(lr=1e-2, batch_size=4, max_epochs=3, prompt_format="raw", skip_loss=0.0, replay_ratio=0.5,
+                     replay_target="distribution", replay_top_k=8, compute_dtype="float32")
+    cached = edit(tiny, FACTS, cfg, replay=replay)
+    reference = edit(tiny, FACTS, EditConfig(**{**cfg.to_dict(), "forward_mode": "reference"}), replay=replay)
+    assert cached.forward_mode == "cached" and reference.forward_mode == "reference"
+    for a, b in zip(cached.epochs, reference.epochs):
+        assert a.mean_loss == pytest.approx(b.mean_loss, rel=1e-4)
+        assert a.replay_loss == pytest.approx(b.replay_loss, rel=1e-4, abs=1e-6)
+    assert cached.epochs[-1].replay_loss > 0
+    a, b = cached.tensors[TARGET], reference.tensors[TARGET]
+    assert float((a - b).norm() / a.norm()) < 1e-4
+
+
+def test_passes_bound_rows_and_padded_tokens() -> None:
+    tokens = [3, 4, 4, 5, 9, 20]
+    rows = list("abcdef")
+    assert list(_passes(rows, tokens, 32, 12)) == [["a", "b", "c"], ["d"], ["e"], ["f"]]
+    assert list(_passes(rows, tokens, 2, 1000)) == [["a", "b"], ["c", "d"], ["e", "f"]]
+    assert [len(p) for p in _passes(rows, tokens, 32, 1000)] == [6]
+    # every row is in exactly one pass, in order, whatever the bounds
+    assert [r for p in _passes(rows, tokens, 1, 1) for r in p] == rows
