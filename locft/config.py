@@ -93,8 +93,9 @@ class EditConfig:
     # gradients of several passes (the same step), so activation memory is bounded by this
     micro_batch_size: int = 32
     # and at most this many padded tokens per pass (rows x the longest row's tokens run above the
-    # activation cache): a step keeps about 45 KiB per token and layer for backward on the embedded
-    # model, so 32 long replay rows held over 1 GiB where 32 short facts hold 0.2
+    # activation cache): a step keeps its activations for backward, so on the embedded model the
+    # largest rise within a step was 1.0 GiB without this bound and 0.55 with it, at no cost in
+    # speed (bench/results/quality/phase_memory.jsonl)
     micro_batch_tokens: int = 1024
     # the dtype of the training forward/backward (autocast); the tuned tensor, its gradient and
     # Adam's state keep the model's dtype. "auto": bfloat16 where the device computes it natively

@@ -266,9 +266,8 @@ class _Forward:
     def build_cache(self, progress: ProgressCallback | None) -> None:
         """Hidden states entering layer `start`, per example, computed once without grad.
 
-        All rows live in one buffer allocated up front (self.cache holds views into it): one
-        clone per example, interleaved with the capture batches' transient activations, left
-        the heap about twice the cache's size (measured at 4,000 rows; bench/scale.py)."""
+        All rows live in one buffer allocated up front (self.cache holds views into it), not
+        in one heap block per row between the capture batches' freed activations."""
         assert self.stack is not None
         layers = getattr(self.stack.decoder, self.stack.attr)
         captured: list[torch.Tensor] = []

@@ -225,8 +225,8 @@ def _chat_forward(tiny: LoadedModel) -> _Forward:
 
 
 def test_activation_cache_rows_share_one_buffer(tiny: LoadedModel) -> None:
-    # one allocation for all rows: per-row copies interleaved with the capture batches'
-    # activations left the heap about twice the cache's size
+    # one allocation for all rows, not one heap block per row between the capture batches'
+    # freed activations
     forward = _chat_forward(tiny)
     assert forward.prefix_len >= 4
     storages = {row.untyped_storage().data_ptr() for row in forward.cache}
