@@ -253,7 +253,9 @@ def test_replay_towards_the_base_distribution_agrees_with_the_reference_loop(tin
     # the cached forward computes its loss through the frozen head chunk by chunk
     # (engine.token_loss); the reference loop from full logits: same KL losses, same tensor
     from locft.engine.replay import ReplayItem
+    from locft.engine.token_loss import is_frozen_linear
 
+    assert is_frozen_linear(tiny.model.get_output_embeddings())  # so the cached run takes the chunked path
     replay = [ReplayItem("Some question?", (42, 43, 44)), ReplayItem("Another one:", (7, 8))]
     cfg = EditConfig(lr=1e-2, batch_size=4, max_epochs=3, prompt_format="raw", skip_loss=0.0, replay_ratio=0.5,
                      replay_target="distribution", replay_top_k=8, compute_dtype="float32")
