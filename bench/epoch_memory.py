@@ -23,10 +23,11 @@ import json
 import logging
 import os
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from variant_runs import run_in_children
 
 
 def measure(variant: str, n: int, epochs: int, threads: int, data: Path, home: Path) -> dict:
@@ -101,17 +102,9 @@ def main() -> None:
         row = measure(args.one, args.n, args.epochs, args.threads, Path(args.data), Path(args.home))
         print(json.dumps(row))
         return
-    for variant in args.variants.split(","):
-        cmd = [sys.executable, __file__, "--one", variant, "--n", str(args.n), "--epochs", str(args.epochs),
-               "--threads", str(args.threads), "--data", args.data, "--home", args.home]
-        row = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
-        row["load_average"] = [round(x, 2) for x in os.getloadavg()]
-        row["command"] = " ".join(["python", *sys.argv])
-        line = json.dumps(row)
-        print(line, flush=True)
-        if args.out:
-            with open(args.out, "a") as f:
-                f.write(line + "\n")
+    child_args = ["--n", str(args.n), "--epochs", str(args.epochs), "--threads", str(args.threads),
+                  "--data", args.data, "--home", args.home]
+    run_in_children(__file__, args.variants.split(","), child_args, args.out)
 
 
 if __name__ == "__main__":

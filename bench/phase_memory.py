@@ -15,10 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
+
+from variant_runs import run_in_children
 from typing import Any, Callable
 
 
@@ -108,17 +108,9 @@ def main() -> None:
         row = measure(_parse(args.one), args.n, args.epochs, args.threads, Path(args.data), Path(args.home))
         print(json.dumps(row))
         return
-    for variant in args.variant or [""]:
-        cmd = [sys.executable, __file__, "--one", variant, "--n", str(args.n), "--epochs", str(args.epochs),
-               "--threads", str(args.threads), "--data", args.data, "--home", args.home]
-        row = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
-        row["load_average"] = [round(x, 2) for x in os.getloadavg()]
-        row["command"] = " ".join(["python", *sys.argv])
-        line = json.dumps(row)
-        print(line, flush=True)
-        if args.out:
-            with open(args.out, "a") as f:
-                f.write(line + "\n")
+    child_args = ["--n", str(args.n), "--epochs", str(args.epochs), "--threads", str(args.threads),
+                  "--data", args.data, "--home", args.home]
+    run_in_children(__file__, args.variant or [""], child_args, args.out)
 
 
 if __name__ == "__main__":
