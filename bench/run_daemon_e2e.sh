@@ -9,6 +9,8 @@
 # Knobs (environment): N (facts, default 200), DATA (default ../shared/data), WORK (scratch dir;
 # its home/ is created fresh), SET (config overrides, "section.key=value;..." e.g.
 # SET='edit.batch_size=32;gates.min_locality=0.6'); every override is written into the results.
+# CACHE: a home's cache/ directory to copy into the fresh home (the converted model, cached replay
+# answers), so a rerun skips that one-time work; recorded in commands.txt. OUT: where the results go.
 set -euo pipefail
 N=${N:-200}
 DATA=${DATA:-../shared/data}
@@ -16,6 +18,7 @@ OUT=${OUT:-bench/results}
 RAW="$OUT/daemon_e2e"
 WORK=${WORK:-$(mktemp -d /tmp/locft-e2e.XXXXXX)}
 SET=${SET:-}
+CACHE=${CACHE:-}
 mkdir -p "$RAW" "$WORK"
 export LOCFT_HOME="$WORK/home"
 rm -rf "$LOCFT_HOME"
@@ -31,6 +34,10 @@ EOF
 echo "# python: first $N items of $DATA/zsre_dev.json -> $WORK/zsre_$N.json" >> "$RAW/commands.txt"
 
 step locft init
+if [ -n "$CACHE" ]; then
+  echo "# copied $CACHE into the new home's cache/ (one-time work reused)" >> "$RAW/commands.txt"
+  cp -r "$CACHE/." "$LOCFT_HOME/cache/"
+fi
 if [ -n "$SET" ]; then
   echo "# config overrides: $SET" >> "$RAW/commands.txt"
   python - "$LOCFT_HOME/locft.toml" "$SET" <<'EOF'
@@ -89,7 +96,8 @@ lines = [
     "the exact commands are in `daemon_e2e/commands.txt`, the raw JSON and logs beside it.",
     "",
     f"- machine: {platform.platform()}, {os.cpu_count()} CPUs ("
-    f"load average at the end, this run included: {', '.join(f'{x:.1f}' for x in os.getloadavg())})",
+    f"load average at the end, this run included: {', '.join(f'{x:.1f}' for x in os.getloadavg())}; "
+    f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')})",
     f"- round {r['id']} ({r['trigger']}): **{r['outcome']}**"
     + (f", version {r['version_id']}" if r.get("version_id") is not None else "")
     + (f" - {r['error']}" if r.get("error") else ""),
