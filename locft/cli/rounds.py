@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from locft.cli.common import author_option, default_author, echo_json, json_option, open_store, table
+from locft.cli.common import author_option, default_author, echo_json, json_option, open_store, resolve_home, table
 
 
 def when(value: Any) -> str:
@@ -219,6 +219,12 @@ def show_cmd(round_id: int, as_json: bool) -> None:
                + (f" ({r.seconds:.1f} s)" if r.seconds is not None else ""))
     if r.error:
         click.echo(f"  note: {r.error}")
+    if r.outcome == "running":
+        from locft.daemon.worker import describe_progress, read_progress
+
+        progress = read_progress(resolve_home().run_dir)
+        click.echo(f"  now: {describe_progress(progress)}" if progress else
+                   "  now: no progress reported (a round run by `locft round run` reports on its own terminal)")
     _print_timings(r.timings)
     if r.loss_history:
         click.echo("  loss per epoch: " + ", ".join(f"{x:.4f}" for x in r.loss_history))

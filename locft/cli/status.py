@@ -25,6 +25,7 @@ def status(as_json: bool) -> None:
       locft status --json | jq .facts.pending
     """
     from locft.config import load_config
+    from locft.daemon.worker import describe_progress, read_progress
     from locft.home import read_daemon_info
 
     home = resolve_home()
@@ -45,6 +46,8 @@ def status(as_json: bool) -> None:
     if as_json:
         data: dict[str, Any] = {"home": str(home.root), "model": model, **summary.to_dict()}
         data["daemon"] = daemon.to_dict() if daemon else None
+        running = summary.last_round is not None and summary.last_round.outcome == "running"
+        data["round_progress"] = read_progress(home.run_dir) if running else None
         data["problems"] = problems
         echo_json(data)
         return
@@ -66,6 +69,9 @@ def status(as_json: bool) -> None:
         made = f", version {r.version_id}" if r.version_id is not None else ""
         ended = f"finished {fmt_time(r.finished_at)}{took}" if r.finished_at else f"started {fmt_time(r.started_at)}"
         rows.append(("last round", f"#{r.id} ({r.trigger}) {r.outcome}{made}, {ended}" + (f": {r.error}" if r.error else "")))
+        progress = read_progress(home.run_dir) if r.outcome == "running" else None
+        if progress is not None:
+            rows.append(("  now", describe_progress(progress)))
     if summary.open_requests:
         rows.append(("requests", f"{summary.open_requests} round request(s) waiting for the daemon"))
     if daemon is None:

@@ -120,7 +120,7 @@ def status(home_path: str | None, as_json: bool) -> None:
     Exit code 0 when running, 3 when not (like `systemctl status`).
     """
     from locft.config import load_config
-    from locft.daemon.worker import read_progress
+    from locft.daemon.worker import describe_progress, read_progress
     from locft.home import read_daemon_info
     from locft.locks import daemon_lock
     from locft.store import Store
@@ -161,11 +161,8 @@ def status(home_path: str | None, as_json: bool) -> None:
             r = data["running_round"]
             if r:
                 click.echo(f"round in progress: {r['id']} ({r['trigger']}, started {r['started_at']})")
-                p = data["round_progress"]
-                if p:
-                    count = f" {p['done']}/{p['total']}" if p.get("total") else ""
-                    loss = f", loss {p['loss']:.4f}" if p.get("loss") is not None else ""
-                    click.echo(f"  phase: {p['phase']}{count}" + (f" ({p['detail']}{loss})" if p.get("detail") else ""))
+                if data["round_progress"]:
+                    click.echo(f"  phase: {describe_progress(data['round_progress'])}")
             last = data["last_round"]
             if last and (not r or last["id"] != r["id"]):
                 version = f", version {last['version_id']}" if last["version_id"] is not None else ""

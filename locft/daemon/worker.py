@@ -129,6 +129,13 @@ def read_progress(run_dir: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) and pid_alive(int(data.get("pid", 0))) else None
 
 
+def describe_progress(p: dict[str, Any]) -> str:
+    """One line for a person: "train 5/25 (epochs, loss 0.6231)", "evaluate 576/981 (locality)"."""
+    count = f" {p['done']}/{p['total']}" if p.get("total") else ""
+    loss = f", loss {p['loss']:.4f}" if p.get("loss") is not None else ""
+    return f"{p['phase']}{count}" + (f" ({p['detail']}{loss})" if p.get("detail") else "")
+
+
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m locft.daemon.worker", description=__doc__.split("\n")[0])
     parser.add_argument("--home", required=True)

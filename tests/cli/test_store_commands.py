@@ -217,6 +217,27 @@ def test_status_shows_promoted_facts_rounds_and_daemon(initialized: Home) -> Non
     assert "not running" in run("status").output
 
 
+def test_status_and_round_show_say_what_a_running_round_is_doing(initialized: Home) -> None:
+    from locft.daemon.worker import PROGRESS_FILE
+
+    with Store.open(initialized) as store:
+        r = store.start_round("request")
+    text = run("round", "show", str(r.id)).output
+    assert "now: no progress reported" in text  # a foreground round, or a worker that has not written yet
+    progress = {"pid": os.getpid(), "phase": "evaluate", "done": 576, "total": 981, "detail": "locality",
+                "loss": None, "updated_at": 0}
+    (initialized.run_dir / PROGRESS_FILE).write_text(json.dumps(progress))
+    assert "now: evaluate 576/981 (locality)" in run("round", "show", str(r.id)).output
+    assert any(line.split() == ["now", "evaluate", "576/981", "(locality)"] for line in run("status").output.splitlines())
+    assert json.loads(run("status", "--json").stdout)["round_progress"]["done"] == 576
+    (initialized.run_dir / PROGRESS_FILE).write_text(json.dumps(progress | {"pid": 2**22 + 12345}))  # writer gone
+    assert "evaluate" not in run("status").output
+    with Store.open(initialized) as store:
+        store.finish_round(r.id, "skipped")
+    (initialized.run_dir / PROGRESS_FILE).write_text(json.dumps(progress))
+    assert "evaluate" not in run("status").output and "evaluate" not in run("round", "show", str(r.id)).output
+
+
 def test_export_checks_the_version_before_loading_a_model(initialized: Home, tmp_path: Path) -> None:
     fails("export", "4", str(tmp_path / "out"), match="no version 4")
     assert not (tmp_path / "out").exists()
