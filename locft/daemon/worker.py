@@ -130,7 +130,7 @@ def read_progress(run_dir: Path) -> dict[str, Any] | None:
 
 
 def describe_progress(p: dict[str, Any]) -> str:
-    """One line for a person: "train 5/25 (epochs, loss 0.6231)", "evaluate 576/981 (locality)"."""
+    """One line for a person: "train 160/800 (epoch 5/25, loss 0.6231)", "evaluate 576/981 (locality)"."""
     count = f" {p['done']}/{p['total']}" if p.get("total") else ""
     loss = f", loss {p['loss']:.4f}" if p.get("loss") is not None else ""
     return f"{p['phase']}{count}" + (f" ({p['detail']}{loss})" if p.get("detail") else "")
