@@ -6,7 +6,7 @@ are all measured by generating). This runs the base model's greedy answers to th
 left-padded batches, checks the answers agree, and times the base-answer cache that the gates
 use for probe prompts (first call generates, second reads the cache).
 
-    python bench/eval_speed.py --n 64 --batch-sizes 1,8,32 --threads 1 \\
+    python bench/eval_speed.py --n 48 --batch-sizes 1,8,32 --threads 1 \\
         --out bench/results/quality/eval_speed.json
 """
 
@@ -41,7 +41,7 @@ def main() -> None:
     from locft.engine.model_io import load_base
     from locft.evaluation.probes import base_answers
     from locft.readers import load_edit_facts
-    
+
     torch.set_num_threads(args.threads)
     loaded = load_base(ModelConfig(), args.home)
     fmt = resolve_prompt_format("auto", loaded.tokenizer)
