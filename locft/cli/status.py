@@ -43,11 +43,12 @@ def status(as_json: bool) -> None:
     if daemon is not None and daemon.serving_error:
         problems.append(f"the daemon's API: {daemon.serving_error}")
     model = config.model.path or EMBEDDED_MODEL
+    running = summary.last_round is not None and summary.last_round.outcome == "running"
+    progress = read_progress(home.run_dir) if running else None  # what the daemon's worker is doing
     if as_json:
         data: dict[str, Any] = {"home": str(home.root), "model": model, **summary.to_dict()}
         data["daemon"] = daemon.to_dict() if daemon else None
-        running = summary.last_round is not None and summary.last_round.outcome == "running"
-        data["round_progress"] = read_progress(home.run_dir) if running else None
+        data["round_progress"] = progress
         data["problems"] = problems
         echo_json(data)
         return
@@ -69,7 +70,6 @@ def status(as_json: bool) -> None:
         made = f", version {r.version_id}" if r.version_id is not None else ""
         ended = f"finished {fmt_time(r.finished_at)}{took}" if r.finished_at else f"started {fmt_time(r.started_at)}"
         rows.append(("last round", f"#{r.id} ({r.trigger}) {r.outcome}{made}, {ended}" + (f": {r.error}" if r.error else "")))
-        progress = read_progress(home.run_dir) if r.outcome == "running" else None
         if progress is not None:
             rows.append(("  now", describe_progress(progress)))
     if summary.open_requests:
