@@ -33,6 +33,9 @@ class BenchSpec:
     # Reliability is always measured on every fact; generalization and locality on a seeded
     # sample of this many facts (None: all). Generation dominates evaluation on a CPU.
     eval_sample: int | None = None
+    # General capability (the gate's lm-eval suite) of the edited model against the base; () = skip.
+    capability_tasks: tuple[str, ...] = ()
+    capability_limit: int | None = 200  # items per task, as the gate's default; None = whole split
 
 
 def peak_rss_bytes() -> int:
@@ -64,6 +67,25 @@ def _sample(facts: list, k: int | None, seed: int) -> list:
     return [facts[i] for i in keep]
 
 
+def _capability(loaded: Any, tensors: dict[str, Any], spec: BenchSpec,
+                emit: Callable[[str, Any], None]) -> dict[str, Any]:
+    """The gate's capability measurement, outside a round: base (cached per fingerprint) and edited."""
+    from locft.engine.weights import applied
+    from locft.evaluation.capability import base_capability, measure_capability
+
+    tasks, limit, cache = list(spec.capability_tasks), spec.capability_limit, spec.home / "cache"
+
+    def progress(which: str) -> Callable[[int, int, str], None]:  # lm-eval reports once per task
+        return lambda done, total, _task: emit("eval", (f"capability tasks, {which}", done, total))
+
+    base = base_capability(loaded.model, loaded.tokenizer, loaded.fingerprint, tasks, limit, cache,
+                           progress=progress("base"))
+    with applied(loaded.model, tensors):
+        edited = measure_capability(loaded.model, loaded.tokenizer, tasks, limit, cache, progress=progress("edited"))
+    return {"tasks": tasks, "limit": limit, "base": base, "edited": edited,
+            "difference": {t: round(edited[t] - base[t], 4) for t in tasks}}
+
+
 def run_benchmark(spec: BenchSpec, on_event: Callable[[str, Any], None] | None = None) -> dict[str, Any]:
     """Load, measure the base answers to probes, train, evaluate; return the result record."""
     from locft.engine.model_io import load_base
@@ -73,6 +95,10 @@ def run_benchmark(spec: BenchSpec, on_event: Callable[[str, Any], None] | None =
     from locft.evaluation.editing import base_probe_generations, evaluate_edits
 
     emit = on_event or (lambda kind, payload: None)
+    if spec.capability_tasks:  # a misspelt task fails now, not after hours of training
+        from locft.evaluation.capability import resolve_tasks
+
+        resolve_tasks(spec.capability_tasks)
     facts = load_edit_facts(spec.data, spec.data_format, limit=spec.offset + spec.n)[spec.offset :]
     if len(facts) < spec.n:
         log.warning("%s has only %d facts after offset %d", spec.data, len(facts), spec.offset)
@@ -108,6 +134,13 @@ def run_benchmark(spec: BenchSpec, on_event: Callable[[str, Any], None] | None =
         )
     eval_seconds = time.perf_counter() - t2
     peaks["evaluate"] = peak_rss_bytes()
+    capability, capability_seconds = None, None
+    if spec.capability_tasks:
+        emit("phase", f"capability: {', '.join(spec.capability_tasks)} (limit {spec.capability_limit})")
+        t3 = time.perf_counter()
+        capability = _capability(loaded, result.tensors, spec, emit)
+        capability_seconds = round(time.perf_counter() - t3, 2)
+        peaks["capability"] = peak_rss_bytes()
     train = result.summary()
     return {
         "data": str(spec.data),
@@ -116,6 +149,7 @@ def run_benchmark(spec: BenchSpec, on_event: Callable[[str, Any], None] | None =
         "eval_sample": len(sampled) if spec.eval_sample is not None else None,
         "pipeline": cfg.pipeline,
         "metrics": evaluation.metrics(),
+        "capability": capability,
         "training": train,
         "seconds": {
             "load": round(load_seconds, 2),
@@ -124,6 +158,7 @@ def run_benchmark(spec: BenchSpec, on_event: Callable[[str, Any], None] | None =
             "cache": train["cache_seconds"],
             "train": train["train_seconds"],
             "evaluate": round(eval_seconds, 2),
+            "capability": capability_seconds,
         },
         "edits_per_second": round(len(facts) / result.train_seconds, 3) if result.train_seconds else None,
         "peak_memory_bytes": peak_rss_bytes(),

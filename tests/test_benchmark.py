@@ -69,3 +69,32 @@ def test_bench_set_changes_any_edit_key_and_refuses_unknown_ones(tiny_model_dir:
     for bad, message in (("replay_pool_sise=10", "unknown key"), ("max_epochs=many", "integer"), ("lr", "KEY=VALUE")):
         refused = CliRunner().invoke(cli, [*args, "--set", bad])
         assert refused.exit_code != 0 and message in refused.output, refused.output
+
+
+def test_bench_scores_capability_of_base_and_edited_model(tiny_model_dir: Path, home: Home, tmp_path: Path) -> None:
+    (home.root / "locft.toml").write_text(f'[model]\npath = "{tiny_model_dir}"\n', encoding="utf-8")
+    out = tmp_path / "r.json"
+    args = ["bench", "--data", str(_facts_file(tmp_path)), "--n", "4", "--epochs", "1", "--prompt-format", "raw",
+            "--eval-sample", "2", "--out", str(out)]
+    result = CliRunner().invoke(cli, [*args, "--capability", "arc_easy", "--capability-limit", "3"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(out.read_text(encoding="utf-8"))
+    capability = record["capability"]
+    assert capability["tasks"] == ["arc_easy"] and capability["limit"] == 3
+    base, edited = capability["base"]["arc_easy"], capability["edited"]["arc_easy"]
+    assert capability["difference"]["arc_easy"] == round(edited - base, 4)
+    assert "arc_easy (base -> edited)" in result.output and "- training on 4 facts" in result.output
+    assert list(record["peak_memory_bytes_after"])[-1] == "capability" and record["seconds"]["capability"] > 0
+    assert list((home.root / "cache" / "capability-base").iterdir())  # the base's scores are cached
+
+    without = CliRunner().invoke(cli, args)
+    assert without.exit_code == 0 and json.loads(out.read_text(encoding="utf-8"))["capability"] is None
+
+
+def test_bench_refuses_an_unknown_capability_task_before_training(tiny_model_dir: Path, home: Home,
+                                                                    tmp_path: Path) -> None:
+    (home.root / "locft.toml").write_text(f'[model]\npath = "{tiny_model_dir}"\n', encoding="utf-8")
+    result = CliRunner().invoke(cli, ["bench", "--data", str(_facts_file(tmp_path)), "--n", "4",
+                                      "--capability", "arc_eezy"])
+    assert result.exit_code != 0 and "arc_eezy" in result.output and "arc_easy" in result.output
+    assert "training" not in result.output

@@ -34,6 +34,10 @@ def _table(record: dict[str, Any]) -> str:
         ("edits x epochs / s", t["edits_x_epochs_per_second"]),
         ("peak memory (GiB)", record["peak_memory_bytes"] / 2**30),
     ]
+    capability = record.get("capability")
+    for task in capability["tasks"] if capability else ():
+        base, edited = capability["base"][task], capability["edited"][task]
+        rows.append((f"{task} (base -> edited)", f"{base:.3f} -> {edited:.3f} ({edited - base:+.3f})"))
     return "\n".join(f"  {k:<22} {f(v)}" for k, v in rows)
 
 
@@ -65,13 +69,18 @@ def _table(record: dict[str, Any]) -> str:
 @click.option("--eval-sample", type=click.IntRange(min=1), default=None,
               help="Measure generalization and locality on a seeded sample of this many facts "
                    "(reliability always covers all N); generation dominates evaluation on a CPU.")
+@click.option("--capability", "capability", default=None, metavar="TASKS",
+              help="Also score general capability, base and edited, on these lm-eval tasks "
+                   "(comma-separated, e.g. arc_easy,piqa: the gate's suite; all offline).")
+@click.option("--capability-limit", type=click.IntRange(min=1), default=200, show_default=True,
+              help="First N items of each capability task (the gate's default).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads (default: all cores).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Write the result record as JSON here.")
 def bench(data: Path, n: int, offset: int, data_format: str, pipeline: str | None, location: str | None,
           layers: tuple[int, ...], lr: float | None, batch_size: int | None, max_epochs: int | None,
           prompt_format: str | None, forward_mode: str | None, replay_ratio: float | None,
           replay_weight: float | None, compute_dtype: str | None, seed: int | None, settings: tuple[str, ...],
-          eval_sample: int | None,
+          eval_sample: int | None, capability: str | None, capability_limit: int,
           threads: int | None, out: Path | None) -> None:
     """Edit N facts of a benchmark file into the base model and measure the result.
 
@@ -85,6 +94,7 @@ def bench(data: Path, n: int, offset: int, data_format: str, pipeline: str | Non
       locft bench --data ../shared/data/zsre_dev.json --n 100 --pipeline depth-first
       locft bench --data facts.jsonl --n 50 --layer 8 --lr 5e-3 --out results.json
       locft bench --data ../shared/data/zsre_dev.json --n 1000 --set replay_pool_size=1000
+      locft bench --data ../shared/data/zsre_dev.json --n 200 --capability arc_easy,piqa
     """
     import dataclasses
 
@@ -135,7 +145,9 @@ def bench(data: Path, n: int, offset: int, data_format: str, pipeline: str | Non
             bar.refresh()
 
     spec = BenchSpec(data=data, n=n, edit=edit_cfg, model=config.model, home=home,
-                     data_format=data_format, offset=offset, eval_sample=eval_sample)
+                     data_format=data_format, offset=offset, eval_sample=eval_sample,
+                     capability_tasks=tuple(t.strip() for t in (capability or "").split(",") if t.strip()),
+                     capability_limit=capability_limit)
     record = run_benchmark(spec, on_event)
     if bar is not None:
         bar.close()
