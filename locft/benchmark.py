@@ -76,7 +76,7 @@ def _capability(loaded: Any, tensors: dict[str, Any], spec: BenchSpec,
     tasks, limit, cache = list(spec.capability_tasks), spec.capability_limit, spec.home / "cache"
 
     def progress(which: str) -> Callable[[int, int, str], None]:  # lm-eval reports once per task
-        return lambda done, total, _task: emit("eval", (f"capability tasks, {which}", done, total))
+        return lambda done, total, _task: emit("capability", (f"capability tasks, {which}", done, total))
 
     base = base_capability(loaded.model, loaded.tokenizer, loaded.fingerprint, tasks, limit, cache,
                            progress=progress("base"))

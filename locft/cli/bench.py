@@ -38,7 +38,8 @@ def _table(record: dict[str, Any]) -> str:
     for task in capability["tasks"] if capability else ():
         base, edited = capability["base"][task], capability["edited"][task]
         rows.append((f"{task} (base -> edited)", f"{base:.3f} -> {edited:.3f} ({edited - base:+.3f})"))
-    return "\n".join(f"  {k:<22} {f(v)}" for k, v in rows)
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"  {k:<{width}}  {f(v)}" for k, v in rows)
 
 
 @click.command()
@@ -135,12 +136,13 @@ def bench(data: Path, n: int, offset: int, data_format: str, pipeline: str | Non
             bar.n = payload.epoch - (0 if payload.step == payload.steps_per_epoch else 1)
             bar.set_postfix(loss=f"{payload.loss:.4f}", edits_per_s=f"{payload.edits_per_second:.1f}")
             bar.refresh()
-        elif kind == "eval":
+        elif kind in ("eval", "capability"):
             label, done, total = payload
             if bar is None or bar.desc != label:
                 if bar is not None:
                     bar.close()
-                bar = tqdm(total=total, desc=label, unit="prompt", file=sys.stderr, leave=False)
+                bar = tqdm(total=total, desc=label, unit="task" if kind == "capability" else "prompt",
+                           file=sys.stderr, leave=False)
             bar.n = done
             bar.refresh()
 
