@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 from locft import __version__
 from locft.config import EditConfig, ModelConfig, to_dict
+from locft.locate import sample_facts
 from locft.readers import load_edit_facts
 
 log = logging.getLogger(__name__)
@@ -55,16 +56,6 @@ def environment() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
-
-
-def _sample(facts: list, k: int | None, seed: int) -> list:
-    """A seeded sample of `k` facts in file order (all of them when k is None or >= len)."""
-    if k is None or k >= len(facts):
-        return facts
-    import random
-
-    keep = sorted(random.Random(seed).sample(range(len(facts)), k))
-    return [facts[i] for i in keep]
 
 
 def _capability(loaded: Any, tensors: dict[str, Any], spec: BenchSpec,
@@ -107,7 +98,7 @@ def run_benchmark(spec: BenchSpec, on_event: Callable[[str, Any], None] | None =
     load_seconds = time.perf_counter() - t0
     cfg = resolve_edit_config(loaded, spec.edit)
     prompt_format = cfg.prompt_format
-    sampled = _sample(facts, spec.eval_sample, cfg.seed)
+    sampled = sample_facts(facts, spec.eval_sample or len(facts), cfg.seed)
     probes = [p.prompt for f in sampled for p in f.probes]
     emit("phase", "base answers to probes")
     t1 = time.perf_counter()

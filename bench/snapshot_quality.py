@@ -1,0 +1,67 @@
+"""Editing quality of a saved snapshot on a benchmark file, measured as `locft bench` measures it.
+
+`locft bench` trains and then evaluates; this evaluates tensors that were trained elsewhere (e.g. a
+daemon round's candidate) on the same facts and the same seeded sample, so its figures sit in the
+same table as bench runs:
+
+    python bench/snapshot_quality.py --snapshot $LOCFT_HOME/snapshots/<dir> \\
+        --data ../shared/data/zsre_dev.json --n 1000 --eval-sample 200 --out result.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--snapshot", type=Path, required=True, help="a version's snapshot directory")
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--n", type=int, required=True, help="the first N facts (those the snapshot learned)")
+    parser.add_argument("--eval-sample", type=int, default=None,
+                        help="generalization and locality on this seeded sample, as `locft bench --eval-sample`")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--home", type=Path, default=Path(os.environ.get("LOCFT_HOME", ".locft-home")))
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+
+    import torch
+
+    from locft.config import EditConfig, ModelConfig
+    from locft.engine.model_io import load_base
+    from locft.engine.snapshot import check_base, load_snapshot
+    from locft.engine.train import resolve_edit_config
+    from locft.engine.weights import applied
+    from locft.locate import sample_facts
+    from locft.evaluation.editing import base_probe_generations, evaluate_edits
+    from locft.readers import load_edit_facts
+
+    torch.set_num_threads(args.threads)
+    facts = load_edit_facts(args.data, "auto", limit=args.n)
+    loaded = load_base(ModelConfig(), args.home)
+    snapshot = load_snapshot(args.snapshot)
+    check_base(snapshot, loaded)
+    cfg = resolve_edit_config(loaded, EditConfig())  # the prompt format, seed and answer length of a bench run
+    sampled = sample_facts(facts, args.eval_sample or len(facts), cfg.seed)
+    probes = [p.prompt for f in sampled for p in f.probes]
+    t = time.perf_counter()
+    base = base_probe_generations(loaded, probes, cfg.prompt_format, cfg.max_new_tokens)
+    with applied(loaded.model, snapshot.tensors):
+        evaluation = evaluate_edits(loaded, facts, cfg.prompt_format, probes, base, cfg.max_new_tokens,
+                                    paraphrase_facts=sampled)
+    record = {
+        "snapshot": str(args.snapshot), "parameters": sorted(snapshot.tensors), "data": str(args.data),
+        "n": len(facts), "eval_sample": len(sampled) if args.eval_sample else None,
+        "metrics": evaluation.metrics(), "seconds": round(time.perf_counter() - t, 1), "threads": args.threads,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(record, indent=1) + "\n")
+    print(json.dumps(record, indent=1))
+
+
+if __name__ == "__main__":
+    main()
