@@ -13,8 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
+
+
+def _progress(label: str, done: int, total: int) -> None:
+    print(f"\r{label}: {done}/{total}", end="", file=sys.stderr, flush=True)
 
 
 def main() -> None:
@@ -52,7 +57,8 @@ def main() -> None:
     base = base_probe_generations(loaded, probes, cfg.prompt_format, cfg.max_new_tokens)
     with applied(loaded.model, snapshot.tensors):
         evaluation = evaluate_edits(loaded, facts, cfg.prompt_format, probes, base, cfg.max_new_tokens,
-                                    paraphrase_facts=sampled)
+                                    paraphrase_facts=sampled, progress=_progress)
+    print(file=sys.stderr)
     record = {
         "snapshot": str(args.snapshot), "parameters": sorted(snapshot.tensors), "data": str(args.data),
         "n": len(facts), "eval_sample": len(sampled) if args.eval_sample else None,
