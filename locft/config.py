@@ -81,6 +81,10 @@ class EditConfig:
     replay_pool_size: int | None = None
     replay_max_tokens: int = 16  # length of the base continuations used as replay targets
     replay_pool: str = "mixed"  # "questions" (NQ-open, TriviaQA) or "mixed" (four prompt styles)
+    # share of the replay prompts asked as plain text, without the chat template, when the edits
+    # train in the chat format: lm-eval's capability tasks and completion APIs send plain text,
+    # which chat-format replay never shows the model; 0 = all replay in the training format
+    replay_raw_share: float = 0.0
     # what a replay position is trained towards: "tokens" (cross-entropy on the base model's greedy
     # token) or "distribution" (KL to the base model's next-token distribution, its top
     # replay_top_k probabilities, renormalized): the latter keeps the base's uncertainty too
@@ -134,6 +138,8 @@ class EditConfig:
                               f"{self.micro_batch_size} and {self.micro_batch_tokens}")
         if self.augment_prefixes < 0:
             raise ConfigError(f"edit.augment_prefixes must be >= 0, got {self.augment_prefixes}")
+        if not 0 <= self.replay_raw_share <= 1:
+            raise ConfigError(f"edit.replay_raw_share must be in [0, 1], got {self.replay_raw_share}")
         if self.replay_top_k < 1:
             raise ConfigError("edit.replay_top_k must be >= 1")
         if self.replay_pool not in ("questions", "mixed"):
@@ -384,6 +390,7 @@ CONFIG_TEMPLATE = """\
 # micro_batch_tokens = 1024  # and padded tokens per forward/backward (a row longer than this runs alone)
 # replay_pool = "mixed"      # mixed (questions, search queries, sentence openings, instructions) | questions
 # replay_pool_size = 1000    # distinct replay prompts; default: one per fact, within 400..2000
+# replay_raw_share = 0.0     # share of replay prompts asked as plain text (no chat template), as lm-eval asks
 # compute_dtype = "auto"     # training matmuls: auto (bf16 where native) | float32 (the paper) | bfloat16
 
 [gates]

@@ -58,6 +58,7 @@ MIN_DEFAULT_POOL, MAX_DEFAULT_POOL = 400, 2000
 class ReplayItem:
     prompt: str
     token_ids: tuple[int, ...]  # the base model's greedy continuation (the training target)
+    prompt_format: str | None = None  # how the prompt is asked; None: the edits' own format
 
 
 def _olmo_data_root() -> Path:
@@ -160,6 +161,8 @@ def build_replay(
     """The base model's greedy continuations of `prompts` (call on the UNEDITED model)."""
     from locft.engine.generate import greedy_generate
 
+    if not prompts:
+        return []
     path = _cache_file(cache_dir, loaded, prompt_format, max_new_tokens) if cache_dir else None
     known = _read_cache(path, loaded.fingerprint) if path is not None else {}
     missing = [p for p in dict.fromkeys(prompts) if p not in known]
@@ -171,7 +174,7 @@ def build_replay(
                        "items": [[p, list(ids)] for p, ids in known.items()]}
             atomic_write_text(path, json.dumps(payload))
     # a prompt the base model answers with nothing has nothing to replay
-    return [ReplayItem(p, known[p]) for p in prompts if known[p]]
+    return [ReplayItem(p, known[p], prompt_format) for p in prompts if known[p]]
 
 
 def replay_pool_size(cfg: EditConfig, n_facts: int) -> int:
@@ -195,4 +198,12 @@ def replay_for(
     if not cfg.replay_ratio:  # None (unresolved) or 0: replay is off
         return []
     prompts = default_replay_prompts(replay_pool_size(cfg, n_facts), exclude, cfg.replay_pool)
-    return build_replay(loaded, prompts, prompt_format, cfg.replay_max_tokens, cache_dir)
+    share = cfg.replay_raw_share if prompt_format != "raw" else 0.0
+    # prompt i is asked plain when the running count of plain prompts steps up at i: spread evenly
+    # over the pool's sources, and a larger pool keeps a smaller one's assignment
+    plain = {i for i in range(len(prompts)) if int((i + 1) * share) > int(i * share)}
+    own = build_replay(loaded, [p for i, p in enumerate(prompts) if i not in plain], prompt_format,
+                       cfg.replay_max_tokens, cache_dir)
+    raw = build_replay(loaded, [p for i, p in enumerate(prompts) if i in plain], "raw",
+                       cfg.replay_max_tokens, cache_dir)
+    return own + raw

@@ -220,6 +220,22 @@ def _common_prefix_len(examples: Sequence[Example]) -> int:
     return n
 
 
+def _shared_prefix(examples: Sequence[Example]) -> tuple[int, list[bool]]:
+    """The prompt prefix run once per pass, and which examples start with it: those that begin
+    like the first example (the facts' format; chat prompts share the template's system turn),
+    when they are at least half of all. Other rows (replay asked as plain text) run whole."""
+    if not examples:
+        return 0, []
+    head = examples[0].input_ids[:_MIN_SHARED_PREFIX]
+    shares = [e.prompt_len > _MIN_SHARED_PREFIX and e.input_ids[:_MIN_SHARED_PREFIX] == head for e in examples]
+    if 2 * sum(shares) < len(examples):
+        return 0, [False] * len(examples)
+    prefix = _common_prefix_len([e for e, s in zip(examples, shares) if s])
+    if prefix < _MIN_SHARED_PREFIX:
+        return 0, [False] * len(examples)
+    return prefix, shares
+
+
 def _packed_rows(lengths: Sequence[int], width: int, dtype: torch.dtype, device: torch.device) -> list[torch.Tensor]:
     """Views [length, width] into one new buffer, one per length, in order."""
     buffer = torch.empty((sum(lengths), width), dtype=dtype, device=device)
@@ -252,8 +268,9 @@ class _Forward:
         if mode == "cached" and self.stack is None:
             log.warning("cached forward is not possible for these parameters; using full forward")
             self.mode = "full"
-        self.cache: list[torch.Tensor] = []  # per example, from position prefix_len on
+        self.cache: list[torch.Tensor] = []  # per example, from position offsets[i] on
         self.prefix_len = 0
+        self.offsets: list[int] = [0] * len(examples)  # prefix_len for rows that share the prefix, else 0
         self.prefix_hidden: torch.Tensor | None = None  # [1, prefix_len, hidden]
         # per example index: (top-k token ids, their renormalized probabilities, sum p log p), one
         # row per target position; examples listed here train towards a distribution (KL)
@@ -279,8 +296,8 @@ class _Forward:
         order = sorted(range(len(self.examples)), key=lambda i: len(self.examples[i].input_ids))
         # the shared prefix depends only on token ids: known before capture, so each example keeps
         # only its own part (never two copies of the whole cache at once)
-        prefix = _common_prefix_len(self.examples)
-        keep_from = prefix if prefix >= _MIN_SHARED_PREFIX else 0
+        keep_from, shares = _shared_prefix(self.examples)
+        offsets = [keep_from if s else 0 for s in shares]
         self.cache = []
         handle = layers[self.stack.start].register_forward_pre_hook(hook, with_kwargs=True)
         try:
@@ -295,38 +312,41 @@ class _Forward:
                         pass
                     hidden = captured[0]
                     if not self.cache:
-                        self.cache = _packed_rows([len(e.input_ids) - keep_from for e in self.examples],
+                        self.cache = _packed_rows([len(e.input_ids) - o for e, o in zip(self.examples, offsets)],
                                                   hidden.shape[-1], hidden.dtype, hidden.device)
-                    if keep_from and self.prefix_hidden is None:
-                        self.prefix_hidden = hidden[:1, :keep_from].clone()
                     for j, i in enumerate(idx):
-                        self.cache[i].copy_(hidden[j, keep_from : len(self.examples[i].input_ids)])
+                        if offsets[i] and self.prefix_hidden is None:
+                            self.prefix_hidden = hidden[j : j + 1, :keep_from].clone()
+                        self.cache[i].copy_(hidden[j, offsets[i] : len(self.examples[i].input_ids)])
                     if progress:
                         progress(TrainProgress("cache", 0, 0, b + len(idx), len(order), None, 0.0))
         finally:
             handle.remove()
-        self.prefix_len = keep_from
+        self.prefix_len, self.offsets = keep_from, offsets
 
     def row_tokens(self, index: int) -> int:
         """Positions example `index` runs through the trained layers in this mode."""
         n = len(self.examples[index].input_ids)
-        return n - self.prefix_len if self.mode == "cached" else n
+        return n - self.offsets[index] if self.mode == "cached" else n
 
     def _drop_shared_prefix(self) -> None:
         assert self.prefix_hidden is not None
         prefix = self.prefix_hidden[0]
-        cache = _packed_rows([len(prefix) + len(c) for c in self.cache], prefix.shape[-1], prefix.dtype,
-                             prefix.device)
-        for whole, own in zip(cache, self.cache):
-            whole[: len(prefix)].copy_(prefix)
-            whole[len(prefix) :].copy_(own)
+        cache = _packed_rows([o + len(c) for o, c in zip(self.offsets, self.cache)], prefix.shape[-1],
+                             prefix.dtype, prefix.device)
+        for whole, own, offset in zip(cache, self.cache, self.offsets):
+            whole[:offset].copy_(prefix[:offset])
+            whole[offset:].copy_(own)
         self.cache, self.prefix_len, self.prefix_hidden = cache, 0, None
+        self.offsets = [0] * len(self.examples)
 
-    def _upper_layers(self, hidden_in: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Run the layers above the cache on `hidden_in` (the part after the shared prefix)."""
+    def _upper_layers(self, hidden_in: torch.Tensor, attention_mask: torch.Tensor, shares: torch.Tensor) -> torch.Tensor:
+        """Run the layers above the cache on `hidden_in` (each row's cached part); rows where
+        `shares` is set continue the shared prefix, the others see it masked out (rotary
+        positions are relative, so shifting a whole row by the prefix length changes nothing)."""
         assert self.stack is not None
         with _only_layers_from(self.stack):
-            if not self.prefix_len:
+            if not self.prefix_len or not bool(shares.any()):
                 out = self.stack.decoder(inputs_embeds=hidden_in, attention_mask=attention_mask)
                 return out.last_hidden_state
             from transformers import DynamicCache
@@ -339,12 +359,13 @@ class _Forward:
                 ones = torch.ones((1, p), dtype=attention_mask.dtype, device=attention_mask.device)
                 self.stack.decoder(inputs_embeds=self.prefix_hidden, attention_mask=ones, use_cache=True,
                                    **{cache_kw: shared})
+                prefix_mask = shares.to(attention_mask.dtype)[:, None].expand(b, p)
                 batch_kv = DynamicCache()
                 for i, layer in enumerate(shared.layers):
                     batch_kv.update(layer.keys.expand(b, -1, -1, -1), layer.values.expand(b, -1, -1, -1), i)
                 positions = torch.arange(p, p + hidden_in.shape[1], device=hidden_in.device).expand(b, -1)
                 out = self.stack.decoder(
-                    inputs_embeds=hidden_in, attention_mask=torch.cat([ones.expand(b, -1), attention_mask], 1),
+                    inputs_embeds=hidden_in, attention_mask=torch.cat([prefix_mask, attention_mask], 1),
                     position_ids=positions, use_cache=True, **{cache_kw: batch_kv},
                 )
             return out.last_hidden_state
@@ -364,9 +385,14 @@ class _Forward:
             logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
             return logits[batch.rows, batch.cols], True, batch
         if mode == "cached":
-            hidden_in = torch.nn.utils.rnn.pad_sequence([self.cache[i] for i in indices], batch_first=True)
-            hidden = self._upper_layers(hidden_in, batch.attention_mask[:, self.prefix_len :])
-            selected = hidden[batch.rows, batch.cols - self.prefix_len]
+            rows = [self.cache[i] for i in indices]
+            hidden_in = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)
+            own_mask = torch.zeros(hidden_in.shape[:2], dtype=batch.attention_mask.dtype, device=hidden_in.device)
+            for j, row in enumerate(rows):
+                own_mask[j, : len(row)] = 1
+            offsets = torch.tensor([self.offsets[i] for i in indices], dtype=torch.long, device=hidden_in.device)
+            hidden = self._upper_layers(hidden_in, own_mask, offsets > 0)
+            selected = hidden[batch.rows, batch.cols - offsets[batch.rows]]
         else:
             decoder = self.stack.decoder if self.stack else self.model.get_decoder()
             hidden = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
@@ -431,9 +457,12 @@ class _Forward:
             return None
 
     def check_mode(self, indices: Sequence[int]) -> None:
-        """Fall back to the reference loop if this architecture's fast path disagrees with it."""
+        """Fall back to the reference loop if this architecture's fast path disagrees with it.
+        Rows that run whole beside the shared prefix are checked too, in the same pass."""
         if self.mode == "reference":
             return
+        if self.prefix_len:
+            indices = list(indices) + [i for i, o in enumerate(self.offsets) if not o][:2]
         compute_dtype, self.compute_dtype = self.compute_dtype, None  # compare the paths exactly
         try:
             self._check_mode(indices)
@@ -503,7 +532,8 @@ def edit(
             trained_on = [f.prompt for f in facts] + [p for f in facts for p in f.paraphrases]
             replay = replay_for(loaded, cfg, prompt_format, len(facts), exclude=trained_on,
                                 cache_dir=cache_dir)
-        examples += [example_from_ids(encode_prompt(tok, r.prompt, prompt_format), r.token_ids) for r in replay]
+        examples += [example_from_ids(encode_prompt(tok, r.prompt, r.prompt_format or prompt_format), r.token_ids)
+                     for r in replay]
     result = EditResult({}, location, prompt_format, lr, cfg.forward_mode, n_facts=len(facts))
     result.n_augmented = n_augmented
     result.n_replay = len(examples) - len(facts) - n_augmented

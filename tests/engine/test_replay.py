@@ -163,3 +163,21 @@ def test_replay_config_validated(bad: dict) -> None:
 
     with pytest.raises(ConfigError):
         EditConfig(**bad)
+
+
+def test_raw_share_asks_part_of_the_pool_as_plain_text(tiny: LoadedModel, tmp_path: Path) -> None:
+    # lm-eval asks plain text: with replay_raw_share 0.5 every other prompt of the same pool is
+    # asked without the chat template, its target the base model's plain-text continuation
+    cfg = EditConfig(replay_ratio=1.0, replay_pool_size=6, replay_raw_share=0.5)
+    prompts = default_replay_prompts(6, pool=cfg.replay_pool)
+    items = replay_for(tiny, cfg, "chat", 3, cache_dir=tmp_path)
+    by_format = {fmt: [r.prompt for r in items if r.prompt_format == fmt] for fmt in ("chat", "raw")}
+    assert by_format["raw"] and set(by_format["raw"]) <= set(prompts[1::2])
+    assert by_format["chat"] and set(by_format["chat"]) <= set(prompts[0::2])
+    plain = {r.prompt: r.token_ids for r in build_replay(tiny, prompts[1::2], "raw", cfg.replay_max_tokens)}
+    assert {r.prompt: r.token_ids for r in items if r.prompt_format == "raw"} == {p: plain[p] for p in by_format["raw"]}
+    assert len(list((tmp_path / "replay").iterdir())) == 2  # one cache per format
+    # edits trained as plain text already replay plain text: the share changes nothing
+    assert {r.prompt_format for r in replay_for(tiny, cfg, "raw", 3, cache_dir=tmp_path)} == {"raw"}
+    with pytest.raises(ConfigError, match="replay_raw_share"):
+        EditConfig(replay_raw_share=1.5)

@@ -83,6 +83,32 @@ def test_shared_prompt_prefix_runs_once_and_changes_nothing(tiny: LoadedModel) -
     assert float((a - b).norm() / a.norm()) < 1e-4
 
 
+def test_plain_text_replay_beside_chat_facts_keeps_the_shared_prefix(tiny: LoadedModel,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    # Replay asked as plain text (edit.replay_raw_share) does not start with the chat template: those
+    # rows run whole with the shared prefix masked out, while the chat rows keep it. Losses (edit
+    # and KL replay) and the learned tensor must match the paper's loop, which runs every row whole.
+    import locft.engine.train as train
+    from locft.engine.replay import ReplayItem
+
+    asked: list[tuple[str, str]] = []
+    real = train.encode_prompt
+    monkeypatch.setattr(train, "encode_prompt", lambda tok, p, fmt: asked.append((p, fmt)) or real(tok, p, fmt))
+    replay = [ReplayItem("Some question?", (42, 43, 44), "raw"), ReplayItem("Another one:", (7, 8), "raw"),
+              ReplayItem("Asked in chat?", (9, 10))]
+    cfg = EditConfig(lr=1e-2, batch_size=4, max_epochs=3, prompt_format="chat", skip_loss=0.0,
+                     replay_ratio=1.0, compute_dtype="float32")
+    cached = edit(tiny, FACTS, cfg, replay=replay)
+    assert asked[-3:] == [("Some question?", "raw"), ("Another one:", "raw"), ("Asked in chat?", "chat")]
+    reference = edit(tiny, FACTS, EditConfig(**{**cfg.to_dict(), "forward_mode": "reference"}), replay=replay)
+    assert cached.forward_mode == "cached" and cached.shared_prefix_tokens >= 4 and cached.n_replay == 3
+    for a, b in zip(cached.epochs, reference.epochs):
+        assert a.mean_loss == pytest.approx(b.mean_loss, rel=1e-4)
+        assert a.replay_loss == pytest.approx(b.replay_loss, rel=1e-4, abs=1e-6)
+    a, b = cached.tensors[TARGET], reference.tensors[TARGET]
+    assert float((a - b).norm() / a.norm()) < 1e-4
+
+
 @pytest.mark.parametrize(("micro", "tokens"), [(1, 1024), (3, 1024), (64, 12)])
 def test_micro_batches_take_the_whole_batch_step(tiny: LoadedModel, micro: int, tokens: int) -> None:
     # A batch split into passes of a few rows (facts and replay prompts, sorted by length so a pass
