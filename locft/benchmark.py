@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 from locft import __version__
 from locft.config import EditConfig, ModelConfig, to_dict
+from locft.errors import LocftError
 from locft.locate import sample_facts
 from locft.readers import load_edit_facts
 
@@ -37,6 +38,8 @@ class BenchSpec:
     # General capability (the gate's lm-eval suite) of the edited model against the base; () = skip.
     capability_tasks: tuple[str, ...] = ()
     capability_limit: int | None = 200  # items per task, as the gate's default; None = whole split
+    # keep the trained tensors as a snapshot directory (servable, comparable later); None = not kept
+    save_snapshot: Path | None = None
 
 
 def peak_rss_bytes() -> int:
@@ -90,6 +93,8 @@ def run_benchmark(spec: BenchSpec, on_event: Callable[[str, Any], None] | None =
         from locft.evaluation.capability import resolve_tasks
 
         resolve_tasks(spec.capability_tasks)
+    if spec.save_snapshot is not None and spec.save_snapshot.exists():  # before training, not after
+        raise LocftError(f"{spec.save_snapshot} already exists; name a new snapshot directory")
     facts = load_edit_facts(spec.data, spec.data_format, limit=spec.offset + spec.n)[spec.offset :]
     if len(facts) < spec.n:
         log.warning("%s has only %d facts after offset %d", spec.data, len(facts), spec.offset)
@@ -115,6 +120,13 @@ def run_benchmark(spec: BenchSpec, on_event: Callable[[str, Any], None] | None =
     emit("phase", f"training on {len(facts)} facts ({cfg.pipeline})")
     result = edit(loaded, facts, cfg, progress=lambda p: emit("train", p), replay=replay)
     peaks["train"] = peak_rss_bytes()
+    if spec.save_snapshot is not None:
+        from locft.engine.snapshot import save_snapshot
+
+        save_snapshot(spec.save_snapshot.parent, spec.save_snapshot.name, result.tensors, loaded.fingerprint,
+                      extra={"bench": {"data": str(spec.data), "n": len(facts), "offset": spec.offset,
+                                       "edit_config": to_dict(result.config or cfg)}})
+        emit("phase", f"saved the trained tensors to {spec.save_snapshot}")
     emit("phase", "evaluating")
     t2 = time.perf_counter()
     with applied(loaded.model, result.tensors):
@@ -141,6 +153,7 @@ def run_benchmark(spec: BenchSpec, on_event: Callable[[str, Any], None] | None =
         "pipeline": cfg.pipeline,
         "metrics": evaluation.metrics(),
         "capability": capability,
+        "snapshot": str(spec.save_snapshot) if spec.save_snapshot is not None else None,
         "training": train,
         "seconds": {
             "load": round(load_seconds, 2),

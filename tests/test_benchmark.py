@@ -98,3 +98,21 @@ def test_bench_refuses_an_unknown_capability_task_before_training(tiny_model_dir
                                       "--capability", "arc_eezy"])
     assert result.exit_code != 0 and "arc_eezy" in result.output and "arc_easy" in result.output
     assert "training" not in result.output
+
+
+def test_bench_keeps_the_trained_tensors_as_a_snapshot(tiny_model_dir: Path, home: Home, tmp_path: Path) -> None:
+    from locft.engine.snapshot import load_snapshot
+
+    (home.root / "locft.toml").write_text(f'[model]\npath = "{tiny_model_dir}"\n', encoding="utf-8")
+    out, kept = tmp_path / "r.json", tmp_path / "snaps" / "lever-a"
+    args = ["bench", "--data", str(_facts_file(tmp_path)), "--n", "4", "--epochs", "1", "--prompt-format", "raw",
+            "--eval-sample", "2", "--out", str(out), "--save-snapshot", str(kept)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    record = json.loads(out.read_text(encoding="utf-8"))
+    snapshot = load_snapshot(kept)  # verified against its manifest's hashes
+    assert record["snapshot"] == str(kept) and sorted(snapshot.tensors) == record["training"]["parameters"]
+    assert snapshot.manifest["bench"]["n"] == 4 and snapshot.manifest["base_fingerprint"] == record["model"]["fingerprint"]
+    # a second run never overwrites it, and says so before any training
+    again = CliRunner().invoke(cli, args)
+    assert again.exit_code != 0 and "already exists" in again.output and "training" not in again.output

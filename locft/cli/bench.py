@@ -76,13 +76,16 @@ def _table(record: dict[str, Any]) -> str:
 @click.option("--capability-limit", type=click.IntRange(min=1), default=200, show_default=True,
               help="First N items of each capability task (the gate's default).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads (default: all cores).")
+@click.option("--save-snapshot", type=click.Path(path_type=Path), default=None, metavar="DIR",
+              help="Keep the trained tensors as a snapshot in this new directory (to ask, serve, export or "
+                   "compare them later, e.g. with bench/snapshot_capability.py --paired).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Write the result record as JSON here.")
 def bench(data: Path, n: int, offset: int, data_format: str, pipeline: str | None, location: str | None,
           layers: tuple[int, ...], lr: float | None, batch_size: int | None, max_epochs: int | None,
           prompt_format: str | None, forward_mode: str | None, replay_ratio: float | None,
           replay_weight: float | None, compute_dtype: str | None, seed: int | None, settings: tuple[str, ...],
           eval_sample: int | None, capability: str | None, capability_limit: int,
-          threads: int | None, out: Path | None) -> None:
+          threads: int | None, save_snapshot: Path | None, out: Path | None) -> None:
     """Edit N facts of a benchmark file into the base model and measure the result.
 
     Prints reliability, generalization and locality (by greedy generation and normalized exact
@@ -149,7 +152,7 @@ def bench(data: Path, n: int, offset: int, data_format: str, pipeline: str | Non
     spec = BenchSpec(data=data, n=n, edit=edit_cfg, model=config.model, home=home,
                      data_format=data_format, offset=offset, eval_sample=eval_sample,
                      capability_tasks=tuple(t.strip() for t in (capability or "").split(",") if t.strip()),
-                     capability_limit=capability_limit)
+                     capability_limit=capability_limit, save_snapshot=save_snapshot)
     record = run_benchmark(spec, on_event)
     if bar is not None:
         bar.close()

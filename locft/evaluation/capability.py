@@ -519,6 +519,41 @@ def measure_capability(
     caller's global RNG state, environment, model.training flags and tie state are left as found;
     the weights are only read.
     """
+    return {name: score for name, (score, _) in
+            _evaluate(model, tokenizer, tasks, limit, cache_dir, batch_size, progress, False).items()}
+
+
+def item_scores(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    tasks: Sequence[str],
+    limit: int | None,
+    cache_dir: Path,
+    batch_size: int = 8,
+    progress: Progress | None = None,
+) -> dict[str, list[float]]:
+    """Per item, in the task's order, the headline metric (e.g. 1.0 / 0.0 for acc): what a paired
+    comparison of two models on the same items needs. Built-in multiple-choice tasks only;
+    otherwise as `measure_capability`."""
+    specs = resolve_tasks(tasks)
+    for spec in specs:
+        if not isinstance(spec, CapabilityTask) or spec.fields.get("output_type") != "multiple_choice":
+            raise ConfigError(f"per-item scores are for built-in multiple-choice tasks, not {spec.name!r}")
+    return {name: items for name, (_, items) in
+            _evaluate(model, tokenizer, tasks, limit, cache_dir, batch_size, progress, True).items()}
+
+
+def _evaluate(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    tasks: Sequence[str],
+    limit: int | None,
+    cache_dir: Path,
+    batch_size: int,
+    progress: Progress | None,
+    per_item: bool,
+) -> dict[str, tuple[float, list[float]]]:
+    """{task: (headline score, per-item headline metric in document order, empty unless per_item)}."""
     specs = resolve_tasks(tasks)  # fail on a typo before touching the model
     if limit is not None and (isinstance(limit, bool) or limit < 1):
         raise ConfigError(f"capability limit must be >= 1 or None, got {limit}")
@@ -535,7 +570,7 @@ def measure_capability(
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    scores: dict[str, float] = {}
+    measured: dict[str, tuple[float, list[float]]] = {}
     with contextlib.ExitStack() as stack:
         stack.enter_context(_RUN_LOCK)
         stack.enter_context(_saved_rng())
@@ -562,16 +597,20 @@ def measure_capability(
                 if task_obj.get_config("num_fewshot") is None:
                     task_obj.set_config(key="num_fewshot", value=0)
                 task_obj.set_fewshot_seed(seed=FEWSHOT_SEED)
-            results = evaluate(lm=lm, task_dict=loaded, limit=limit, bootstrap_iters=0, log_samples=False)
+            results = evaluate(lm=lm, task_dict=loaded, limit=limit, bootstrap_iters=0, log_samples=per_item)
             score = _headline(results or {}, spec)
             if math.isnan(score):
                 log.warning("capability task %s gave NaN (no items?)", spec.name)
-            scores[spec.name] = score
+            items: list[float] = []
+            if per_item:
+                samples = sorted((results or {}).get("samples", {}).get(spec.name, []), key=lambda s: s["doc_id"])
+                items = [float(s[spec.metric]) for s in samples]
+            measured[spec.name] = (score, items)
             log.info("capability %s = %.4f (%s, limit %s, %.1f s)", spec.name, score, spec.metric,
                      limit, time.perf_counter() - started)
             if progress is not None:
                 progress(index + 1, len(specs), spec.name)
-    return scores
+    return measured
 
 
 # ---------------------------------------------------------------------------------------------

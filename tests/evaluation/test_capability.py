@@ -25,6 +25,7 @@ from locft.evaluation import capability
 from locft.evaluation.capability import (
     BaseCapabilityCache,
     base_capability,
+    item_scores,
     known_tasks,
     lower_is_better,
     measure_capability,
@@ -140,6 +141,20 @@ def test_every_builtin_task_runs_offline(model: torch.nn.Module, tokenizer: Any,
             assert 0.0 <= score <= 1.0, task
         else:
             assert math.isfinite(score) and score > 0, task  # bits per byte
+
+
+def test_item_scores_are_the_headline_per_item(model: torch.nn.Module, tokenizer: Any, twice: dict[str, Any],
+                                               tmp_path: Path) -> None:
+    # a paired comparison needs each item's result: they average to the headline score
+    items = item_scores(model, tokenizer, ["arc_easy", "piqa"], 10, tmp_path)
+    for task in ("arc_easy", "piqa"):
+        assert len(items[task]) == 10 and set(items[task]) <= {0.0, 1.0}
+        assert sum(items[task]) / 10 == pytest.approx(twice["first"][task])
+    # in document order: the first 8 items are the same questions with the same results
+    first = item_scores(model, tokenizer, ["arc_easy", "piqa"], 8, tmp_path)
+    assert first == {task: scores[:8] for task, scores in items.items()}
+    with pytest.raises(ConfigError, match="multiple-choice"):
+        item_scores(model, tokenizer, ["wiki_bpb"], 3, tmp_path)
 
 
 def test_unknown_task_is_a_config_error_listing_known_ones(tmp_path: Path) -> None:
