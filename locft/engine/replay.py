@@ -194,7 +194,8 @@ def replay_for(
 ) -> list[ReplayItem]:
     """The replay pool `cfg` asks for `n_facts` facts (empty when replay is off); call on the
     unedited model. Prompts come in a fixed order, so a larger pool extends a smaller one and
-    only the new prompts are generated."""
+    only the new prompts are generated. With edit.replay_raw_share, the items asked in the
+    training format come first, then those asked as plain text."""
     if not cfg.replay_ratio:  # None (unresolved) or 0: replay is off
         return []
     prompts = default_replay_prompts(replay_pool_size(cfg, n_facts), exclude, cfg.replay_pool)
