@@ -537,7 +537,7 @@ def item_scores(
     otherwise as `measure_capability`."""
     specs = resolve_tasks(tasks)
     for spec in specs:
-        if not isinstance(spec, CapabilityTask) or spec.fields.get("output_type") != "multiple_choice":
+        if not isinstance(spec, CapabilityTask) or spec.fields.get("output_type") != _MC:
             raise ConfigError(f"per-item scores are for built-in multiple-choice tasks, not {spec.name!r}")
     return {name: items for name, (_, items) in
             _evaluate(model, tokenizer, tasks, limit, cache_dir, batch_size, progress, True).items()}
