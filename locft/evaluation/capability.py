@@ -537,9 +537,39 @@ def item_scores(
     otherwise as `measure_capability`."""
     specs = resolve_tasks(tasks)
     for spec in specs:
-        if not isinstance(spec, CapabilityTask) or spec.fields.get("output_type") != _MC:
+        if not has_item_scores(spec.name):
             raise ConfigError(f"per-item scores are for built-in multiple-choice tasks, not {spec.name!r}")
-    return {name: items for name, (_, items) in
+    return {name: list(scored.items or ()) for name, scored in
+            task_scores(model, tokenizer, tasks, limit, cache_dir, batch_size, progress).items()}
+
+
+@dataclass(frozen=True)
+class TaskScore:
+    """A task's headline score and, for tasks with per-item scores (`has_item_scores`), the
+    headline metric of each item in document order (1.0 / 0.0 for acc); otherwise None."""
+
+    score: float
+    items: tuple[float, ...] | None = None
+
+
+def has_item_scores(task: str) -> bool:
+    """Built-in multiple-choice tasks: each item scores 1 or 0, so two models pair item by item."""
+    spec = resolve_task(task)
+    return isinstance(spec, CapabilityTask) and spec.fields.get("output_type") == _MC
+
+
+def task_scores(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    tasks: Sequence[str],
+    limit: int | None,
+    cache_dir: Path,
+    batch_size: int = 8,
+    progress: Progress | None = None,
+) -> dict[str, TaskScore]:
+    """As `measure_capability`, with each item's score where the task has them (same cost: lm-eval
+    keeps the per-document results it computes anyway)."""
+    return {name: TaskScore(score, tuple(items) if has_item_scores(name) else None) for name, (score, items) in
             _evaluate(model, tokenizer, tasks, limit, cache_dir, batch_size, progress, True).items()}
 
 
@@ -597,12 +627,13 @@ def _evaluate(
                 if task_obj.get_config("num_fewshot") is None:
                     task_obj.set_config(key="num_fewshot", value=0)
                 task_obj.set_fewshot_seed(seed=FEWSHOT_SEED)
-            results = evaluate(lm=lm, task_dict=loaded, limit=limit, bootstrap_iters=0, log_samples=per_item)
+            keep_items = per_item and has_item_scores(spec.name)
+            results = evaluate(lm=lm, task_dict=loaded, limit=limit, bootstrap_iters=0, log_samples=keep_items)
             score = _headline(results or {}, spec)
             if math.isnan(score):
                 log.warning("capability task %s gave NaN (no items?)", spec.name)
             items: list[float] = []
-            if per_item:
+            if keep_items:
                 samples = sorted((results or {}).get("samples", {}).get(spec.name, []), key=lambda s: s["doc_id"])
                 items = [float(s[spec.metric]) for s in samples]
             measured[spec.name] = (score, items)
@@ -625,7 +656,8 @@ def run_context(model: torch.nn.Module, batch_size: int) -> dict[str, str]:
 
 @dataclass
 class BaseCapabilityCache:
-    """Base-model capability scores as JSON files, one per (base fingerprint, task, limit, context).
+    """Base-model capability scores as JSON files, one per (base fingerprint, task, limit, context),
+    with the per-item scores where the task has them (what the paired capability gate compares).
 
     One file per task, so adding a task to the gate measures only that task. A corrupt or
     unreadable file is a miss, never an error.
@@ -650,7 +682,9 @@ class BaseCapabilityCache:
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
         return self.root / f"{digest}.json"
 
-    def get(self, base_fingerprint: str, task: str, limit: int | None, context: Mapping[str, str]) -> float | None:
+    def get(self, base_fingerprint: str, task: str, limit: int | None, context: Mapping[str, str]) -> TaskScore | None:
+        """The cached score; `items` is None when the record has none (older records, tasks
+        without per-item scores)."""
         key = self.key(base_fingerprint, task, limit, context)
         path = self._path(key)
         try:
@@ -660,17 +694,23 @@ class BaseCapabilityCache:
         except (OSError, ValueError) as exc:
             log.warning("ignoring unreadable capability cache %s: %s", path, exc)
             return None
-        if not isinstance(data, dict) or data.get("key") != key or not isinstance(data.get("score"), (int, float)):
+        items = data.get("items") if isinstance(data, dict) else None
+        if (not isinstance(data, dict) or data.get("key") != key or not isinstance(data.get("score"), (int, float))
+                or not (items is None or (isinstance(items, list)
+                                          and all(isinstance(v, (int, float)) for v in items)))):
             log.warning("ignoring capability cache %s: unexpected content", path)
             return None
-        return float(data["score"])
+        return TaskScore(float(data["score"]), None if items is None else tuple(float(v) for v in items))
 
     def put(self, base_fingerprint: str, task: str, limit: int | None, context: Mapping[str, str],
-            score: float) -> Path:
+            score: float | TaskScore) -> Path:
+        scored = score if isinstance(score, TaskScore) else TaskScore(float(score))
         key = self.key(base_fingerprint, task, limit, context)
         path = self._path(key)
-        record = {"key": key, "score": score,
-                  "measured_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+        record: dict[str, Any] = {"key": key, "score": scored.score,
+                                  "measured_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+        if scored.items is not None:
+            record["items"] = list(scored.items)
         _atomic_write_json(path, record)
         return path
 
@@ -712,23 +752,41 @@ def base_capability(
     Only tasks missing from the cache are run (`progress` then counts those); when all are cached,
     `progress(n, n, "")` is called once. NaN scores are returned but never cached.
     """
+    return {name: scored.score for name, scored in
+            base_task_scores(model, tokenizer, base_fingerprint, tasks, limit, cache_dir, batch_size,
+                             progress, need_items=False).items()}
+
+
+def base_task_scores(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    base_fingerprint: str,
+    tasks: Sequence[str],
+    limit: int | None,
+    cache_dir: Path,
+    batch_size: int = 8,
+    progress: Progress | None = None,
+    need_items: bool = True,
+) -> dict[str, TaskScore]:
+    """As `base_capability`, with per-item scores for the tasks that have them. With `need_items`,
+    a cached record without items (written before they were kept) is measured again, once."""
     specs = resolve_tasks(tasks)
     cache = BaseCapabilityCache(Path(cache_dir))
     context = run_context(model, batch_size)
-    scores: dict[str, float] = {}
+    scores: dict[str, TaskScore] = {}
     missing: list[str] = []
     for spec in specs:
         cached = cache.get(base_fingerprint, spec.name, limit, context)
-        if cached is None:
+        if cached is None or (need_items and cached.items is None and has_item_scores(spec.name)):
             missing.append(spec.name)
         else:
             scores[spec.name] = cached
     if missing:
         log.info("measuring base capability for %s (not cached)", ", ".join(missing))
-        measured = measure_capability(model, tokenizer, missing, limit, cache_dir, batch_size, progress)
-        for name, score in measured.items():
-            if not math.isnan(score):
-                cache.put(base_fingerprint, name, limit, context, score)
+        measured = task_scores(model, tokenizer, missing, limit, cache_dir, batch_size, progress)
+        for name, scored in measured.items():
+            if not math.isnan(scored.score):
+                cache.put(base_fingerprint, name, limit, context, scored)
         scores |= measured
     elif progress is not None:
         progress(len(specs), len(specs), "")

@@ -24,12 +24,16 @@ from locft.errors import ConfigError
 from locft.evaluation import capability
 from locft.evaluation.capability import (
     BaseCapabilityCache,
+    TaskScore,
     base_capability,
+    base_task_scores,
+    has_item_scores,
     item_scores,
     known_tasks,
     lower_is_better,
     measure_capability,
     resolve_task,
+    task_scores,
 )
 from tests.tiny_model import embedded_tokenizer_source
 
@@ -249,19 +253,46 @@ def test_base_scores_are_measured_once_then_cached(
     files = sorted((tmp_path / "capability-base").iterdir())
     assert len(files) == 4 and all(f.suffix == ".json" for f in files)  # no temp files left
     record = json.loads(files[0].read_text())
-    assert set(record) == {"key", "score", "measured_at"}
+    assert set(record) == {"key", "score", "measured_at", "items"}  # items: what the paired gate compares
+    assert len(record["items"]) == record["key"]["limit"]
+    assert sum(record["items"]) / len(record["items"]) == pytest.approx(record["score"])
     assert {"base_fingerprint", "task", "limit", "spec", "dtype", "device", "batch_size"} <= set(record["key"])
+
+
+def test_base_items_missing_from_an_older_record_are_measured_once(
+    model: torch.nn.Module, tokenizer: Any, tmp_path: Path, evaluate_spy: _Spy
+) -> None:
+    cache = BaseCapabilityCache(tmp_path)
+    context = capability.run_context(model, 8)
+    cache.put("fp-base", "arc_easy", 5, context, 0.4)  # as written before items were kept
+    assert base_capability(model, tokenizer, "fp-base", ["arc_easy"], 5, tmp_path) == {"arc_easy": 0.4}
+    assert evaluate_spy.tasks == []  # a score is all base_capability needs
+
+    scored = base_task_scores(model, tokenizer, "fp-base", ["arc_easy"], 5, tmp_path)["arc_easy"]
+    assert evaluate_spy.tasks == ["arc_easy"] and scored.items is not None and len(scored.items) == 5
+    assert base_task_scores(model, tokenizer, "fp-base", ["arc_easy"], 5, tmp_path) == {"arc_easy": scored}
+    assert evaluate_spy.tasks == ["arc_easy"]  # now cached with its items
+
+
+def test_task_scores_keep_items_only_where_items_pair(model: torch.nn.Module, tokenizer: Any,
+                                                     tmp_path: Path) -> None:
+    scored = task_scores(model, tokenizer, ["arc_easy", "wiki_bpb"], 4, tmp_path)
+    assert scored["wiki_bpb"].items is None and math.isfinite(scored["wiki_bpb"].score)
+    assert item_scores(model, tokenizer, ["arc_easy"], 4, tmp_path) == {"arc_easy": list(scored["arc_easy"].items or ())}
+    assert has_item_scores("openbookqa") and not has_item_scores("wiki_bpb") and not has_item_scores("lm_eval:gsm8k")
 
 
 def test_corrupt_or_foreign_cache_file_is_a_miss(tmp_path: Path) -> None:
     cache = BaseCapabilityCache(tmp_path)
     context = {"dtype": "torch.float32", "device": "cpu", "batch_size": "8"}
     path = cache.put("fp", "piqa", 10, context, 0.625)
-    assert cache.get("fp", "piqa", 10, context) == 0.625
+    assert cache.get("fp", "piqa", 10, context) == TaskScore(0.625, None)
     assert cache.get("fp", "piqa", 10, {**context, "batch_size": "4"}) is None
     path.write_text("{not json")
     assert cache.get("fp", "piqa", 10, context) is None
     path.write_text(json.dumps({"key": {"other": 1}, "score": 0.5}))
+    assert cache.get("fp", "piqa", 10, context) is None
+    path.write_text(json.dumps({"key": cache.key("fp", "piqa", 10, context), "score": 0.5, "items": "1,0"}))
     assert cache.get("fp", "piqa", 10, context) is None
 
 
