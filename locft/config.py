@@ -162,7 +162,14 @@ class GatePolicy:
     max_retention_drop: float = 0.02  # facts the promoted version knew, still active
     max_capability_drop: float = 0.02  # lm-eval score drop vs the base model (absolute)
     capability_tasks: tuple[str, ...] = ("arc_easy", "piqa")
-    capability_limit: int | None = 200  # items per task; None = whole split
+    # first N items per task; None = whole split. 2000 covers ARC-Easy (570) and PIQA (1,838)
+    # whole: 200 items cannot resolve a 2-point drop (bench/results/quality/capability_gate_rules.md)
+    capability_limit: int | None = 2000
+    # paired: a drop over max_capability_drop fails only when it is also significant (one-sided
+    # exact sign test on the items that changed answer, p < capability_alpha); point: any drop
+    # over the threshold fails. Tasks without per-item scores (wiki_bpb, lm_eval:*) use point.
+    capability_test: Literal["paired", "point"] = "paired"
+    capability_alpha: float = 0.05
     reliability_sample: int = 2000  # above this many active facts, a seeded sample is measured
     probe_set_size: int = 100  # fixed probe prompts recorded from the base model
 
@@ -175,6 +182,8 @@ class GatePolicy:
             raise ConfigError("gates.min_generalization must be within [0, 1]")
         if self.capability_limit is not None and self.capability_limit < 1:
             raise ConfigError("gates.capability_limit must be >= 1")
+        if not 0 < self.capability_alpha < 1:
+            raise ConfigError(f"gates.capability_alpha must be within (0, 1), got {self.capability_alpha}")
 
 
 @dataclass(frozen=True)
@@ -401,7 +410,9 @@ CONFIG_TEMPLATE = """\
 # max_retention_drop = 0.02
 # max_capability_drop = 0.02
 # capability_tasks = ["arc_easy", "piqa"]
-# capability_limit = 200
+# capability_limit = 2000    # first N items per task: ARC-Easy and PIQA whole (200: 5x quicker, far noisier)
+# capability_test = "paired" # paired: a drop over the max fails only if also significant (p < alpha) | point
+# capability_alpha = 0.05
 
 [schedule]
 # cron = "0 2 * * *"         # nightly at 02:00 local time; "off": no scheduled rounds

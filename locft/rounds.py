@@ -32,7 +32,7 @@ import random
 import shutil
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Sequence
 
@@ -41,7 +41,7 @@ from locft.errors import LocftError
 from locft.facts import fact_set_digest
 from locft.home import Home
 from locft.locks import PidLock, round_lock
-from locft.policies.gating import GateMetrics, Verdict, judge
+from locft.policies.gating import GateMetrics, PairedCounts, Verdict, judge
 from locft.policies.schedule import RoundDecision, Trigger, decide_round
 
 if TYPE_CHECKING:
@@ -430,7 +430,7 @@ def _measure(
 ) -> tuple[GateMetrics, dict[str, Any]]:
     """Every gate measurement of the candidate; returns GateMetrics and the report's details."""
     from locft.engine.weights import applied
-    from locft.evaluation.capability import base_capability, lower_is_better, measure_capability
+    from locft.evaluation.capability import base_task_scores, lower_is_better, task_scores
     from locft.evaluation.editing import evaluate_edits, token_agreement
     from locft.engine.generate import greedy_generate
     from locft.evaluation.probes import FIXED_PROBE_PROMPTS, base_answers
@@ -492,6 +492,7 @@ def _measure(
     tasks = list(policy.capability_tasks)
     cand_scores: dict[str, float] = {}
     base_scores: dict[str, float] = {}
+    pairs: dict[str, PairedCounts] = {}
     if tasks:
         check_stop()
         cap_dir = home.cache_dir
@@ -501,13 +502,23 @@ def _measure(
 
         emit(RoundProgress("capability_base", 0, len(tasks), "base model capability (cached per base)"))
         with clock.phase("capability_base"):
-            base_scores = base_capability(loaded.model, loaded.tokenizer, loaded.fingerprint, tasks,
-                                          policy.capability_limit, cap_dir, progress=on_cap("capability_base"))
+            base_scored = base_task_scores(loaded.model, loaded.tokenizer, loaded.fingerprint, tasks,
+                                           policy.capability_limit, cap_dir, progress=on_cap("capability_base"))
         check_stop()
         emit(RoundProgress("capability", 0, len(tasks), "candidate capability (lm-eval)"))
         with clock.phase("capability"), applied(loaded.model, tensors):
-            cand_scores = measure_capability(loaded.model, loaded.tokenizer, tasks, policy.capability_limit,
-                                             cap_dir, progress=on_cap("capability"))
+            cand_scored = task_scores(loaded.model, loaded.tokenizer, tasks, policy.capability_limit,
+                                      cap_dir, progress=on_cap("capability"))
+        base_scores = {k: v.score for k, v in base_scored.items()}
+        cand_scores = {k: v.score for k, v in cand_scored.items()}
+        for task in tasks:
+            base_items, cand_items = base_scored[task].items, cand_scored[task].items
+            if base_items is None or cand_items is None:
+                continue
+            try:
+                pairs[task] = PairedCounts.from_items(base_items, cand_items)
+            except ValueError as exc:  # the gate then uses the point rule and says so
+                log.warning("capability %s: no paired comparison: %s", task, exc)
 
     n_facts = len(entries)
     metrics = GateMetrics(
@@ -521,6 +532,7 @@ def _measure(
         capability=cand_scores,
         base_capability=base_scores,
         capability_lower_is_better=lower_is_better(tasks) if tasks else frozenset(),
+        capability_pairs=pairs,
         promoted_version=promoted.id if promoted.id != 0 else None,
     )
     report = {
@@ -533,7 +545,9 @@ def _measure(
         },
         # what the NEXT round's retention gate checks against
         "correct_revision_ids": sorted(r for r, ok in correct.items() if ok),
-        "capability": {"candidate": cand_scores, "base": base_scores, "limit": policy.capability_limit},
+        "capability": {"candidate": cand_scores, "base": base_scores, "limit": policy.capability_limit,
+                       "test": policy.capability_test,
+                       "pairs": {k: {**asdict(v), "p_worse": v.p_worse} for k, v in pairs.items()}},
     }
     for name, value in (("reliability", metrics.reliability), ("locality", metrics.locality)):
         if value is not None and math.isnan(value):

@@ -25,6 +25,8 @@ def test_template_parses_to_defaults(tmp_path: Path) -> None:
         ({"edit": {"prompt_format": "xml"}}, "one of"),
         ({"edit": {"layers": [-1]}}, "layers"),
         ({"gates": {"min_reliability": 1.5}}, "min_reliability"),
+        ({"gates": {"capability_alpha": 0}}, "capability_alpha"),
+        ({"gates": {"capability_test": "t-test"}}, "'paired', 'point'"),
         ({"serve": {"host": "0.0.0.0"}}, "api_token"),
         ({"schedule": {"cron": "every night"}}, "cron"),
     ],

@@ -191,6 +191,14 @@ def test_capability_gate_runs_lm_eval_and_caches_base_scores(home: Home, store: 
     assert set(result.metrics.capability) == {"arc_easy"} and set(result.metrics.base_capability) == {"arc_easy"}
     assert "capability:arc_easy" in {c.name for c in result.verdict.checks}  # type: ignore[union-attr]
     assert result.timings["capability"] > 0 and result.timings["capability_base"] > 0
+    # the paired gate's counts: the same 4 items for base and candidate, consistent with the scores
+    pairs = result.metrics.capability_pairs["arc_easy"]
+    assert pairs.n_items == 4
+    drop = result.metrics.base_capability["arc_easy"] - result.metrics.capability["arc_easy"]
+    assert (pairs.lost - pairs.gained) / 4 == pytest.approx(drop)
+    stored = store.get_version(result.version_id).gate  # type: ignore[arg-type]
+    assert stored is not None and stored.report["capability"]["pairs"]["arc_easy"]["n_items"] == 4
+    assert stored.report["capability"]["test"] == "paired"
     cached = list((home.cache_dir / "capability-base").glob("*.json"))
     assert len(cached) == 1 and json.loads(cached[0].read_text())["key"]["task"] == "arc_easy"
 

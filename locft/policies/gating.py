@@ -13,7 +13,14 @@ Rules (thresholds from `locft.config.GatePolicy`):
   facts to retain;
 - for every capability task: drop vs the base model <= max_capability_drop, where the drop is
   base - candidate (candidate - base for tasks whose score improves downwards, e.g. bits per byte).
-  A task score missing on either side is a failed check, never a silent pass.
+  A task score missing on either side is a failed check, never a silent pass. With
+  `capability_test = "paired"` (the default) and per-item scores for the task, a drop over the
+  threshold fails only when it is also significant: a one-sided exact sign test on the items
+  whose answer changed (lost: right for the base, wrong for the candidate; gained: the reverse)
+  gives p < capability_alpha. Why: an edited 135M model changes about 1 in 10 ARC-Easy answers
+  in both directions, so a candidate with no real loss shows a drop over 0.02 on 200 items about
+  one round in seven; the sign test holds that chance under alpha. Tasks without per-item scores
+  fall back to the point rule and say so (bench/results/quality/capability_gate_rules.md).
 
 `None` means "not measured" (an optional gate is then skipped and says so); NaN means the
 measurement broke and never passes. A value exactly at its threshold passes.
@@ -22,7 +29,7 @@ measurement broke and never passes. A value exactly at its threshold passes.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -30,6 +37,44 @@ from locft.config import GatePolicy
 
 # Scores are sums of ratios: 1 - 0.98 is 0.020000000000000018. A value "at" the threshold passes.
 EPSILON = 1e-9
+
+
+@dataclass(frozen=True)
+class PairedCounts:
+    """Base and candidate on the same items of one task: how many answers moved, which way."""
+
+    n_items: int
+    lost: int  # right for the base, wrong for the candidate
+    gained: int  # wrong for the base, right for the candidate
+
+    def __post_init__(self) -> None:
+        if min(self.n_items, self.lost, self.gained) < 0 or self.lost + self.gained > self.n_items:
+            raise ValueError(f"impossible paired counts {self}")
+
+    @classmethod
+    def from_items(cls, base: Sequence[float], candidate: Sequence[float]) -> PairedCounts:
+        """From per-item 0/1 scores of the two models on the same items, in the same order."""
+        if len(base) != len(candidate):
+            raise ValueError(f"paired items differ in number: base {len(base)}, candidate {len(candidate)}")
+        if any(v not in (0.0, 1.0) for v in (*base, *candidate)):
+            raise ValueError("paired items must score 0 or 1")
+        lost = sum(1 for b, c in zip(base, candidate) if b > c)
+        gained = sum(1 for b, c in zip(base, candidate) if c > b)
+        return cls(len(base), lost, gained)
+
+    @property
+    def p_worse(self) -> float:
+        """One-sided exact sign test: P(at least `lost` of the changed answers were losses) if a
+        change were equally likely either way (the candidate no worse than the base)."""
+        return sign_test_p(self.lost, self.gained)
+
+
+def sign_test_p(lost: int, gained: int) -> float:
+    """P(X >= lost) for X ~ Binomial(lost + gained, 1/2); 1.0 when nothing changed."""
+    n = lost + gained
+    if n == 0:
+        return 1.0
+    return sum(math.comb(n, k) for k in range(lost, n + 1)) / 2**n  # exact integers, one rounding
 
 
 @dataclass(frozen=True)
@@ -49,6 +94,8 @@ class GateMetrics:
     base_capability: Mapping[str, float] = field(default_factory=dict)
     # capability tasks whose score improves downwards (see evaluation.capability.lower_is_better)
     capability_lower_is_better: frozenset[str] = frozenset()
+    # per task, base vs candidate item by item (tasks with per-item scores only)
+    capability_pairs: Mapping[str, PairedCounts] = field(default_factory=dict)
     promoted_version: int | None = None  # only for the wording of reasons
 
     def to_dict(self) -> dict[str, Any]:
@@ -56,6 +103,7 @@ class GateMetrics:
         data["capability"] = dict(self.capability)
         data["base_capability"] = dict(self.base_capability)
         data["capability_lower_is_better"] = sorted(self.capability_lower_is_better)
+        data["capability_pairs"] = {k: asdict(v) for k, v in self.capability_pairs.items()}
         return _json_safe(data)
 
     @classmethod
@@ -67,6 +115,7 @@ class GateMetrics:
         values["capability"] = {k: _num(v) for k, v in (values.get("capability") or {}).items()}
         values["base_capability"] = {k: _num(v) for k, v in (values.get("base_capability") or {}).items()}
         values["capability_lower_is_better"] = frozenset(values.get("capability_lower_is_better") or ())
+        values["capability_pairs"] = {k: PairedCounts(**v) for k, v in (values.get("capability_pairs") or {}).items()}
         return cls(**values)
 
 
@@ -210,13 +259,30 @@ def _capability(task: str, policy: GatePolicy, m: GateMetrics) -> Check:
         return Check(name, math.nan, limit, False, f"{task}: score is nan (candidate {fmt(cand)}, base {fmt(base)})")
     lower = task in m.capability_lower_is_better
     drop = cand - base if lower else base - cand
-    direction = " (lower is better)" if lower else ""
+    head = f"{task} {fmt(cand)} vs base {fmt(base)}{' (lower is better)' if lower else ''}"
+    pairs = m.capability_pairs.get(task) if policy.capability_test == "paired" else None
+    unpaired = " (no per-item scores: point rule)" if policy.capability_test == "paired" and pairs is None else ""
     if drop <= limit + EPSILON:
         change = f"better by {fmt(-drop)}" if drop < 0 else f"worse by {fmt(drop)} <= {fmt(limit)}"
-        return Check(name, drop, limit, True, f"{task} {fmt(cand)} vs base {fmt(base)}{direction}: {change}")
+        return Check(name, drop, limit, True, f"{head}: {change}{_moved(pairs)}{unpaired}")
     shown, allowed = _fmt_apart(drop, limit)
+    if pairs is None:
+        return Check(name, drop, limit, False, f"{head}: worse by {shown} > {allowed}{unpaired}")
+    p, alpha = pairs.p_worse, policy.capability_alpha
+    if p >= alpha:
+        return Check(name, drop, limit, True,
+                     f"{head}: worse by {shown} > {allowed}, but not significant{_moved(pairs)}, "
+                     f"p {_p(p)} >= {fmt(alpha)}")
     return Check(name, drop, limit, False,
-                 f"{task} {fmt(cand)} vs base {fmt(base)}{direction}: worse by {shown} > {allowed}")
+                 f"{head}: worse by {shown} > {allowed}, significant{_moved(pairs)}, p {_p(p)} < {fmt(alpha)}")
+
+
+def _moved(pairs: PairedCounts | None) -> str:
+    return "" if pairs is None else f" ({pairs.lost} lost, {pairs.gained} gained of {pairs.n_items} items)"
+
+
+def _p(value: float) -> str:
+    return f"{value:.2g}" if value < 0.001 else fmt(value, 3)
 
 
 def capability_tasks(policy: GatePolicy, metrics: GateMetrics) -> list[str]:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from locft.config import GatePolicy
-from locft.policies.gating import Check, GateMetrics, Verdict, fmt, judge
+from locft.policies.gating import Check, GateMetrics, PairedCounts, Verdict, fmt, judge, sign_test_p
 
 NAN = math.nan
 POLICY = GatePolicy()  # reliability 0.95, locality 0.80, retention drop 0.02, capability drop 0.02
@@ -75,6 +75,25 @@ TABLE: list[tuple[str, dict[str, Any], dict[str, Any], bool, list[str]]] = [
     ("bpb fall passes", {"capability_tasks": ("wiki_bpb",)},
      {"capability": {"wiki_bpb": 0.90}, "base_capability": {"wiki_bpb": 1.00},
       "capability_lower_is_better": frozenset({"wiki_bpb"})}, True, []),
+    # paired (the default): a drop over the max fails only when the sign test says it is real
+    ("paired: drop over max, not significant", {},
+     {"capability": {"arc_easy": 0.46, "piqa": 0.64}, "capability_pairs": {"arc_easy": PairedCounts(200, 14, 6)}},
+     True, []),
+    ("paired: drop over max, significant", {},
+     {"capability": {"arc_easy": 0.46, "piqa": 0.64}, "capability_pairs": {"arc_easy": PairedCounts(200, 9, 1)}},
+     False, ["capability:arc_easy"]),
+    ("paired: a stricter alpha lets it pass", {"capability_alpha": 0.01},
+     {"capability": {"arc_easy": 0.46, "piqa": 0.64}, "capability_pairs": {"arc_easy": PairedCounts(200, 9, 1)}},
+     True, []),
+    ("paired: significant but within max", {},
+     {"capability": {"arc_easy": 0.49, "piqa": 0.64}, "capability_pairs": {"arc_easy": PairedCounts(200, 2, 0)}},
+     True, []),
+    ("point: the pairs are ignored", {"capability_test": "point"},
+     {"capability": {"arc_easy": 0.46, "piqa": 0.64}, "capability_pairs": {"arc_easy": PairedCounts(200, 14, 6)}},
+     False, ["capability:arc_easy"]),
+    ("paired: a missing score still fails", {},
+     {"capability": {"arc_easy": 0.5}, "capability_pairs": {"piqa": PairedCounts(200, 0, 0)}},
+     False, ["capability:piqa"]),
     ("bpb rise at max", {"capability_tasks": ("wiki_bpb",)},
      {"capability": {"wiki_bpb": 1.02}, "base_capability": {"wiki_bpb": 1.00},
       "capability_lower_is_better": frozenset({"wiki_bpb"})}, True, []),
@@ -102,7 +121,12 @@ def test_verdict_table(policy_changes: dict[str, Any], metric_changes: dict[str,
         ({"locality": 0.7512}, "locality 0.7512 < 0.8"),
         ({"reliability": NAN}, "reliability is nan (measurement failed; needs >= 0.95)"),
         ({"retention": 0.95}, "retention 0.95: the candidate lost 5% of 40 facts version 3 answered (max 2%)"),
-        ({"capability": {"arc_easy": 0.46, "piqa": 0.64}}, "arc_easy 0.46 vs base 0.5: worse by 0.04 > 0.02"),
+        ({"capability": {"arc_easy": 0.46, "piqa": 0.64}},
+         "arc_easy 0.46 vs base 0.5: worse by 0.04 > 0.02 (no per-item scores: point rule)"),
+        ({"capability": {"arc_easy": 0.46, "piqa": 0.64},
+          "capability_pairs": {"arc_easy": PairedCounts(200, 9, 1), "piqa": PairedCounts(200, 5, 5)}},
+         "arc_easy 0.46 vs base 0.5: worse by 0.04 > 0.02, significant (9 lost, 1 gained of 200 items),"
+         " p 0.011 < 0.05"),
         ({"capability": {"arc_easy": 0.5}}, "piqa: no score for the candidate (a missing score fails)"),
     ],
 )
@@ -137,6 +161,38 @@ def test_metrics_round_trip() -> None:
     metrics = good(capability_lower_is_better=frozenset({"wiki_bpb"}))
     again = GateMetrics.from_dict(json.loads(json.dumps(metrics.to_dict(), allow_nan=False)))
     assert again == metrics
+
+
+def test_metrics_with_pairs_round_trip() -> None:
+    metrics = good(capability_pairs={"arc_easy": PairedCounts(200, 14, 6)})
+    again = GateMetrics.from_dict(json.loads(json.dumps(metrics.to_dict(), allow_nan=False)))
+    assert again == metrics and isinstance(again.capability_pairs["arc_easy"], PairedCounts)
+    older = {k: v for k, v in metrics.to_dict().items() if k != "capability_pairs"}  # stored before pairs
+    assert GateMetrics.from_dict(older).capability_pairs == {}
+
+
+@pytest.mark.parametrize("lost, gained, p", [
+    (0, 0, 1.0), (1, 0, 0.5), (0, 1, 1.0), (5, 0, 1 / 32), (3, 3, 42 / 64), (9, 1, 11 / 1024),
+])
+def test_sign_test_is_the_exact_one_sided_binomial_tail(lost: int, gained: int, p: float) -> None:
+    assert sign_test_p(lost, gained) == pytest.approx(p, rel=1e-12)
+    assert PairedCounts(200, lost, gained).p_worse == sign_test_p(lost, gained)
+
+
+def test_sign_test_stays_exact_on_whole_splits() -> None:
+    # PIQA's 1,838 items: big integers, no overflow, no underflow to a wrong 0 or 1
+    assert 0.0 < sign_test_p(1000, 838) < 1e-3
+    assert sign_test_p(919, 919) == pytest.approx(0.5 + math.comb(1838, 919) / 2**1838 / 2, rel=1e-12)
+
+
+def test_paired_counts_from_items() -> None:
+    assert PairedCounts.from_items([1, 1, 0, 0, 1], [1, 0, 1, 0, 0]) == PairedCounts(5, 2, 1)
+    with pytest.raises(ValueError, match="differ in number"):
+        PairedCounts.from_items([1, 0], [1])
+    with pytest.raises(ValueError, match="0 or 1"):
+        PairedCounts.from_items([0.5], [1])
+    with pytest.raises(ValueError, match="impossible"):
+        PairedCounts(3, 2, 2)
 
 
 def test_a_failed_measurement_stays_failed_after_storage() -> None:
