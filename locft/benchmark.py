@@ -10,7 +10,7 @@ import platform
 import resource
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -37,7 +37,7 @@ class BenchSpec:
     eval_sample: int | None = None
     # General capability (the gate's lm-eval suite) of the edited model against the base; () = skip.
     capability_tasks: tuple[str, ...] = ()
-    capability_limit: int | None = 200  # items per task, as the gate's default; None = whole split
+    capability_limit: int | None = 200  # items per task (quick; the gate scores 2000); None = whole split
     # keep the trained tensors as a snapshot directory (servable, comparable later); None = not kept
     save_snapshot: Path | None = None
 
@@ -63,21 +63,29 @@ def environment() -> dict[str, Any]:
 
 def _capability(loaded: Any, tensors: dict[str, Any], spec: BenchSpec,
                 emit: Callable[[str, Any], None]) -> dict[str, Any]:
-    """The gate's capability measurement, outside a round: base (cached per fingerprint) and edited."""
+    """The gate's capability measurement, outside a round: base (cached per fingerprint) and edited,
+    with the paired counts the gate tests (items lost and gained, one-sided sign-test p)."""
     from locft.engine.weights import applied
-    from locft.evaluation.capability import base_capability, measure_capability
+    from locft.evaluation.capability import base_task_scores, task_scores
+    from locft.policies.gating import PairedCounts
 
     tasks, limit, cache = list(spec.capability_tasks), spec.capability_limit, spec.home / "cache"
 
     def progress(which: str) -> Callable[[int, int, str], None]:  # lm-eval reports once per task
         return lambda done, total, _task: emit("capability", (f"capability tasks, {which}", done, total))
 
-    base = base_capability(loaded.model, loaded.tokenizer, loaded.fingerprint, tasks, limit, cache,
-                           progress=progress("base"))
+    base = base_task_scores(loaded.model, loaded.tokenizer, loaded.fingerprint, tasks, limit, cache,
+                            progress=progress("base"))
     with applied(loaded.model, tensors):
-        edited = measure_capability(loaded.model, loaded.tokenizer, tasks, limit, cache, progress=progress("edited"))
-    return {"tasks": tasks, "limit": limit, "base": base, "edited": edited,
-            "difference": {t: round(edited[t] - base[t], 4) for t in tasks}}
+        edited = task_scores(loaded.model, loaded.tokenizer, tasks, limit, cache, progress=progress("edited"))
+    paired: dict[str, dict[str, Any]] = {}
+    for t in tasks:
+        if base[t].items is not None and edited[t].items is not None:
+            counts = PairedCounts.from_items(base[t].items, edited[t].items)
+            paired[t] = {**asdict(counts), "p_worse": round(counts.p_worse, 4)}
+    return {"tasks": tasks, "limit": limit, "base": {t: base[t].score for t in tasks},
+            "edited": {t: edited[t].score for t in tasks},
+            "difference": {t: round(edited[t].score - base[t].score, 4) for t in tasks}, "paired": paired}
 
 
 def run_benchmark(spec: BenchSpec, on_event: Callable[[str, Any], None] | None = None) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from locft.benchmark import BenchSpec, run_benchmark
@@ -83,6 +84,9 @@ def test_bench_scores_capability_of_base_and_edited_model(tiny_model_dir: Path, 
     assert capability["tasks"] == ["arc_easy"] and capability["limit"] == 3
     base, edited = capability["base"]["arc_easy"], capability["edited"]["arc_easy"]
     assert capability["difference"]["arc_easy"] == round(edited - base, 4)
+    pair = capability["paired"]["arc_easy"]  # what the paired gate tests, item by item
+    assert pair["n_items"] == 3 and (pair["lost"] - pair["gained"]) / 3 == pytest.approx(base - edited)
+    assert f"{pair['lost']} lost, {pair['gained']} gained of 3" in result.output
     assert "arc_easy (base -> edited)" in result.output and "- training on 4 facts" in result.output
     assert list(record["peak_memory_bytes_after"])[-1] == "capability" and record["seconds"]["capability"] > 0
     assert list((home.root / "cache" / "capability-base").iterdir())  # the base's scores are cached

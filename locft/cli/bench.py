@@ -37,7 +37,10 @@ def _table(record: dict[str, Any]) -> str:
     capability = record.get("capability")
     for task in capability["tasks"] if capability else ():
         base, edited = capability["base"][task], capability["edited"][task]
-        rows.append((f"{task} (base -> edited)", f"{base:.3f} -> {edited:.3f} ({edited - base:+.3f})"))
+        pair = (capability.get("paired") or {}).get(task)
+        moved = (f"; {pair['lost']} lost, {pair['gained']} gained of {pair['n_items']}, p {pair['p_worse']:.3g}"
+                 if pair else "")
+        rows.append((f"{task} (base -> edited)", f"{base:.3f} -> {edited:.3f} ({edited - base:+.3f}{moved})"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"  {k:<{width}}  {f(v)}" for k, v in rows)
 
@@ -74,7 +77,8 @@ def _table(record: dict[str, Any]) -> str:
               help="Also score general capability, base and edited, on these lm-eval tasks "
                    "(comma-separated, e.g. arc_easy,piqa: the gate's suite; all offline).")
 @click.option("--capability-limit", type=click.IntRange(min=1), default=200, show_default=True,
-              help="First N items of each capability task (the gate's default).")
+              help="First N items of each capability task (quick; the gate scores 2000: "
+                   "ARC-Easy and PIQA whole).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads (default: all cores).")
 @click.option("--save-snapshot", type=click.Path(path_type=Path), default=None, metavar="DIR",
               help="Keep the trained tensors as a snapshot in this new directory (to ask, serve, export or "
