@@ -500,15 +500,25 @@ def _measure(
         def on_cap(which: str) -> Callable[[int, int, str], None]:
             return lambda done, total, task: emit(RoundProgress(which, done, total, task))
 
+        def on_requests(which: str) -> Callable[[int, int, str], None]:
+            # Whole splits take minutes a task on a CPU: show the answer choices scored, and stop
+            # there when asked rather than after the task.
+            def report(done: int, total: int, task: str) -> None:
+                emit(RoundProgress(which, done, total, f"{task}, task {tasks.index(task) + 1} of {len(tasks)}, "
+                                                       "answer choices scored"))
+                check_stop()
+            return report
+
         emit(RoundProgress("capability_base", 0, len(tasks), "base model capability (cached per base)"))
         with clock.phase("capability_base"):
             base_scored = base_task_scores(loaded.model, loaded.tokenizer, loaded.fingerprint, tasks,
-                                           policy.capability_limit, cap_dir, progress=on_cap("capability_base"))
+                                           policy.capability_limit, cap_dir, progress=on_cap("capability_base"),
+                                           request_progress=on_requests("capability_base"))
         check_stop()
         emit(RoundProgress("capability", 0, len(tasks), "candidate capability (lm-eval)"))
         with clock.phase("capability"), applied(loaded.model, tensors):
             cand_scored = task_scores(loaded.model, loaded.tokenizer, tasks, policy.capability_limit,
-                                      cap_dir, progress=on_cap("capability"))
+                                      cap_dir, progress=on_cap("capability"), request_progress=on_requests("capability"))
         base_scores = {k: v.score for k, v in base_scored.items()}
         cand_scores = {k: v.score for k, v in cand_scored.items()}
         for task in tasks:

@@ -185,10 +185,14 @@ def test_capability_gate_runs_lm_eval_and_caches_base_scores(home: Home, store: 
     )
     home.config_path.write_text(text)
     add(store, FACTS[:2])
-    result = run(home, store, loaded)
+    seen: list[RoundProgress] = []
+    result = run(home, store, loaded, progress=seen.append)
     assert result.outcome == "promoted", result.reason
     assert result.metrics is not None
     assert set(result.metrics.capability) == {"arc_easy"} and set(result.metrics.base_capability) == {"arc_easy"}
+    # within each model's task: the answer choices scored so far (4 ARC-Easy items have 16 choices)
+    scored = [(p.done, p.total) for p in seen if p.phase == "capability" and "answer choices" in p.detail]
+    assert scored and scored[-1][0] == scored[-1][1] >= 4 and scored == sorted(scored)
     assert "capability:arc_easy" in {c.name for c in result.verdict.checks}  # type: ignore[union-attr]
     assert result.timings["capability"] > 0 and result.timings["capability_base"] > 0
     # the paired gate's counts: the same 4 items for base and candidate, consistent with the scores
@@ -201,6 +205,21 @@ def test_capability_gate_runs_lm_eval_and_caches_base_scores(home: Home, store: 
     assert stored.report["capability"]["test"] == "paired"
     cached = list((home.cache_dir / "capability-base").glob("*.json"))
     assert len(cached) == 1 and json.loads(cached[0].read_text())["key"]["task"] == "arc_easy"
+
+
+def test_stop_during_the_capability_gate_interrupts_it(home: Home, store: Store, loaded: LoadedModel) -> None:
+    import lm_eval.models.huggingface as hf
+
+    bar_before = hf.tqdm
+    home.config_path.write_text(home.config_path.read_text().replace(
+        "capability_tasks = []", 'capability_tasks = ["arc_easy"]\ncapability_limit = 6'))
+    add(store, FACTS[:2])
+    phases: list[str] = []
+    result = run(home, store, loaded, progress=lambda p: phases.append(p.phase),
+                 should_stop=lambda: "capability" in phases)  # inside lm-eval, at its first report
+    assert result.outcome == "interrupted" and phases[-1] == "capability"
+    assert store.get_version(result.version_id).state == "rejected"  # type: ignore[arg-type]
+    assert hf.tqdm is bar_before  # lm-eval left as found
 
 
 def test_retracting_every_fact_builds_an_empty_version(home: Home, store: Store, loaded: LoadedModel) -> None:

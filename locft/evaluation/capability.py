@@ -70,6 +70,10 @@ FEWSHOT_SEED = 1234  # lm-eval's default; only seeds a task-local sampler (we ru
 
 # progress(done_tasks, total_tasks, task_name): called after each task has been measured.
 Progress = Callable[[int, int, str], None]
+# request_progress(done, total, task_name): within a task, the model calls lm-eval made so far
+# (one per answer choice), at most about a hundred times a task. Whatever it raises stops the
+# run (e.g. a round being stopped); the caller's state is restored as on any error.
+RequestProgress = Callable[[int, int, str], None]
 
 # One run at a time per process: a run changes process-wide state (environment variables,
 # datasets/hub offline flags, lm-eval's progress bars) and restores it afterwards.
@@ -447,6 +451,35 @@ def _quiet_lm_eval() -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def _counted_requests(report: RequestProgress, task: str) -> Iterator[None]:
+    """Count the requests lm-eval's HF model scores (its progress bar's updates, drawn nowhere)."""
+    import sys
+
+    from tqdm import tqdm
+
+    module = sys.modules.get("lm_eval.models.huggingface")
+    if module is None or not hasattr(module, "tqdm"):
+        yield  # an lm-eval that draws no bar there: per-task progress only
+        return
+
+    class CountingBar(tqdm):  # type: ignore[misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs["disable"] = True
+            super().__init__(*args, **kwargs)
+            self.done = 0
+            self.every = max(1, (self.total or 0) // 100)
+
+        def update(self, n: float | None = 1) -> bool | None:
+            self.done += int(n or 0)
+            if self.total and (self.done % self.every == 0 or self.done >= self.total):
+                report(min(self.done, int(self.total)), int(self.total), task)
+            return super().update(n)
+
+    with _set_attr(module, "tqdm", CountingBar):
+        yield
+
+
+@contextlib.contextmanager
 def _hf_environment(cache_dir: Path, offline: bool) -> Iterator[None]:
     """HF caches under `cache_dir`; offline unless a passthrough task needs the hub.
 
@@ -566,11 +599,13 @@ def task_scores(
     cache_dir: Path,
     batch_size: int = 8,
     progress: Progress | None = None,
+    request_progress: RequestProgress | None = None,
 ) -> dict[str, TaskScore]:
     """As `measure_capability`, with each item's score where the task has them (same cost: lm-eval
     keeps the per-document results it computes anyway)."""
     return {name: TaskScore(score, tuple(items) if has_item_scores(name) else None) for name, (score, items) in
-            _evaluate(model, tokenizer, tasks, limit, cache_dir, batch_size, progress, True).items()}
+            _evaluate(model, tokenizer, tasks, limit, cache_dir, batch_size, progress, True,
+                      request_progress).items()}
 
 
 def _evaluate(
@@ -582,6 +617,7 @@ def _evaluate(
     batch_size: int,
     progress: Progress | None,
     per_item: bool,
+    request_progress: RequestProgress | None = None,
 ) -> dict[str, tuple[float, list[float]]]:
     """{task: (headline score, per-item headline metric in document order, empty unless per_item)}."""
     specs = resolve_tasks(tasks)  # fail on a typo before touching the model
@@ -628,7 +664,10 @@ def _evaluate(
                     task_obj.set_config(key="num_fewshot", value=0)
                 task_obj.set_fewshot_seed(seed=FEWSHOT_SEED)
             keep_items = per_item and has_item_scores(spec.name)
-            results = evaluate(lm=lm, task_dict=loaded, limit=limit, bootstrap_iters=0, log_samples=keep_items)
+            with contextlib.ExitStack() as counting:
+                if request_progress is not None:
+                    counting.enter_context(_counted_requests(request_progress, spec.name))
+                results = evaluate(lm=lm, task_dict=loaded, limit=limit, bootstrap_iters=0, log_samples=keep_items)
             score = _headline(results or {}, spec)
             if math.isnan(score):
                 log.warning("capability task %s gave NaN (no items?)", spec.name)
@@ -767,6 +806,7 @@ def base_task_scores(
     batch_size: int = 8,
     progress: Progress | None = None,
     need_items: bool = True,
+    request_progress: RequestProgress | None = None,
 ) -> dict[str, TaskScore]:
     """As `base_capability`, with per-item scores for the tasks that have them. With `need_items`,
     a cached record without items (written before they were kept) is measured again, once."""
@@ -783,7 +823,7 @@ def base_task_scores(
             scores[spec.name] = cached
     if missing:
         log.info("measuring base capability for %s (not cached)", ", ".join(missing))
-        measured = task_scores(model, tokenizer, missing, limit, cache_dir, batch_size, progress)
+        measured = task_scores(model, tokenizer, missing, limit, cache_dir, batch_size, progress, request_progress)
         for name, scored in measured.items():
             if not math.isnan(scored.score):
                 cache.put(base_fingerprint, name, limit, context, scored)

@@ -282,6 +282,25 @@ def test_task_scores_keep_items_only_where_items_pair(model: torch.nn.Module, to
     assert has_item_scores("openbookqa") and not has_item_scores("wiki_bpb") and not has_item_scores("lm_eval:gsm8k")
 
 
+def test_request_progress_counts_answer_choices_and_can_stop_the_run(model: torch.nn.Module, tokenizer: Any,
+                                                                     tmp_path: Path) -> None:
+    import lm_eval.models.huggingface as hf
+
+    bar_before, training_before = hf.tqdm, model.training
+    calls: list[tuple[str, int, int]] = []
+    task_scores(model, tokenizer, ["arc_easy", "piqa"], 3, tmp_path,
+                request_progress=lambda done, total, task: calls.append((task, done, total)))
+    assert calls[-1] == ("piqa", 6, 6)  # 3 items, 2 solutions each
+    arc = [c for c in calls if c[0] == "arc_easy"]
+    assert arc[-1][1] == arc[-1][2] >= 9 and [c[1] for c in arc] == sorted(c[1] for c in arc)
+
+    def stop(done: int, total: int, task: str) -> None:
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        task_scores(model, tokenizer, ["arc_easy"], 3, tmp_path, request_progress=stop)
+    assert hf.tqdm is bar_before and model.training is training_before  # left as found
+
+
 def test_corrupt_or_foreign_cache_file_is_a_miss(tmp_path: Path) -> None:
     cache = BaseCapabilityCache(tmp_path)
     context = {"dtype": "torch.float32", "device": "cpu", "batch_size": "8"}
