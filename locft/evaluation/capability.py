@@ -70,9 +70,9 @@ FEWSHOT_SEED = 1234  # lm-eval's default; only seeds a task-local sampler (we ru
 
 # progress(done_tasks, total_tasks, task_name): called after each task has been measured.
 Progress = Callable[[int, int, str], None]
-# request_progress(done, total, task_name): within a task, the model calls lm-eval made so far
-# (one per answer choice), at most about a hundred times a task. Whatever it raises stops the
-# run (e.g. a round being stopped); the caller's state is restored as on any error.
+# request_progress(done, total, task_name): within a task, the requests lm-eval has scored so far
+# (one per answer choice, or per passage for bits per byte), about a hundred calls a task.
+# Whatever it raises stops the run (e.g. a round being stopped); state is restored as on any error.
 RequestProgress = Callable[[int, int, str], None]
 
 # One run at a time per process: a run changes process-wide state (environment variables,
