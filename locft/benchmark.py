@@ -71,13 +71,13 @@ def _capability(loaded: Any, tensors: dict[str, Any], spec: BenchSpec,
 
     tasks, limit, cache = list(spec.capability_tasks), spec.capability_limit, spec.home / "cache"
 
-    def progress(which: str) -> Callable[[int, int, str], None]:  # lm-eval reports once per task
-        return lambda done, total, _task: emit("capability", (f"capability tasks, {which}", done, total))
+    def progress(which: str) -> Callable[[int, int, str], None]:  # answer choices scored, per task
+        return lambda done, total, task: emit("capability", (f"capability, {which}: {task}", done, total))
 
     base = base_task_scores(loaded.model, loaded.tokenizer, loaded.fingerprint, tasks, limit, cache,
-                            progress=progress("base"))
+                            request_progress=progress("base"))
     with applied(loaded.model, tensors):
-        edited = task_scores(loaded.model, loaded.tokenizer, tasks, limit, cache, progress=progress("edited"))
+        edited = task_scores(loaded.model, loaded.tokenizer, tasks, limit, cache, request_progress=progress("edited"))
     paired: dict[str, dict[str, Any]] = {}
     for t in tasks:
         if base[t].items is not None and edited[t].items is not None:

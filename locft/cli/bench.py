@@ -148,7 +148,7 @@ def bench(data: Path, n: int, offset: int, data_format: str, pipeline: str | Non
             if bar is None or bar.desc != label:
                 if bar is not None:
                     bar.close()
-                bar = tqdm(total=total, desc=label, unit="task" if kind == "capability" else "prompt",
+                bar = tqdm(total=total, desc=label, unit="choice" if kind == "capability" else "prompt",
                            file=sys.stderr, leave=False)
             bar.n = done
             bar.refresh()
