@@ -67,7 +67,7 @@ def _capability(loaded: Any, tensors: dict[str, Any], spec: BenchSpec,
     with the paired counts the gate tests (items lost and gained, one-sided sign-test p)."""
     from locft.engine.weights import applied
     from locft.evaluation.capability import base_task_scores, task_scores
-    from locft.policies.gating import PairedCounts
+    from locft.policies.gating import pair_tasks
 
     tasks, limit, cache = list(spec.capability_tasks), spec.capability_limit, spec.home / "cache"
 
@@ -78,11 +78,8 @@ def _capability(loaded: Any, tensors: dict[str, Any], spec: BenchSpec,
                             request_progress=progress("base"))
     with applied(loaded.model, tensors):
         edited = task_scores(loaded.model, loaded.tokenizer, tasks, limit, cache, request_progress=progress("edited"))
-    paired: dict[str, dict[str, Any]] = {}
-    for t in tasks:
-        if base[t].items is not None and edited[t].items is not None:
-            counts = PairedCounts.from_items(base[t].items, edited[t].items)
-            paired[t] = {**asdict(counts), "p_worse": round(counts.p_worse, 4)}
+    pairs = pair_tasks({t: base[t].items for t in tasks}, {t: edited[t].items for t in tasks})
+    paired = {t: {**asdict(c), "p_worse": round(c.p_worse, 4)} for t, c in pairs.items()}
     return {"tasks": tasks, "limit": limit, "base": {t: base[t].score for t in tasks},
             "edited": {t: edited[t].score for t in tasks},
             "difference": {t: round(edited[t].score - base[t].score, 4) for t in tasks}, "paired": paired}

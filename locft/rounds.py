@@ -41,7 +41,7 @@ from locft.errors import LocftError
 from locft.facts import fact_set_digest
 from locft.home import Home
 from locft.locks import PidLock, round_lock
-from locft.policies.gating import GateMetrics, PairedCounts, Verdict, judge
+from locft.policies.gating import GateMetrics, PairedCounts, Verdict, judge, pair_tasks
 from locft.policies.schedule import RoundDecision, Trigger, decide_round
 
 if TYPE_CHECKING:
@@ -521,14 +521,7 @@ def _measure(
                                       cap_dir, progress=on_cap("capability"), request_progress=on_requests("capability"))
         base_scores = {k: v.score for k, v in base_scored.items()}
         cand_scores = {k: v.score for k, v in cand_scored.items()}
-        for task in tasks:
-            base_items, cand_items = base_scored[task].items, cand_scored[task].items
-            if base_items is None or cand_items is None:
-                continue
-            try:
-                pairs[task] = PairedCounts.from_items(base_items, cand_items)
-            except ValueError as exc:  # the gate then uses the point rule and says so
-                log.warning("capability %s: no paired comparison: %s", task, exc)
+        pairs = pair_tasks({k: v.items for k, v in base_scored.items()}, {k: v.items for k, v in cand_scored.items()})
 
     n_facts = len(entries)
     metrics = GateMetrics(

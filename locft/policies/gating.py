@@ -69,6 +69,23 @@ class PairedCounts:
         return sign_test_p(self.lost, self.gained)
 
 
+def pair_tasks(base: Mapping[str, Sequence[float] | None],
+               candidate: Mapping[str, Sequence[float] | None]) -> dict[str, PairedCounts]:
+    """`PairedCounts` for every task with per-item scores on both sides. A task whose items do
+    not pair (missing, a different count, a score not 0 or 1) is left out: the gate then judges
+    it by the point rule and says so."""
+    pairs: dict[str, PairedCounts] = {}
+    for task, base_items in base.items():
+        cand_items = candidate.get(task)
+        if base_items is None or cand_items is None:
+            continue
+        try:
+            pairs[task] = PairedCounts.from_items(base_items, cand_items)
+        except ValueError:
+            continue
+    return pairs
+
+
 def sign_test_p(lost: int, gained: int) -> float:
     """P(X >= lost) for X ~ Binomial(lost + gained, 1/2); 1.0 when nothing changed."""
     n = lost + gained

@@ -12,7 +12,9 @@ from typing import Any
 import pytest
 
 from locft.config import GatePolicy
-from locft.policies.gating import Check, GateMetrics, PairedCounts, Verdict, fmt, judge, sign_test_p
+from locft.policies.gating import (
+    Check, GateMetrics, PairedCounts, Verdict, fmt, judge, pair_tasks, sign_test_p,
+)
 
 NAN = math.nan
 POLICY = GatePolicy()  # reliability 0.95, locality 0.80, retention drop 0.02, capability drop 0.02
@@ -193,6 +195,12 @@ def test_paired_counts_from_items() -> None:
         PairedCounts.from_items([0.5], [1])
     with pytest.raises(ValueError, match="impossible"):
         PairedCounts(3, 2, 2)
+
+
+def test_pair_tasks_leaves_out_what_does_not_pair() -> None:
+    base = {"arc_easy": [1.0, 0.0, 1.0], "piqa": [1.0, 1.0], "wiki_bpb": None, "copa": [1.0]}
+    candidate = {"arc_easy": [0.0, 1.0, 1.0], "piqa": [1.0], "wiki_bpb": None, "copa": [0.5]}
+    assert pair_tasks(base, candidate) == {"arc_easy": PairedCounts(3, 1, 1)}
 
 
 def test_a_failed_measurement_stays_failed_after_storage() -> None:
