@@ -10,7 +10,7 @@ import platform
 import resource
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -79,7 +79,7 @@ def _capability(loaded: Any, tensors: dict[str, Any], spec: BenchSpec,
     with applied(loaded.model, tensors):
         edited = task_scores(loaded.model, loaded.tokenizer, tasks, limit, cache, request_progress=progress("edited"))
     pairs = pair_tasks({t: base[t].items for t in tasks}, {t: edited[t].items for t in tasks})
-    paired = {t: {**asdict(c), "p_worse": round(c.p_worse, 4)} for t, c in pairs.items()}
+    paired = {t: c.to_dict() for t, c in pairs.items()}
     return {"tasks": tasks, "limit": limit, "base": {t: base[t].score for t in tasks},
             "edited": {t: edited[t].score for t in tasks},
             "difference": {t: round(edited[t].score - base[t].score, 4) for t in tasks}, "paired": paired}

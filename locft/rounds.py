@@ -32,7 +32,7 @@ import random
 import shutil
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Sequence
 
@@ -550,7 +550,7 @@ def _measure(
         "correct_revision_ids": sorted(r for r, ok in correct.items() if ok),
         "capability": {"candidate": cand_scores, "base": base_scores, "limit": policy.capability_limit,
                        "test": policy.capability_test,
-                       "pairs": {k: {**asdict(v), "p_worse": v.p_worse} for k, v in pairs.items()}},
+                       "pairs": {k: v.to_dict() for k, v in pairs.items()}},
     }
     for name, value in (("reliability", metrics.reliability), ("locality", metrics.locality)):
         if value is not None and math.isnan(value):

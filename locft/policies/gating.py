@@ -62,6 +62,10 @@ class PairedCounts:
         gained = sum(1 for b, c in zip(base, candidate) if c > b)
         return cls(len(base), lost, gained)
 
+    def to_dict(self) -> dict[str, Any]:
+        """The counts and their p, for reports (`GateMetrics` stores the counts only)."""
+        return {**asdict(self), "p_worse": self.p_worse}
+
     @property
     def p_worse(self) -> float:
         """One-sided exact sign test: P(at least `lost` of the changed answers were losses) if a

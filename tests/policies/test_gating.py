@@ -179,6 +179,8 @@ def test_metrics_with_pairs_round_trip() -> None:
 def test_sign_test_is_the_exact_one_sided_binomial_tail(lost: int, gained: int, p: float) -> None:
     assert sign_test_p(lost, gained) == pytest.approx(p, rel=1e-12)
     assert PairedCounts(200, lost, gained).p_worse == sign_test_p(lost, gained)
+    assert PairedCounts(200, lost, gained).to_dict() == {"n_items": 200, "lost": lost, "gained": gained,
+                                                          "p_worse": sign_test_p(lost, gained)}
 
 
 def test_sign_test_stays_exact_on_whole_splits() -> None:
