@@ -85,6 +85,11 @@ class EditConfig:
     # train in the chat format: lm-eval's capability tasks and completion APIs send plain text,
     # which chat-format replay never shows the model; 0 = all replay in the training format
     replay_raw_share: float = 0.0
+    # share of the replay pool that is reference question-answer pairs in plain text ("Question:
+    # ...\nAnswer: <answer>", how lm-eval scores answer choices), trained towards the base model's
+    # distribution at each answer token (engine.replay.reference_qa_items); needs
+    # replay_target = "distribution" (tokens would teach those answers); 0 = off
+    replay_qa_share: float = 0.0
     # what a replay position is trained towards: "tokens" (cross-entropy on the base model's greedy
     # token) or "distribution" (KL to the base model's next-token distribution, its top
     # replay_top_k probabilities, renormalized): the latter keeps the base's uncertainty too
@@ -140,6 +145,11 @@ class EditConfig:
             raise ConfigError(f"edit.augment_prefixes must be >= 0, got {self.augment_prefixes}")
         if not 0 <= self.replay_raw_share <= 1:
             raise ConfigError(f"edit.replay_raw_share must be in [0, 1], got {self.replay_raw_share}")
+        if not 0 <= self.replay_qa_share <= 1:
+            raise ConfigError(f"edit.replay_qa_share must be in [0, 1], got {self.replay_qa_share}")
+        if self.replay_qa_share and self.replay_target != "distribution":
+            raise ConfigError("edit.replay_qa_share needs replay_target = 'distribution': with 'tokens' the "
+                              "model would learn the reference answers instead of keeping its own")
         if self.replay_top_k < 1:
             raise ConfigError("edit.replay_top_k must be >= 1")
         if self.replay_pool not in ("questions", "mixed"):
@@ -400,6 +410,7 @@ CONFIG_TEMPLATE = """\
 # replay_pool = "mixed"      # mixed (questions, search queries, sentence openings, instructions) | questions
 # replay_pool_size = 1000    # distinct replay prompts; default: one per fact, within 400..2000
 # replay_raw_share = 0.0     # share of replay prompts asked as plain text (no chat template), as lm-eval asks
+# replay_qa_share = 0.0      # share of the pool that is plain-text question-answer pairs (KL to the base), as lm-eval scores choices
 # compute_dtype = "auto"     # training matmuls: auto (bf16 where native) | float32 (the paper) | bfloat16
 
 [gates]

