@@ -88,8 +88,9 @@ class EditConfig:
     # share of the replay pool that is reference question-answer pairs in plain text ("Question:
     # ...\nAnswer: <answer>", how lm-eval scores answer choices), trained towards the base model's
     # distribution at each answer token (engine.replay.reference_qa_items); needs
-    # replay_target = "distribution" (tokens would teach those answers); 0 = off
-    replay_qa_share: float = 0.0
+    # replay_target = "distribution" (tokens would teach those answers); 0 = off; None: measured
+    # per model (1/3 for the embedded one, off for others; 0 with replay_target = "tokens")
+    replay_qa_share: float | None = None
     # what a replay position is trained towards: "tokens" (cross-entropy on the base model's greedy
     # token) or "distribution" (KL to the base model's next-token distribution, its top
     # replay_top_k probabilities, renormalized): the latter keeps the base's uncertainty too
@@ -145,7 +146,7 @@ class EditConfig:
             raise ConfigError(f"edit.augment_prefixes must be >= 0, got {self.augment_prefixes}")
         if not 0 <= self.replay_raw_share <= 1:
             raise ConfigError(f"edit.replay_raw_share must be in [0, 1], got {self.replay_raw_share}")
-        if not 0 <= self.replay_qa_share <= 1:
+        if self.replay_qa_share is not None and not 0 <= self.replay_qa_share <= 1:
             raise ConfigError(f"edit.replay_qa_share must be in [0, 1], got {self.replay_qa_share}")
         if self.replay_qa_share and self.replay_target != "distribution":
             raise ConfigError("edit.replay_qa_share needs replay_target = 'distribution': with 'tokens' the "
@@ -399,8 +400,8 @@ CONFIG_TEMPLATE = """\
 # skip_loss = 0.01
 # stop_loss = 0.01
 # seed = 0
-# replay_ratio = 1.0         # generic prompts per fact in a batch, base answers as targets;
-#                            # default: measured per model (1.0 embedded, 0 = the paper's recipe)
+# replay_ratio = 1.5         # generic prompts per fact in a batch, base answers as targets;
+#                            # default: measured per model (1.5 embedded, 0 = the paper's recipe)
 # replay_weight = 1.0        # weight of the replay loss
 # delta_decay = 0.0          # pull towards the base weights each step (change *= 1 - lr * delta_decay)
 # null_space_energy = 0.0    # keep the change off the replay prompts' top input directions (share of energy)
@@ -408,9 +409,10 @@ CONFIG_TEMPLATE = """\
 # micro_batch_size = 32      # rows per forward/backward (gradients accumulate): bounds memory
 # micro_batch_tokens = 1024  # and padded tokens per forward/backward (a row longer than this runs alone)
 # replay_pool = "mixed"      # mixed (questions, search queries, sentence openings, instructions) | questions
-# replay_pool_size = 1000    # distinct replay prompts; default: one per fact, within 400..2000
+# replay_pool_size = 1000    # distinct replay prompts; default: one per fact (400..2000), plus the QA pairs on top
 # replay_raw_share = 0.0     # share of replay prompts asked as plain text (no chat template), as lm-eval asks
-# replay_qa_share = 0.0      # share of the pool that is plain-text question-answer pairs (KL to the base), as lm-eval scores choices
+# replay_qa_share = 0.3333   # share of the pool that is plain-text question-answer pairs (KL to the base),
+#                            # as lm-eval scores choices; default: measured per model (1/3 embedded, else 0)
 # compute_dtype = "auto"     # training matmuls: auto (bf16 where native) | float32 (the paper) | bfloat16
 
 [gates]

@@ -228,10 +228,13 @@ def build_replay(
 
 
 def replay_pool_size(cfg: EditConfig, n_facts: int) -> int:
-    """edit.replay_pool_size, or by default one prompt per fact within the measured bounds."""
+    """edit.replay_pool_size, or by default one prompt per fact within the measured bounds, plus
+    the question-answer pairs of edit.replay_qa_share on top of those."""
     if cfg.replay_pool_size is not None:
         return cfg.replay_pool_size
-    return min(max(n_facts, MIN_DEFAULT_POOL), MAX_DEFAULT_POOL)
+    prompts = min(max(n_facts, MIN_DEFAULT_POOL), MAX_DEFAULT_POOL)
+    share = cfg.replay_qa_share or 0.0
+    return prompts if share >= 1 else round(prompts / (1 - share))
 
 
 def replay_for(
@@ -250,7 +253,7 @@ def replay_for(
     if not cfg.replay_ratio:  # None (unresolved) or 0: replay is off
         return []
     pool_size = replay_pool_size(cfg, n_facts)
-    n_qa = int(pool_size * cfg.replay_qa_share)
+    n_qa = round(pool_size * (cfg.replay_qa_share or 0.0))  # None (unresolved): none
     prompts = default_replay_prompts(pool_size - n_qa, exclude, cfg.replay_pool)
     share = cfg.replay_raw_share if prompt_format != "raw" else 0.0
     # prompt i is asked plain when the running count of plain prompts steps up at i: spread evenly

@@ -49,6 +49,7 @@ from locft.engine.token_loss import head_token_losses, is_frozen_linear, logits_
 from locft.engine.targets import (
     EditLocation,
     default_batch_size,
+    default_replay_qa_share,
     default_replay_ratio,
     default_lr,
     layer_index,
@@ -493,6 +494,8 @@ def resolve_edit_config(loaded: LoadedModel, cfg: EditConfig) -> EditConfig:
         lr=cfg.lr if cfg.lr is not None else default_lr(loaded.config),
         batch_size=cfg.batch_size if cfg.batch_size is not None else default_batch_size(loaded.config),
         replay_ratio=cfg.replay_ratio if cfg.replay_ratio is not None else default_replay_ratio(loaded.config),
+        replay_qa_share=(cfg.replay_qa_share if cfg.replay_qa_share is not None
+                         else default_replay_qa_share(loaded.config) if cfg.replay_target == "distribution" else 0.0),
         compute_dtype=resolve_compute_dtype(cfg.compute_dtype, loaded),
     )
 

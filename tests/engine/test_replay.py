@@ -90,6 +90,23 @@ def test_replay_cache_generates_only_new_prompts(tiny: LoadedModel, tmp_path: Pa
 def test_default_pool_grows_with_the_facts_within_bounds(n_facts: int, expected: int) -> None:
     assert replay_pool_size(EditConfig(), n_facts) == expected
     assert replay_pool_size(EditConfig(replay_pool_size=7), n_facts) == 7  # set: used as it is
+    # question-answer pairs come on top of the prompts: a third of the pool leaves them as they were
+    assert replay_pool_size(EditConfig(replay_qa_share=1 / 3), n_facts) in (expected * 3 // 2, (expected * 3 + 1) // 2)
+    assert replay_pool_size(EditConfig(replay_qa_share=1.0), n_facts) == expected
+
+
+def test_qa_share_resolves_per_model_and_never_with_token_targets(tiny: LoadedModel,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from locft.engine import targets
+    from locft.engine.train import resolve_edit_config
+
+    # the tiny model is no measured architecture: off, like replay itself
+    assert resolve_edit_config(tiny, EditConfig()).replay_qa_share == 0.0
+    assert resolve_edit_config(tiny, EditConfig(replay_qa_share=0.25)).replay_qa_share == 0.25
+    monkeypatch.setattr(targets, "MEASURED_REPLAY_QA_SHARE", {targets._arch_key(tiny.config): 0.5})
+    assert resolve_edit_config(tiny, EditConfig()).replay_qa_share == 0.5
+    # token targets would teach the reference answers: the default turns the pairs off
+    assert resolve_edit_config(tiny, EditConfig(replay_target="tokens")).replay_qa_share == 0.0
 
 
 def test_a_larger_pool_extends_a_smaller_one(tiny: LoadedModel, tmp_path: Path) -> None:
