@@ -208,7 +208,7 @@ def test_reference_qa_items_are_plain_text_answers_and_exclude(tiny: LoadedModel
     for r in items:  # lm-eval's answer-choice format, asked as plain text
         assert r.prompt.startswith("Question: ") and r.prompt.endswith("?\nAnswer:") and r.prompt_format == "raw"
         assert 1 <= len(r.token_ids) <= 3
-    # the continuation is the reference answer's own tokens, not anything generated
+    # the continuation is the answer as a new word (a leading space), as lm-eval appends a choice
     question = items[1].prompt.removeprefix("Question: ").removesuffix("\nAnswer:")
     assert tiny.tokenizer.decode(items[1].token_ids).startswith(" ")
     dropped = reference_qa_items(tiny.tokenizer, 8, exclude=["nq question: " + question.rstrip("?").upper()], max_tokens=3)
