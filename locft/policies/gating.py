@@ -28,12 +28,15 @@ measurement broke and never passes. A value exactly at its threshold passes.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from locft.config import GatePolicy
+
+log = logging.getLogger(__name__)
 
 # Scores are sums of ratios: 1 - 0.98 is 0.020000000000000018. A value "at" the threshold passes.
 EPSILON = 1e-9
@@ -85,8 +88,8 @@ def pair_tasks(base: Mapping[str, Sequence[float] | None],
             continue
         try:
             pairs[task] = PairedCounts.from_items(base_items, cand_items)
-        except ValueError:
-            continue
+        except ValueError as exc:  # the check's line says "point rule"; the log says why
+            log.warning("capability %s: no paired comparison: %s", task, exc)
     return pairs
 
 
