@@ -29,6 +29,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, required=True, help="the first N facts (those the snapshot learned)")
     parser.add_argument("--eval-sample", type=int, default=None,
                         help="generalization and locality on this seeded sample, as `locft bench --eval-sample`")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="the seed of the bench run to compare with (`--seed`): it draws the sample")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--home", type=Path, default=Path(os.environ.get("LOCFT_HOME", ".locft-home")))
     parser.add_argument("--out", type=Path, required=True)
@@ -50,7 +52,8 @@ def main() -> None:
     loaded = load_base(ModelConfig(), args.home)
     snapshot = load_snapshot(args.snapshot)
     check_base(snapshot, loaded)
-    cfg = resolve_edit_config(loaded, EditConfig())  # the prompt format, seed and answer length of a bench run
+    # the prompt format, seed and answer length of a bench run
+    cfg = resolve_edit_config(loaded, EditConfig() if args.seed is None else EditConfig(seed=args.seed))
     sampled = sample_facts(facts, args.eval_sample or len(facts), cfg.seed)
     probes = [p.prompt for f in sampled for p in f.probes]
     t = time.perf_counter()
@@ -61,8 +64,9 @@ def main() -> None:
     print(file=sys.stderr)
     record = {
         "snapshot": str(args.snapshot), "parameters": sorted(snapshot.tensors), "data": str(args.data),
-        "n": len(facts), "eval_sample": len(sampled) if args.eval_sample else None,
+        "n": len(facts), "eval_sample": len(sampled) if args.eval_sample else None, "seed": cfg.seed,
         "metrics": evaluation.metrics(), "seconds": round(time.perf_counter() - t, 1), "threads": args.threads,
+        "items": evaluation.items(),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=1) + "\n")

@@ -175,6 +175,9 @@ def run_benchmark(spec: BenchSpec, on_event: Callable[[str, Any], None] | None =
         "config": to_dict(result.config or cfg) | {"location": result.location.describe()},
         "model": {"source": loaded.source, "fingerprint": loaded.fingerprint},
         "samples": evaluation.samples,
+        # per item, in the order asked (facts in file order; the seeded sample's paraphrases and
+        # probes): `bench/paired_quality.py` compares two runs item by item
+        "items": evaluation.items(),
         "environment": environment(),
         "command": " ".join(["locft"] + sys.argv[1:]) if Path(sys.argv[0]).name == "locft" else " ".join(sys.argv),
     }

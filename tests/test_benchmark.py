@@ -39,6 +39,10 @@ def test_benchmark_samples_generalization_and_locality_but_not_reliability(
     peaks = list(record["peak_memory_bytes_after"].values())  # a high-water mark per phase, in order
     assert list(record["peak_memory_bytes_after"]) == ["load_and_base_answers", "replay_pool", "train", "evaluate"]
     assert 0 < peaks[0] and peaks == sorted(peaks) and peaks[-1] <= record["peak_memory_bytes"]
+    items = record["items"]  # every item's score, so that two runs can be compared item by item
+    assert [len(items[k]) for k in ("reliability", "generalization", "locality_exact", "locality_token")] == [6, 2, 2, 2]
+    for key, scores in items.items():
+        assert sum(scores) / len(scores) == pytest.approx(metrics[key], abs=1e-4)
     json.dumps(record)  # the record is what --out writes
 
     everything = run_benchmark(BenchSpec(**{**spec.__dict__, "eval_sample": None}))

@@ -35,12 +35,25 @@ class EditEvaluation:
     n_probes: int
     correct: list[bool] = field(default_factory=list)  # per fact, edit prompt (for retention)
     samples: list[dict[str, str]] = field(default_factory=list)  # a few answers to show
+    # per item, in the order asked, so that two runs on the same facts can be compared item by item
+    paraphrase_correct: list[bool] = field(default_factory=list)
+    probe_exact: list[bool] = field(default_factory=list)
+    probe_token: list[float] = field(default_factory=list)
 
     def metrics(self) -> dict[str, Any]:
         d = asdict(self)
-        d.pop("correct")
-        d.pop("samples")
+        for per_item in ("correct", "samples", "paraphrase_correct", "probe_exact", "probe_token"):
+            d.pop(per_item)
         return d
+
+    def items(self) -> dict[str, list[float]]:
+        """Every item's score, keyed like `metrics()` (1/0 for exact matches, a share for tokens)."""
+        return {
+            "reliability": [int(c) for c in self.correct],
+            "generalization": [int(c) for c in self.paraphrase_correct],
+            "locality_exact": [int(c) for c in self.probe_exact],
+            "locality_token": [round(t, 4) for t in self.probe_token],
+        }
 
 
 def _mean(values: Sequence[float]) -> float | None:
@@ -109,11 +122,11 @@ def evaluate_edits(
                   for p in f.paraphrases]
     para_answers = gen("generalization", [p for p, _ in para_pairs]) if para_pairs else []
     para_correct = [exact_match(g.answer, a) for g, (_, a) in zip(para_answers, para_pairs)]
-    loc_exact: list[float] = []
+    loc_exact: list[bool] = []
     loc_token: list[float] = []
     if probe_prompts:
         now = gen("locality", probe_prompts)
-        loc_exact = [float(normalize_answer(a.answer) == normalize_answer(b.answer)) for a, b in zip(now, base_probes)]
+        loc_exact = [normalize_answer(a.answer) == normalize_answer(b.answer) for a, b in zip(now, base_probes)]
         loc_token = token_agreement(loaded, probe_prompts, base_probes, prompt_format)
     samples = [
         {"prompt": f.prompt, "target": f.answer, "answer": g.answer} for f, g in list(zip(facts, answers))[:n_samples]
@@ -121,11 +134,14 @@ def evaluate_edits(
     return EditEvaluation(
         reliability=_mean([float(c) for c in correct]) or 0.0,
         generalization=_mean([float(c) for c in para_correct]),
-        locality_exact=_mean(loc_exact),
+        locality_exact=_mean([float(e) for e in loc_exact]),
         locality_token=_mean(loc_token),
         n_facts=len(facts),
         n_paraphrases=len(para_pairs),
         n_probes=len(probe_prompts),
         correct=correct,
         samples=samples,
+        paraphrase_correct=para_correct,
+        probe_exact=loc_exact,
+        probe_token=loc_token,
     )
