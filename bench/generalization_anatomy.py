@@ -1,0 +1,123 @@
+"""What an edited model answers to the paraphrases it gets wrong.
+
+Generalization falls as facts accumulate (0.63-0.69 at 100 ZsRE facts, 0.50-0.57 at 1,000). This
+asks each snapshot the seeded sample's paraphrases, as `locft bench` does, and sorts every wrong
+answer into one kind:
+
+- another edit's answer: the new answer of a *different* fact in the set (cross-talk between edits);
+- the base model's answer: what the unedited model says to that paraphrase (the edit did not reach it);
+- part of the answer: a strict part of the target, or the target inside a longer answer;
+- something else.
+
+It also says how many of the wrong paraphrases belong to facts whose own edit prompt is answered
+right (nearly all: the edit landed, the paraphrase missed it).
+
+    python bench/generalization_anatomy.py --data ../shared/data/zsre_dev.json --n 1000 \\
+        --eval-sample 200 --seed 1 --snapshot A=/path/a --snapshot B=/path/b --out anatomy.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+KINDS = ("another edit's answer", "the base model's answer", "part of the answer", "something else")
+
+
+def kind_of(answer: str, own: str, base: str, others: Counter[str]) -> str:
+    """One wrong answer's kind (all arguments normalized; `answer` is not `own`). `others` counts
+    the new answers of every fact in the set."""
+    if answer and others[answer]:
+        return KINDS[0]
+    if answer == base:
+        return KINDS[1]
+    if answer and (answer in own or own in answer):
+        return KINDS[2]
+    return KINDS[3]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--snapshot", action="append", required=True, metavar="LABEL=DIR",
+                        help="a snapshot directory to analyse, with a label (repeatable)")
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--n", type=int, required=True, help="the first N facts (those the snapshots learned)")
+    parser.add_argument("--eval-sample", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=0, help="the bench run's seed: it draws the sample")
+    parser.add_argument("--examples", type=int, default=4, help="wrong answers to keep per kind")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--home", type=Path, default=Path(os.environ.get("LOCFT_HOME", ".locft-home")))
+    parser.add_argument("--out", type=Path, required=True, help="one JSON line per snapshot is appended")
+    args = parser.parse_args()
+    snapshots = [tuple(s.split("=", 1)) for s in args.snapshot]
+    if any(len(s) != 2 for s in snapshots):
+        parser.error("--snapshot takes LABEL=DIR")
+
+    import torch
+
+    from locft.config import EditConfig, ModelConfig
+    from locft.engine.generate import greedy_generate
+    from locft.engine.model_io import load_base
+    from locft.engine.snapshot import check_base, load_snapshot
+    from locft.engine.train import resolve_edit_config
+    from locft.engine.weights import applied
+    from locft.locate import sample_facts
+    from locft.readers import load_edit_facts
+    from locft.text import normalize_answer
+
+    torch.set_num_threads(args.threads)
+    facts = load_edit_facts(args.data, "auto", limit=args.n)
+    loaded = load_base(ModelConfig(), args.home)
+    cfg = resolve_edit_config(loaded, EditConfig(seed=args.seed))
+    sampled = sample_facts(facts, args.eval_sample or len(facts), cfg.seed)
+    asked = [(f, p) for f in sampled for p in f.paraphrases]
+
+    def answers(prompts: list[str]) -> list[str]:
+        gens = greedy_generate(loaded, prompts, cfg.prompt_format, cfg.max_new_tokens)
+        return [normalize_answer(g.answer) for g in gens]
+
+    others = Counter(normalize_answer(f.answer) for f in facts)
+    base = answers([p for _, p in asked])
+    for label, directory in snapshots:
+        snapshot = load_snapshot(Path(directory))
+        check_base(snapshot, loaded)
+        t = time.perf_counter()
+        with applied(loaded.model, snapshot.tensors):
+            now = answers([p for _, p in asked])
+            own_prompt = dict(zip((f.prompt for f in sampled), answers([f.prompt for f in sampled])))
+        kinds: Counter[str] = Counter()
+        examples: dict[str, list[dict[str, str]]] = {k: [] for k in KINDS}
+        wrong, wrong_with_edit_right = 0, 0
+        for (fact, prompt), answer, base_answer in zip(asked, now, base):
+            own = normalize_answer(fact.answer)
+            if answer == own:
+                continue
+            wrong += 1
+            wrong_with_edit_right += own_prompt[fact.prompt] == own
+            kind = kind_of(answer, own, base_answer, others)
+            kinds[kind] += 1
+            if len(examples[kind]) < args.examples:
+                examples[kind].append({"paraphrase": prompt, "target": fact.answer, "answer": answer,
+                                       "base": base_answer})
+        record: dict[str, Any] = {
+            "snapshot": label, "directory": directory, "data": str(args.data), "n": len(facts),
+            "eval_sample": len(sampled), "seed": cfg.seed, "paraphrases": len(asked),
+            "generalization": round(1 - wrong / len(asked), 4) if asked else None, "wrong": wrong,
+            "wrong_with_edit_prompt_right": wrong_with_edit_right,
+            "kinds": {k: kinds[k] for k in KINDS}, "examples": examples,
+            "seconds": round(time.perf_counter() - t, 1),
+        }
+        print(json.dumps({k: v for k, v in record.items() if k != "examples"}), file=sys.stderr)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        with args.out.open("a", encoding="utf-8") as out:
+            out.write(json.dumps(record) + "\n")
+
+
+if __name__ == "__main__":
+    main()
