@@ -5,9 +5,11 @@ asks each snapshot the seeded sample's paraphrases, as `locft bench` does, and s
 answer into one kind:
 
 - another edit's answer: the new answer of a *different* fact in the set (cross-talk between edits);
-- the base model's answer: what the unedited model says to that paraphrase (the edit did not reach it);
-- part of the answer: a strict part of the target, or the target inside a longer answer;
-- something else.
+- the base model's answer: what the unedited model says to that paraphrase, word for word;
+- part of the answer: some of the target's words and no others, or all of them and more;
+- a sentence: six words or more, the way the base model answers these questions and the edits'
+  short answers do not (the paraphrase did not reach the edits, though the words changed);
+- another short answer.
 
 It also says how many of the wrong paraphrases belong to facts whose own edit prompt is answered
 right (nearly all: the edit landed, the paraphrase missed it).
@@ -27,7 +29,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-KINDS = ("another edit's answer", "the base model's answer", "part of the answer", "something else")
+KINDS = ("another edit's answer", "the base model's answer", "part of the answer", "a sentence",
+         "another short answer")
+SENTENCE_WORDS = 6  # ZsRE's new answers are one to four words; the base model answers in sentences
 
 
 def kind_of(answer: str, own: str, base: str, others: Counter[str]) -> str:
@@ -37,9 +41,10 @@ def kind_of(answer: str, own: str, base: str, others: Counter[str]) -> str:
         return KINDS[0]
     if answer == base:
         return KINDS[1]
-    if answer and (answer in own or own in answer):
+    words, own_words = set(answer.split()), set(own.split())
+    if words and (words <= own_words or own_words <= words):  # "1971" for "30 june 1971", or the reverse
         return KINDS[2]
-    return KINDS[3]
+    return KINDS[3] if len(answer.split()) >= SENTENCE_WORDS else KINDS[4]
 
 
 def main() -> None:
@@ -50,7 +55,6 @@ def main() -> None:
     parser.add_argument("--n", type=int, required=True, help="the first N facts (those the snapshots learned)")
     parser.add_argument("--eval-sample", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0, help="the bench run's seed: it draws the sample")
-    parser.add_argument("--examples", type=int, default=4, help="wrong answers to keep per kind")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--home", type=Path, default=Path(os.environ.get("LOCFT_HOME", ".locft-home")))
     parser.add_argument("--out", type=Path, required=True, help="one JSON line per snapshot is appended")
@@ -92,7 +96,7 @@ def main() -> None:
             now = answers([p for _, p in asked])
             own_prompt = dict(zip((f.prompt for f in sampled), answers([f.prompt for f in sampled])))
         kinds: Counter[str] = Counter()
-        examples: dict[str, list[dict[str, str]]] = {k: [] for k in KINDS}
+        wrong_answers: list[dict[str, str]] = []
         wrong, wrong_with_edit_right = 0, 0
         for (fact, prompt), answer, base_answer in zip(asked, now, base):
             own = normalize_answer(fact.answer)
@@ -102,18 +106,17 @@ def main() -> None:
             wrong_with_edit_right += own_prompt[fact.prompt] == own
             kind = kind_of(answer, own, base_answer, others)
             kinds[kind] += 1
-            if len(examples[kind]) < args.examples:
-                examples[kind].append({"paraphrase": prompt, "target": fact.answer, "answer": answer,
-                                       "base": base_answer})
+            wrong_answers.append({"kind": kind, "paraphrase": prompt, "target": fact.answer, "answer": answer,
+                                  "base": base_answer})
         record: dict[str, Any] = {
             "snapshot": label, "directory": directory, "data": str(args.data), "n": len(facts),
             "eval_sample": len(sampled), "seed": cfg.seed, "paraphrases": len(asked),
             "generalization": round(1 - wrong / len(asked), 4) if asked else None, "wrong": wrong,
             "wrong_with_edit_prompt_right": wrong_with_edit_right,
-            "kinds": {k: kinds[k] for k in KINDS}, "examples": examples,
+            "kinds": {k: kinds[k] for k in KINDS}, "wrong_answers": wrong_answers,
             "seconds": round(time.perf_counter() - t, 1),
         }
-        print(json.dumps({k: v for k, v in record.items() if k != "examples"}), file=sys.stderr)
+        print(json.dumps({k: v for k, v in record.items() if k != "wrong_answers"}), file=sys.stderr)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         with args.out.open("a", encoding="utf-8") as out:
             out.write(json.dumps(record) + "\n")
