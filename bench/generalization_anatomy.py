@@ -12,7 +12,9 @@ answer into one kind:
 - another short answer.
 
 It also says how many of the wrong paraphrases belong to facts whose own edit prompt is answered
-right (nearly all: the edit landed, the paraphrase missed it).
+right (nearly all: the edit landed, the paraphrase missed it), and how many belong to facts whose
+subject recurs in the set: a benchmark's facts can give the same subject (often the same relation)
+two different new answers, and a paraphrase of one may then be the other's question.
 
     python bench/generalization_anatomy.py --data ../shared/data/zsre_dev.json --n 1000 \\
         --eval-sample 200 --seed 1 --snapshot A=/path/a --snapshot B=/path/b --out anatomy.jsonl
@@ -87,6 +89,8 @@ def main() -> None:
         return [normalize_answer(g.answer) for g in gens]
 
     others = Counter(normalize_answer(f.answer) for f in facts)
+    subjects = Counter(f.subject for f in facts if f.subject)
+    recurs = [bool(f.subject) and subjects[f.subject] > 1 for f, _ in asked]
     base = answers([p for _, p in asked])
     for label, directory in snapshots:
         snapshot = load_snapshot(Path(directory))
@@ -98,21 +102,25 @@ def main() -> None:
         kinds: Counter[str] = Counter()
         wrong_answers: list[dict[str, str]] = []
         wrong, wrong_with_edit_right = 0, 0
-        for (fact, prompt), answer, base_answer in zip(asked, now, base):
+        wrong_recurring = 0
+        for (fact, prompt), answer, base_answer, subject_recurs in zip(asked, now, base, recurs):
             own = normalize_answer(fact.answer)
             if answer == own:
                 continue
             wrong += 1
+            wrong_recurring += subject_recurs
             wrong_with_edit_right += own_prompt[fact.prompt] == own
             kind = kind_of(answer, own, base_answer, others)
             kinds[kind] += 1
             wrong_answers.append({"kind": kind, "paraphrase": prompt, "target": fact.answer, "answer": answer,
-                                  "base": base_answer})
+                                  "base": base_answer, "subject_recurs": subject_recurs})
         record: dict[str, Any] = {
             "snapshot": label, "directory": directory, "data": str(args.data), "n": len(facts),
             "eval_sample": len(sampled), "seed": cfg.seed, "paraphrases": len(asked),
             "generalization": round(1 - wrong / len(asked), 4) if asked else None, "wrong": wrong,
             "wrong_with_edit_prompt_right": wrong_with_edit_right,
+            # paraphrases of facts whose subject another fact of the set shares, and how many are wrong
+            "subject_recurs": {"paraphrases": sum(recurs), "wrong": wrong_recurring},
             "kinds": {k: kinds[k] for k in KINDS}, "wrong_answers": wrong_answers,
             "seconds": round(time.perf_counter() - t, 1),
         }
