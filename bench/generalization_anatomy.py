@@ -1,6 +1,6 @@
 """What an edited model answers to the paraphrases it gets wrong.
 
-Generalization falls as facts accumulate (0.63-0.69 at 100 ZsRE facts, 0.50-0.57 at 1,000). This
+Generalization falls as facts accumulate (0.63-0.70 at 100 ZsRE facts, 0.495-0.58 at 1,000). This
 asks each snapshot the seeded sample's paraphrases, as `locft bench` does, and sorts every wrong
 answer into one kind:
 
@@ -100,7 +100,7 @@ def main() -> None:
             now = answers([p for _, p in asked])
             own_prompt = dict(zip((f.prompt for f in sampled), answers([f.prompt for f in sampled])))
         kinds: Counter[str] = Counter()
-        wrong_answers: list[dict[str, str]] = []
+        wrong_answers: list[dict[str, Any]] = []
         wrong, wrong_with_edit_right = 0, 0
         wrong_recurring = 0
         for (fact, prompt), answer, base_answer, subject_recurs in zip(asked, now, base, recurs):
