@@ -98,7 +98,8 @@ def main() -> None:
         t = time.perf_counter()
         with applied(loaded.model, snapshot.tensors):
             now = answers([p for _, p in asked])
-            own_prompt = dict(zip((f.prompt for f in sampled), answers([f.prompt for f in sampled])))
+            # by fact, not by prompt: two facts of a benchmark can ask the same question
+            own_prompt = dict(zip(map(id, sampled), answers([f.prompt for f in sampled])))
         kinds: Counter[str] = Counter()
         wrong_answers: list[dict[str, Any]] = []
         wrong, wrong_with_edit_right = 0, 0
@@ -109,7 +110,7 @@ def main() -> None:
                 continue
             wrong += 1
             wrong_recurring += subject_recurs
-            wrong_with_edit_right += own_prompt[fact.prompt] == own
+            wrong_with_edit_right += own_prompt[id(fact)] == own
             kind = kind_of(answer, own, base_answer, others)
             kinds[kind] += 1
             wrong_answers.append({"kind": kind, "paraphrase": prompt, "target": fact.answer, "answer": answer,
