@@ -243,6 +243,17 @@ def _packed_rows(lengths: Sequence[int], width: int, dtype: torch.dtype, device:
     return list(buffer.split(list(lengths)))
 
 
+def _per_row(shared: Any, rows: int) -> Any:
+    """A fresh KV cache holding the shared prefix's keys and values once per row (expanded views:
+    the batch's own tokens are appended to new tensors, `shared` stays as it is)."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    for i, layer in enumerate(shared.layers):
+        cache.update(layer.keys.expand(rows, -1, -1, -1), layer.values.expand(rows, -1, -1, -1), i)
+    return cache
+
+
 @contextmanager
 def _only_layers_from(stack: _LayerStack) -> Iterator[None]:
     """Run the decoder's own forward over layers[start:] only (same module objects)."""
@@ -285,7 +296,49 @@ class _Forward:
         """Hidden states entering layer `start`, per example, computed once without grad.
 
         All rows live in one buffer allocated up front (self.cache holds views into it), not
-        in one heap block per row between the capture batches' freed activations."""
+        in one heap block per row between the capture batches' freed activations. The shared
+        prefix runs once here too: rows that start with it run only their own tokens, attending
+        to the prefix's keys and values."""
+        assert self.stack is not None
+        # the shared prefix depends only on token ids: known before capture, so each example keeps
+        # only its own part (never two copies of the whole cache at once)
+        keep_from, shares = _shared_prefix(self.examples)
+        offsets = [keep_from if s else 0 for s in shares]
+        by_length = sorted(range(len(self.examples)), key=lambda i: len(self.examples[i].input_ids))
+        groups = [[i for i in by_length if offsets[i]], [i for i in by_length if not offsets[i]]]
+        self.cache, self.prefix_hidden = [], None
+        with torch.no_grad(), self._capturing() as captured:
+            prefix_kv = self._capture_prefix(captured, self.examples[groups[0][0]].input_ids[:keep_from]) \
+                if keep_from else None
+            done = 0
+            for group, kv in ((groups[0], prefix_kv), (groups[1], None)):
+                for b in range(0, len(group), _CAPTURE_BATCH):
+                    idx = group[b : b + _CAPTURE_BATCH]
+                    hidden = None
+                    if kv is not None:
+                        try:
+                            hidden, skipped = self._capture_after_prefix(captured, idx, keep_from, kv), [0] * len(idx)
+                        except (TypeError, ValueError, RuntimeError, AttributeError) as exc:
+                            log.warning("shared-prefix capture failed (%s); capturing whole rows", exc)
+                            kv = None
+                    if hidden is None:
+                        hidden, skipped = self._capture_whole(captured, idx), [offsets[i] for i in idx]
+                        if offsets[idx[0]] and self.prefix_hidden is None:
+                            self.prefix_hidden = hidden[:1, :keep_from].clone()
+                    if not self.cache:
+                        self.cache = _packed_rows([len(e.input_ids) - o for e, o in zip(self.examples, offsets)],
+                                                  hidden.shape[-1], hidden.dtype, hidden.device)
+                    for j, i in enumerate(idx):
+                        own = len(self.examples[i].input_ids) - offsets[i]
+                        self.cache[i].copy_(hidden[j, skipped[j] : skipped[j] + own])
+                    done += len(idx)
+                    if progress:
+                        progress(TrainProgress("cache", 0, 0, done, len(by_length), None, 0.0))
+        self.prefix_len, self.offsets = keep_from, offsets
+
+    @contextmanager
+    def _capturing(self) -> Iterator[list[torch.Tensor]]:
+        """A pre-hook on layer `start` that records its input and stops the forward pass there."""
         assert self.stack is not None
         layers = getattr(self.stack.decoder, self.stack.attr)
         captured: list[torch.Tensor] = []
@@ -294,36 +347,58 @@ class _Forward:
             captured.append((args[0] if args else kwargs["hidden_states"]).detach())
             raise _Captured
 
-        order = sorted(range(len(self.examples)), key=lambda i: len(self.examples[i].input_ids))
-        # the shared prefix depends only on token ids: known before capture, so each example keeps
-        # only its own part (never two copies of the whole cache at once)
-        keep_from, shares = _shared_prefix(self.examples)
-        offsets = [keep_from if s else 0 for s in shares]
-        self.cache = []
         handle = layers[self.stack.start].register_forward_pre_hook(hook, with_kwargs=True)
         try:
-            with torch.no_grad():
-                for b in range(0, len(order), _CAPTURE_BATCH):
-                    idx = order[b : b + _CAPTURE_BATCH]
-                    batch = collate([self.examples[i] for i in idx], self.pad_id, self.device)
-                    captured.clear()
-                    try:
-                        self.stack.decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
-                    except _Captured:
-                        pass
-                    hidden = captured[0]
-                    if not self.cache:
-                        self.cache = _packed_rows([len(e.input_ids) - o for e, o in zip(self.examples, offsets)],
-                                                  hidden.shape[-1], hidden.dtype, hidden.device)
-                    for j, i in enumerate(idx):
-                        if offsets[i] and self.prefix_hidden is None:
-                            self.prefix_hidden = hidden[j : j + 1, :keep_from].clone()
-                        self.cache[i].copy_(hidden[j, offsets[i] : len(self.examples[i].input_ids)])
-                    if progress:
-                        progress(TrainProgress("cache", 0, 0, b + len(idx), len(order), None, 0.0))
+            yield captured
         finally:
             handle.remove()
-        self.prefix_len, self.offsets = keep_from, offsets
+
+    def _run_to_start(self, captured: list[torch.Tensor], **inputs: Any) -> torch.Tensor:
+        captured.clear()
+        try:
+            self.stack.decoder(**inputs)  # type: ignore[union-attr]
+        except _Captured:
+            pass
+        return captured[0]
+
+    def _capture_prefix(self, captured: list[torch.Tensor], prefix_ids: Sequence[int]) -> Any:
+        """Run the shared prefix once; keep its hidden state and return its keys and values in
+        the layers below `start` (None where this architecture does not take a KV cache)."""
+        from transformers import DynamicCache
+
+        ids = torch.tensor([list(prefix_ids)], dtype=torch.long, device=self.device)
+        kv = DynamicCache()
+        try:
+            self.prefix_hidden = self._run_to_start(captured, input_ids=ids, attention_mask=torch.ones_like(ids),
+                                                    use_cache=True, **{self._cache_kw(): kv}).clone()
+        except (TypeError, ValueError, RuntimeError, AttributeError) as exc:  # an architecture we cannot slice
+            log.warning("shared-prefix capture failed (%s); capturing whole rows", exc)
+            self.prefix_hidden = None
+            return None
+        # below layer 0 there is nothing to attend to: rows then run whole
+        return kv if self.stack.start and len(kv.layers) == self.stack.start else None  # type: ignore[union-attr]
+
+    def _cache_kw(self) -> str:
+        params = inspect.signature(self.stack.decoder.forward).parameters  # type: ignore[union-attr]
+        return "cache" if "cache" in params else "past_key_values"
+
+    def _capture_after_prefix(self, captured: list[torch.Tensor], idx: Sequence[int], prefix_len: int,
+                              prefix_kv: Any) -> torch.Tensor:
+        """Hidden states entering layer `start` at the own tokens of rows `idx` (which all start
+        with the shared prefix), attending to the prefix's keys and values."""
+        own = [torch.tensor(self.examples[i].input_ids[prefix_len:], dtype=torch.long) for i in idx]
+        ids = torch.nn.utils.rnn.pad_sequence(own, batch_first=True, padding_value=self.pad_id).to(self.device)
+        mask = torch.zeros(ids.shape, dtype=torch.long, device=self.device)
+        for j, row in enumerate(own):
+            mask[j, : len(row)] = 1
+        positions = torch.arange(prefix_len, prefix_len + ids.shape[1], device=self.device).expand(len(idx), -1)
+        mask = torch.cat([mask.new_ones((len(idx), prefix_len)), mask], 1)
+        return self._run_to_start(captured, input_ids=ids, attention_mask=mask, position_ids=positions,
+                                  use_cache=True, **{self._cache_kw(): _per_row(prefix_kv, len(idx))})
+
+    def _capture_whole(self, captured: list[torch.Tensor], idx: Sequence[int]) -> torch.Tensor:
+        batch = collate([self.examples[i] for i in idx], self.pad_id, self.device)
+        return self._run_to_start(captured, input_ids=batch.input_ids, attention_mask=batch.attention_mask)
 
     def row_tokens(self, index: int) -> int:
         """Positions example `index` runs through the trained layers in this mode."""
@@ -353,21 +428,17 @@ class _Forward:
             from transformers import DynamicCache
 
             layers = getattr(self.stack.decoder, self.stack.attr)
-            cache_kw = "cache" if "cache" in inspect.signature(self.stack.decoder.forward).parameters else "past_key_values"
             p, b = self.prefix_len, hidden_in.shape[0]
             with _layers_numbered_from_zero(layers):
                 shared = DynamicCache()
                 ones = torch.ones((1, p), dtype=attention_mask.dtype, device=attention_mask.device)
                 self.stack.decoder(inputs_embeds=self.prefix_hidden, attention_mask=ones, use_cache=True,
-                                   **{cache_kw: shared})
+                                   **{self._cache_kw(): shared})
                 prefix_mask = shares.to(attention_mask.dtype)[:, None].expand(b, p)
-                batch_kv = DynamicCache()
-                for i, layer in enumerate(shared.layers):
-                    batch_kv.update(layer.keys.expand(b, -1, -1, -1), layer.values.expand(b, -1, -1, -1), i)
                 positions = torch.arange(p, p + hidden_in.shape[1], device=hidden_in.device).expand(b, -1)
                 out = self.stack.decoder(
                     inputs_embeds=hidden_in, attention_mask=torch.cat([prefix_mask, attention_mask], 1),
-                    position_ids=positions, use_cache=True, **{cache_kw: batch_kv},
+                    position_ids=positions, use_cache=True, **{self._cache_kw(): _per_row(shared, b)},
                 )
             return out.last_hidden_state
 

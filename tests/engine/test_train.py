@@ -261,6 +261,31 @@ def test_activation_cache_rows_share_one_buffer(tiny: LoadedModel) -> None:
     assert sum(row.numel() for row in forward.cache) == forward.cache[0].untyped_storage().nbytes() // 4
 
 
+def test_activation_cache_runs_the_shared_prefix_once(tiny: LoadedModel, monkeypatch: pytest.MonkeyPatch,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    # the capture runs the template's system turn once and each row's own tokens after its keys
+    # and values; the rows must equal a capture of whole rows (also the fallback when an
+    # architecture cannot take the prefix's keys and values)
+    whole_calls: list[list[int]] = []
+    real_whole = _Forward._capture_whole
+    monkeypatch.setattr(_Forward, "_capture_whole",
+                        lambda self, c, idx: whole_calls.append(list(idx)) or real_whole(self, c, idx))
+    shared = _chat_forward(tiny)
+    assert whole_calls == [] and shared.prefix_len >= 4
+
+    def cannot(*args: object, **kwargs: object) -> torch.Tensor:
+        raise RuntimeError("no KV cache here")
+
+    monkeypatch.setattr(_Forward, "_capture_after_prefix", cannot)
+    whole = _chat_forward(tiny)
+    assert sorted(i for idx in whole_calls for i in idx) == list(range(len(FACTS)))
+    assert "shared-prefix capture failed" in caplog.text
+    assert whole.prefix_len == shared.prefix_len and whole.offsets == shared.offsets
+    torch.testing.assert_close(shared.prefix_hidden, whole.prefix_hidden, rtol=0, atol=0)
+    for a, b in zip(shared.cache, whole.cache):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
 def test_dropping_the_shared_prefix_keeps_the_losses(tiny: LoadedModel) -> None:
     # the fallback when a shared-prefix forward disagrees with the reference: whole rows again
     forward = _chat_forward(tiny)
