@@ -74,6 +74,7 @@ def measure(n: int, epochs: int, data_dir: Path, home: Path) -> dict:
     result = edit(loaded, facts, cfg, replay=replay, progress=progress)
     train_total = time.perf_counter() - t
     phases["activation cache"] = {"seconds": result.cache_seconds, "peak_mib": cache_peak[0]}
+    phases["setup (mode check, replay targets)"] = {"seconds": result.setup_seconds, "peak_mib": float("nan")}
     phases["train"] = {"seconds": result.train_seconds, "peak_mib": _peak_mib()}
     return {
         "n": n, "epochs": len(result.epochs), "phases": phases,

@@ -165,6 +165,7 @@ def run_benchmark(spec: BenchSpec, on_event: Callable[[str, Any], None] | None =
             "base_probe_answers": round(base_seconds, 2),
             "replay_pool": round(replay_seconds, 2),
             "cache": train["cache_seconds"],
+            "setup": train["setup_seconds"],
             "train": train["train_seconds"],
             "evaluate": round(eval_seconds, 2),
             "capability": capability_seconds,

@@ -107,6 +107,9 @@ class EditResult:
     epochs: list[EpochStats] = field(default_factory=list)
     converged: bool = False
     cache_seconds: float = 0.0
+    # after the cache, before the first step: the forward-mode check, the base model's
+    # distribution on the replay prompts, null-space projectors
+    setup_seconds: float = 0.0
     train_seconds: float = 0.0
     steps: int = 0
     n_facts: int = 0
@@ -145,6 +148,7 @@ class EditResult:
             "shared_prefix_tokens": self.shared_prefix_tokens,
             "steps": self.steps,
             "cache_seconds": round(self.cache_seconds, 3),
+            "setup_seconds": round(self.setup_seconds, 3),
             "train_seconds": round(self.train_seconds, 3),
             "seconds_per_epoch": round(self.train_seconds / len(self.epochs), 3) if self.epochs else None,
             "edits_x_epochs_per_second": round(self.edits_x_epochs_per_second, 3),
@@ -640,6 +644,7 @@ def edit(
                                                             cfg.null_space_energy, result)
             run = _breadth_first if cfg.pipeline == "breadth-first" else _depth_first
             t1 = time.perf_counter()
+            result.setup_seconds = t1 - t0 - result.cache_seconds
             run(forward, params, cfg, lr, result, progress, should_stop)
             result.train_seconds = time.perf_counter() - t1
         finally:

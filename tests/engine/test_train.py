@@ -313,6 +313,8 @@ def test_replay_towards_the_base_distribution_agrees_with_the_reference_loop(tin
     cached = edit(tiny, FACTS, cfg, replay=replay)
     reference = edit(tiny, FACTS, EditConfig(**{**cfg.to_dict(), "forward_mode": "reference"}), replay=replay)
     assert cached.forward_mode == "cached" and reference.forward_mode == "reference"
+    # the replay prompts' base distribution is a one-time cost, counted apart from the cache
+    assert cached.cache_seconds > 0 and cached.setup_seconds > 0 and cached.summary()["setup_seconds"] >= 0
     for a, b in zip(cached.epochs, reference.epochs):
         assert a.mean_loss == pytest.approx(b.mean_loss, rel=1e-4)
         assert a.replay_loss == pytest.approx(b.replay_loss, rel=1e-4, abs=1e-6)
