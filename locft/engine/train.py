@@ -481,9 +481,10 @@ class _Forward:
         """Keep the current (base) model's top-k next-token distribution at each target position of
         `indices`; sample_losses then trains those examples towards it (KL) instead of their tokens.
         `rows_per_pass` bounds the full-vocabulary logits held at once, as in training."""
+        by_length = sorted(indices, key=self.row_tokens)  # each pass pads only to its own longest row
         with torch.no_grad(), self._compute_precision():
-            for b in range(0, len(indices), rows_per_pass):
-                idx = list(indices[b : b + rows_per_pass])
+            for b in range(0, len(by_length), rows_per_pass):
+                idx = by_length[b : b + rows_per_pass]
                 selected, is_logits, batch = self._at_targets(idx, self.mode)
                 logits = selected if is_logits else self.head(selected)
                 logp, top = logits.float().log_softmax(-1).topk(min(top_k, logits.shape[-1]), dim=-1)
