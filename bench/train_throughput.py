@@ -35,7 +35,12 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--out", required=True, help="path without suffix: writes .json and .md")
     ap.add_argument("--home", default=os.environ.get("LOCFT_HOME", str(Path.home() / ".locft")))
+    ap.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
     args = ap.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     loaded = load_base(ModelConfig(), Path(args.home))
     facts = load_edit_facts(Path(args.data), "auto", limit=args.n)
@@ -78,7 +83,8 @@ def main() -> None:
     lines = [
         "# Training throughput: locft vs the reference loop",
         "",
-        f"`python bench/train_throughput.py --n {args.n} --epochs {args.epochs} --out {args.out}` "
+        f"`python bench/train_throughput.py --n {args.n} --epochs {args.epochs}"
+        f"{f' --threads {args.threads}' if args.threads else ''} --out {args.out}` "
         f"({len(facts)} ZsRE facts, embedded SmolLM2-135M, CPU, {record['environment']['torch_threads']} "
         f"torch threads, load average at the end {', '.join(f'{x:.1f}' for x in record['load_average'])}). "
         "Throughput counts fact edits x epochs per second, one-time costs included: the activation cache, "
