@@ -377,7 +377,6 @@ class _Forward:
                                                     use_cache=True, **{self._cache_kw(): kv}).clone()
         except (TypeError, ValueError, RuntimeError, AttributeError) as exc:  # an architecture we cannot slice
             log.warning("shared-prefix capture failed (%s); capturing whole rows", exc)
-            self.prefix_hidden = None
             return None
         # below layer 0 there is nothing to attend to: rows then run whole
         return kv if self.stack.start and len(kv.layers) == self.stack.start else None  # type: ignore[union-attr]
