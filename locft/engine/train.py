@@ -318,17 +318,7 @@ class _Forward:
             for group, kv in ((groups[0], prefix_kv), (groups[1], None)):
                 for b in range(0, len(group), _CAPTURE_BATCH):
                     idx = group[b : b + _CAPTURE_BATCH]
-                    hidden = None
-                    if kv is not None:
-                        try:
-                            hidden, skipped = self._capture_after_prefix(captured, idx, keep_from, kv), [0] * len(idx)
-                        except (TypeError, ValueError, RuntimeError, AttributeError) as exc:
-                            log.warning("shared-prefix capture failed (%s); capturing whole rows", exc)
-                            kv = None
-                    if hidden is None:
-                        hidden, skipped = self._capture_whole(captured, idx), [offsets[i] for i in idx]
-                        if offsets[idx[0]] and self.prefix_hidden is None:
-                            self.prefix_hidden = hidden[:1, :keep_from].clone()
+                    hidden, skipped, kv = self._capture_batch(captured, idx, offsets, kv)
                     if not self.cache:
                         self.cache = _packed_rows([len(e.input_ids) - o for e, o in zip(self.examples, offsets)],
                                                   hidden.shape[-1], hidden.dtype, hidden.device)
@@ -339,6 +329,20 @@ class _Forward:
                     if progress:
                         progress(TrainProgress("cache", 0, 0, done, len(by_length), None, 0.0))
         self.prefix_len, self.offsets = keep_from, offsets
+
+    def _capture_batch(self, captured: list[torch.Tensor], idx: Sequence[int], offsets: Sequence[int],
+                       prefix_kv: Any) -> tuple[torch.Tensor, list[int], Any]:
+        """One capture batch: the hidden states, how many leading positions of each row they leave
+        out, and the prefix keys and values for the next batch (None once they have failed)."""
+        if prefix_kv is not None:
+            try:
+                return self._capture_after_prefix(captured, idx, offsets[idx[0]], prefix_kv), [0] * len(idx), prefix_kv
+            except (TypeError, ValueError, RuntimeError, AttributeError) as exc:
+                log.warning("shared-prefix capture failed (%s); capturing whole rows", exc)
+        hidden = self._capture_whole(captured, idx)
+        if offsets[idx[0]] and self.prefix_hidden is None:
+            self.prefix_hidden = hidden[:1, : offsets[idx[0]]].clone()
+        return hidden, [offsets[i] for i in idx], None
 
     @contextmanager
     def _capturing(self) -> Iterator[list[torch.Tensor]]:
