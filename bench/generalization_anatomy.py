@@ -80,7 +80,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     facts = load_edit_facts(args.data, "auto", limit=args.n)
     loaded = load_base(ModelConfig(), args.home)
-    cfg = resolve_edit_config(loaded, EditConfig(seed=args.seed))
+    cfg = resolve_edit_config(loaded, EditConfig(seed=args.seed), len(facts))
     sampled = sample_facts(facts, args.eval_sample or len(facts), cfg.seed)
     asked = [(f, p) for f in sampled for p in f.paraphrases]
 

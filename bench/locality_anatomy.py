@@ -88,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     cfg = with_settings(EditConfig(), dict(parse_setting(s) for s in args.settings), "--set")
     facts = load_edit_facts(args.data, "auto", limit=args.n)
     loaded = load_base(config.model, home.root)
-    cfg = resolve_edit_config(loaded, cfg)
+    cfg = resolve_edit_config(loaded, cfg, len(facts))
     fmt = cfg.prompt_format
     probes = [p.prompt for f in facts for p in f.probes][: args.probes]
     base = base_probe_generations(loaded, probes, fmt, cfg.max_new_tokens)

@@ -62,7 +62,7 @@ def main() -> None:
     for raw in args.variants:
         overrides = json.loads(raw)
         # resolved first, so that '{}' means the model's defaults (replay included)
-        cfg = resolve_edit_config(loaded, replace(EditConfig(), **overrides))
+        cfg = resolve_edit_config(loaded, replace(EditConfig(), **overrides), len(facts))
         replay = replay_for(loaded, cfg, fmt, len(facts), exclude=evaluated, cache_dir=home / "cache")
         t0 = time.perf_counter()
         result = edit(loaded, facts, cfg, replay=replay)

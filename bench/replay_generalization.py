@@ -80,7 +80,7 @@ def main() -> None:
     probe_set = list(FIXED_PROBE_PROMPTS)
     evaluated = [f.prompt for f in facts] + [p for f in facts for p in f.paraphrases] + fact_probes + probe_set
     overrides = json.loads(args.variant)
-    cfg = resolve_edit_config(loaded, replace(EditConfig(), **overrides))
+    cfg = resolve_edit_config(loaded, replace(EditConfig(), **overrides), len(facts))
     replay = replay_for(loaded, cfg, fmt, len(facts), exclude=evaluated, cache_dir=home / "cache")
     trained = {r.prompt for r in replay}
     pool = default_replay_prompts(replay_pool_size(cfg, len(facts)) + args.heldout, evaluated, cfg.replay_pool)

@@ -59,7 +59,7 @@ def measure(n: int, epochs: int, data_dir: Path, home: Path) -> dict:
     t = time.perf_counter()
     facts = _facts(data_dir, n)
     phases["read facts"] = {"seconds": time.perf_counter() - t, "peak_mib": _peak_mib()}
-    cfg = resolve_edit_config(loaded, EditConfig(max_epochs=epochs, skip_loss=0.0, stop_loss=0.0))
+    cfg = resolve_edit_config(loaded, EditConfig(max_epochs=epochs, skip_loss=0.0, stop_loss=0.0), len(facts))
     t = time.perf_counter()
     replay = replay_for(loaded, cfg, cfg.prompt_format, len(facts), exclude=[f.prompt for f in facts],
                         cache_dir=home / "cache")

@@ -53,7 +53,7 @@ def main() -> None:
     snapshot = load_snapshot(args.snapshot)
     check_base(snapshot, loaded)
     # the prompt format, seed and answer length of a bench run
-    cfg = resolve_edit_config(loaded, EditConfig() if args.seed is None else EditConfig(seed=args.seed))
+    cfg = resolve_edit_config(loaded, EditConfig() if args.seed is None else EditConfig(seed=args.seed), len(facts))
     sampled = sample_facts(facts, args.eval_sample or len(facts), cfg.seed)
     probes = [p.prompt for f in sampled for p in f.probes]
     t = time.perf_counter()

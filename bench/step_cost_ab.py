@@ -24,7 +24,7 @@ def main() -> None:
     facts = load_edit_facts(Path("../shared/data/zsre_dev.json"), "auto", limit=100)
     for target, mb in (("tokens", 64), ("tokens", 32), ("distribution", 64), ("distribution", 32)):
         cfg = resolve_edit_config(loaded, EditConfig(max_epochs=2, skip_loss=0.0, stop_loss=0.0,
-                                                     replay_target=target, micro_batch_size=mb))
+                                                     replay_target=target, micro_batch_size=mb), len(facts))
         replay = replay_for(loaded, cfg, cfg.prompt_format, len(facts), exclude=[f.prompt for f in facts],
                             cache_dir=home / "cache")
         r = edit(loaded, facts, cfg, replay=replay)

@@ -66,7 +66,10 @@ class EditConfig:
     # prompts with the base model's own answers as targets; 0 turns it off; None: measured per
     # model (1.0 for the embedded one, off for models nobody measured)
     replay_ratio: float | None = None
-    replay_weight: float = 1.0  # weight of the replay loss next to the edit loss (3.0 measured no better)
+    # weight of the replay loss next to the edit loss; None: 1, or the measured large-fact-set
+    # weight where the round trains that setting's location (engine.targets: 2 for the embedded
+    # model's three layers from 1,000 facts on, which keeps the locality the third layer costs)
+    replay_weight: float | None = None
     # pull towards the base weights after every optimizer step: change *= 1 - lr * delta_decay
     # (decoupled, like AdamW's decay but towards the base instead of zero). A smaller change of
     # the tuned matrices flips fewer unrelated answers; 0 = off (the paper). Breadth-first only
@@ -133,7 +136,8 @@ class EditConfig:
             raise ConfigError(f"edit.delta_decay must be >= 0 and lr * delta_decay < 1, got {self.delta_decay}")
         if not 0 <= self.null_space_energy < 1:
             raise ConfigError(f"edit.null_space_energy must be in [0, 1), got {self.null_space_energy}")
-        if (self.replay_ratio is not None and self.replay_ratio < 0) or self.replay_weight < 0:
+        if ((self.replay_ratio is not None and self.replay_ratio < 0)
+                or (self.replay_weight is not None and self.replay_weight < 0)):
             raise ConfigError("edit.replay_ratio and edit.replay_weight must be >= 0")
         if (self.replay_pool_size is not None and self.replay_pool_size < 1) or self.replay_max_tokens < 1:
             raise ConfigError("edit.replay_pool_size and edit.replay_max_tokens must be >= 1")
@@ -392,7 +396,8 @@ CONFIG_TEMPLATE = """\
 
 [edit]
 # location = "model.layers.{L}.mlp.down_proj.weight"   # default: chosen per architecture
-# layers = [21, 22]          # default: per architecture (the embedded model: 21 and 22)
+# layers = [21, 22]          # default: per architecture (the embedded model: 21 and 22;
+#                            # 20, 21 and 22 in rounds over 1,000 facts or more)
 # prompt_format = "auto"     # auto (chat template when the model has one) | chat | raw
 # lr = 5e-3                  # default: measured per model (paper: 5e-4 for 7B models)
 # batch_size = 32           # default: measured per model (paper: 100)
@@ -402,7 +407,8 @@ CONFIG_TEMPLATE = """\
 # seed = 0
 # replay_ratio = 1.5         # generic prompts per fact in a batch, base answers as targets;
 #                            # default: measured per model (1.5 embedded, 0 = the paper's recipe)
-# replay_weight = 1.0        # weight of the replay loss
+# replay_weight = 1.0        # weight of the replay loss; default 1 (the embedded model: 2 with
+#                            # its three layers over 1,000 facts or more)
 # delta_decay = 0.0          # pull towards the base weights each step (change *= 1 - lr * delta_decay)
 # null_space_energy = 0.0    # keep the change off the replay prompts' top input directions (share of energy)
 # replay_target = "distribution"  # KL to the base's next-token distribution | tokens (its greedy tokens)

@@ -341,7 +341,7 @@ def locate(
     emit = progress or (lambda p: None)
     sample = sample_facts(facts, settings.sample, settings.seed)
     epochs = settings.epochs or edit_cfg.max_epochs
-    resolved = resolve_edit_config(loaded, replace(edit_cfg, max_epochs=epochs))
+    resolved = resolve_edit_config(loaded, replace(edit_cfg, max_epochs=epochs), len(sample))
     assert resolved.batch_size is not None
     batch = min(resolved.batch_size, max(1, math.ceil(len(sample) / settings.min_steps_per_epoch)))
     resolved = replace(resolved, batch_size=batch)

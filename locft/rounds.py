@@ -301,7 +301,7 @@ def _run(
 
     from locft.engine.train import resolve_edit_config
 
-    edit_cfg = resolve_edit_config(loaded, config.edit)  # per-model defaults, replay included
+    edit_cfg = resolve_edit_config(loaded, config.edit, len(facts))  # per-model defaults, replay included
     replay = None
     if facts and edit_cfg.replay_ratio and edit_cfg.pipeline == "breadth-first":
         # Built here, not inside edit(), so that the locality probes are never replayed: a
@@ -344,7 +344,7 @@ def _run(
             from locft.engine.train import resolve_edit_config
 
             tensors, summary = {}, {"loss_per_epoch": [], "epochs": 0, "note": "no active facts"}
-            resolved = resolve_edit_config(loaded, config.edit)
+            resolved = resolve_edit_config(loaded, config.edit, len(facts))
             prompt_format = resolved.prompt_format
             edit_record = to_dict(resolved) | {"parameters": []}
 

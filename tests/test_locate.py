@@ -219,7 +219,7 @@ def test_record_location_writes_atomically_keeps_the_mode_and_resolves(tmp_path:
     os.chmod(path, 0o640)
     assert record_location(path, DOWN_PROJ, [1], note="n") is True
     assert stat.S_IMODE(path.stat().st_mode) == 0o640
-    assert location_from_config(loaded.model, load_config(tmp_path).edit) == EditLocation(DOWN_PROJ, (1,))
+    assert location_from_config(loaded.model, load_config(tmp_path).edit, 10) == EditLocation(DOWN_PROJ, (1,))
     snapshot = path.read_text()
     assert record_location(path, DOWN_PROJ, [1], note="other") is False  # already so: untouched
     assert path.read_text() == snapshot

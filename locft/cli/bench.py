@@ -54,7 +54,7 @@ def _table(record: dict[str, Any]) -> str:
 @click.option("--pipeline", type=click.Choice(["breadth-first", "depth-first"]), default=None,
               help="breadth-first is LocFT-BF; depth-first (each fact alone, in turn) is the baseline.")
 @click.option("--location", default=None, help="Parameter template, e.g. 'model.layers.{L}.mlp.down_proj.weight'.")
-@click.option("--layer", "layers", type=int, multiple=True, help="Layer(s) for {L}; repeat for several.")
+@click.option("--layer", "layers", type=int, multiple=True, help="Layer(s) for {L}; repeat for several (default: measured per model and fact count).")
 @click.option("--lr", type=float, default=None, help="Learning rate (default: measured per model).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None)
 @click.option("--epochs", "max_epochs", type=click.IntRange(min=1), default=None, help="Maximum epochs.")
@@ -63,7 +63,9 @@ def _table(record: dict[str, Any]) -> str:
               help="cached (fast, exact) | full | reference (the paper's loop).")
 @click.option("--replay-ratio", type=click.FloatRange(min=0), default=None,
               help="Replay prompts (base model's own answers) per fact in each batch; 0 = off.")
-@click.option("--replay-weight", type=click.FloatRange(min=0), default=None, help="Weight of the replay loss.")
+@click.option("--replay-weight", type=click.FloatRange(min=0), default=None,
+              help="Weight of the replay loss (default 1; the embedded model: 2 with its default "
+                   "location from 1,000 facts on).")
 @click.option("--compute-dtype", type=click.Choice(["auto", "float32", "bfloat16"]), default=None,
               help="Training matmuls: float32 (the paper) | bfloat16 (autocast) | auto (bf16 where native).")
 @click.option("--seed", type=int, default=None)

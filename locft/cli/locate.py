@@ -223,7 +223,7 @@ def locate_cmd(facts_file: Path | None, data_format: str, sample: int, seed: int
         torch.set_num_threads(threads)
     click.echo(f"- loading the base model (home: {home.root})", err=True)
     loaded = load_base(config.model, home.root)
-    current = location_from_config(loaded.model, config.edit)
+    current = location_from_config(loaded.model, config.edit, len(facts))
     candidates = build_candidates(loaded.model, current, templates, layers)
     click.echo(f"- {len(candidates)} candidate location(s); {min(sample, len(facts))} of {len(facts)} facts, "
                f"up to {epochs or config.edit.max_epochs} epochs each", err=True)

@@ -51,6 +51,7 @@ from locft.engine.targets import (
     default_batch_size,
     default_replay_qa_share,
     default_replay_ratio,
+    default_replay_weight,
     default_lr,
     layer_index,
     location_from_config,
@@ -562,9 +563,10 @@ class _Forward:
             self.mode = "reference"
 
 
-def resolve_edit_config(loaded: LoadedModel, cfg: EditConfig) -> EditConfig:
-    """Fill the per-model defaults (location, layers, prompt format, lr, batch size, replay)."""
-    location = location_from_config(loaded.model, cfg)
+def resolve_edit_config(loaded: LoadedModel, cfg: EditConfig, n_facts: int) -> EditConfig:
+    """Fill the per-model defaults (location, layers, prompt format, lr, batch size, replay) for
+    a round over `n_facts` facts: some models have a measured large-fact-set setting."""
+    location = location_from_config(loaded.model, cfg, n_facts)
     return replace(
         cfg,
         location=location.template,
@@ -573,6 +575,8 @@ def resolve_edit_config(loaded: LoadedModel, cfg: EditConfig) -> EditConfig:
         lr=cfg.lr if cfg.lr is not None else default_lr(loaded.config),
         batch_size=cfg.batch_size if cfg.batch_size is not None else default_batch_size(loaded.config),
         replay_ratio=cfg.replay_ratio if cfg.replay_ratio is not None else default_replay_ratio(loaded.config),
+        replay_weight=(cfg.replay_weight if cfg.replay_weight is not None
+                       else default_replay_weight(loaded.model, cfg, n_facts)),
         replay_qa_share=(cfg.replay_qa_share if cfg.replay_qa_share is not None
                          else default_replay_qa_share(loaded.config) if cfg.replay_target == "distribution" else 0.0),
         compute_dtype=resolve_compute_dtype(cfg.compute_dtype, loaded),
@@ -596,8 +600,8 @@ def edit(
     """
     if not facts:
         raise LocftError("no facts to edit")
-    cfg = resolve_edit_config(loaded, cfg)
-    location = location_from_config(loaded.model, cfg)
+    cfg = resolve_edit_config(loaded, cfg, len(facts))
+    location = location_from_config(loaded.model, cfg, len(facts))
     names = resolve_location(loaded.model, location)
     prompt_format, lr = cfg.prompt_format, cfg.lr
     assert lr is not None and cfg.batch_size is not None
@@ -703,6 +707,7 @@ def _accumulate_gradients(
     passes of at most cfg.micro_batch_size rows and cfg.micro_batch_tokens padded tokens so that
     activation memory stays bounded; the summed gradient is the whole batch's. Returns the two
     means (replay None without replay rows)."""
+    assert cfg.replay_weight is not None, "resolve_edit_config fills the replay weight"
     n_edit = len(indices)
     weights = [1.0 / n_edit] * n_edit + [cfg.replay_weight / max(len(extra), 1)] * len(extra)
     is_edit = [True] * n_edit + [False] * len(extra)

@@ -73,7 +73,7 @@ def test_write_records_the_pick_and_a_later_config_load_resolves_to_it(home: Hom
     assert [line for line in before.splitlines() if line not in text.splitlines()] == []
     assert "# locft locate: " in text and "4 facts x 30 epochs" in text
     loaded = load_base(cfg.model, home.root)
-    assert location_from_config(loaded.model, cfg.edit) == EditLocation(DOWN_PROJ, (layer,))
+    assert location_from_config(loaded.model, cfg.edit, 10) == EditLocation(DOWN_PROJ, (layer,))
 
 
 def test_no_write_only_prints_the_lines_to_paste(home: Home, facts_file: Path, tmp_path: Path) -> None:

@@ -101,12 +101,12 @@ def test_qa_share_resolves_per_model_and_never_with_token_targets(tiny: LoadedMo
     from locft.engine.train import resolve_edit_config
 
     # the tiny model is no measured architecture: off, like replay itself
-    assert resolve_edit_config(tiny, EditConfig()).replay_qa_share == 0.0
-    assert resolve_edit_config(tiny, EditConfig(replay_qa_share=0.25)).replay_qa_share == 0.25
+    assert resolve_edit_config(tiny, EditConfig(), 10).replay_qa_share == 0.0
+    assert resolve_edit_config(tiny, EditConfig(replay_qa_share=0.25), 10).replay_qa_share == 0.25
     monkeypatch.setattr(targets, "MEASURED_REPLAY_QA_SHARE", {targets._arch_key(tiny.config): 0.5})
-    assert resolve_edit_config(tiny, EditConfig()).replay_qa_share == 0.5
+    assert resolve_edit_config(tiny, EditConfig(), 10).replay_qa_share == 0.5
     # token targets would teach the reference answers: the default turns the pairs off
-    assert resolve_edit_config(tiny, EditConfig(replay_target="tokens")).replay_qa_share == 0.0
+    assert resolve_edit_config(tiny, EditConfig(replay_target="tokens"), 10).replay_qa_share == 0.0
 
 
 def test_a_larger_pool_extends_a_smaller_one(tiny: LoadedModel, tmp_path: Path) -> None:

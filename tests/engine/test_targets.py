@@ -6,9 +6,11 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from locft.config import EditConfig
 from locft.engine.targets import (
+    DOWN_PROJ,
     EditLocation,
     candidate_templates,
     default_location,
+    default_replay_weight,
     location_from_config,
     resolve_location,
 )
@@ -66,7 +68,7 @@ def test_paper_default_read_from_config_not_name() -> None:
 
 
 def test_config_overrides_layers(twelve_layers: LlamaForCausalLM) -> None:
-    loc = location_from_config(twelve_layers, EditConfig(layers=(3,)))
+    loc = location_from_config(twelve_layers, EditConfig(layers=(3,)), 10)
     assert resolve_location(twelve_layers, loc) == ["model.layers.3.mlp.down_proj.weight"]
 
 
@@ -85,3 +87,40 @@ def test_embedded_default_tunes_two_down_projections() -> None:
     location = default_location(model)
     assert location == EditLocation("model.layers.{L}.mlp.down_proj.weight", (21, 22))
     assert resolve_location(model, location) == [f"model.layers.{i}.mlp.down_proj.weight" for i in (21, 22)]
+
+
+def _embedded_shape() -> LlamaForCausalLM:
+    cfg = LlamaConfig(vocab_size=8, hidden_size=576, num_hidden_layers=30, num_attention_heads=9,
+                      num_key_value_heads=3, intermediate_size=8)
+    with torch.device("meta"):
+        return LlamaForCausalLM(cfg)
+
+
+def test_embedded_default_adds_a_third_layer_and_weights_replay_from_1000_facts() -> None:
+    # measured: bench/results/quality/README.md, "Three layers"
+    model = _embedded_shape()
+    small, large = (21, 22), (20, 21, 22)
+    assert location_from_config(model, EditConfig(), 999) == EditLocation(DOWN_PROJ, small)
+    assert default_replay_weight(model, EditConfig(), 999) == 1.0
+    assert location_from_config(model, EditConfig(), 1000) == EditLocation(DOWN_PROJ, large)
+    assert default_replay_weight(model, EditConfig(), 1000) == 2.0
+    # the default template named explicitly is still the default location
+    assert location_from_config(model, EditConfig(location=DOWN_PROJ), 5000) == EditLocation(DOWN_PROJ, large)
+
+
+def test_configured_layers_or_template_keep_the_large_fact_set_setting_out() -> None:
+    model = _embedded_shape()
+    two_layers = EditConfig(layers=(21, 22))
+    assert location_from_config(model, two_layers, 1000) == EditLocation(DOWN_PROJ, (21, 22))
+    assert default_replay_weight(model, two_layers, 1000) == 1.0
+    # another template was never measured with the third layer: the small-set layers
+    o_proj = EditConfig(location="model.layers.{L}.self_attn.o_proj.weight")
+    assert location_from_config(model, o_proj, 1000).layers == (21, 22)
+    assert default_replay_weight(model, o_proj, 1000) == 1.0
+    # layers chosen by hand keep the weight at 1 (as the commands that measured them ran)
+    assert default_replay_weight(model, EditConfig(layers=(20, 21, 22)), 1000) == 1.0
+
+
+def test_unmeasured_models_have_no_large_fact_set_setting(twelve_layers: LlamaForCausalLM) -> None:
+    assert location_from_config(twelve_layers, EditConfig(), 100_000) == default_location(twelve_layers)
+    assert default_replay_weight(twelve_layers, EditConfig(), 100_000) == 1.0

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 
 import pytest
 import torch
@@ -51,6 +52,24 @@ def test_only_the_target_tensor_changes(tiny: LoadedModel) -> None:
     changed = {n for n in original if original[n] != edited[n]}
     assert changed == {TARGET}
     assert hashes(tiny.model) == original
+
+
+def test_a_measured_large_fact_set_setting_trains_from_its_fact_count(tiny: LoadedModel,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from locft.engine import targets
+
+    key = targets._arch_key(tiny.config)
+    template = "model.layers.{L}.mlp.down_proj.weight"
+    monkeypatch.setattr(targets, "MEASURED_DEFAULTS", {key: (template, (3,))})
+    monkeypatch.setattr(targets, "MEASURED_LARGE_FACT_SETS",
+                        {key: targets.LargeFactSetDefault(min_facts=4, layers=(2, 3), replay_weight=2.0)})
+    three = edit(tiny, FACTS[:3], replace(LEARN, max_epochs=1))
+    assert list(three.tensors) == [TARGET] and three.config.replay_weight == 1.0
+    four = edit(tiny, FACTS, replace(LEARN, max_epochs=1))
+    assert list(four.tensors) == ["model.layers.2.mlp.down_proj.weight", TARGET]
+    assert four.config.layers == (2, 3) and four.config.replay_weight == 2.0
+    # a weight set in the config wins over the measured one
+    assert edit(tiny, FACTS, replace(LEARN, max_epochs=1, replay_weight=0.5)).config.replay_weight == 0.5
 
 
 @pytest.mark.parametrize("mode", ["full", "reference"])
@@ -148,7 +167,6 @@ def test_bfloat16_autocast_learns_the_facts_and_keeps_the_cached_forward(tiny: L
 
 
 def test_compute_dtype_resolution(tiny: LoadedModel) -> None:
-    from dataclasses import replace
 
     from locft.engine.train import autocast_dtype, native_bf16, resolve_edit_config
 
@@ -157,10 +175,10 @@ def test_compute_dtype_resolution(tiny: LoadedModel) -> None:
     assert autocast_dtype("auto", tiny) == (torch.bfloat16 if native_bf16(tiny.device) else None)
     assert autocast_dtype("bfloat16", replace(tiny, dtype=torch.bfloat16)) is None  # already half precision
     # the recorded config says what ran, never "auto"
-    resolved = resolve_edit_config(tiny, EditConfig()).compute_dtype
+    resolved = resolve_edit_config(tiny, EditConfig(), 10).compute_dtype
     assert resolved == ("bfloat16" if native_bf16(tiny.device) else "float32")
-    assert resolve_edit_config(replace(tiny, dtype=torch.bfloat16), EditConfig()).compute_dtype == "bfloat16"
-    assert resolve_edit_config(replace(tiny, dtype=torch.float16), EditConfig()).compute_dtype == "float16"
+    assert resolve_edit_config(replace(tiny, dtype=torch.bfloat16), EditConfig(), 10).compute_dtype == "bfloat16"
+    assert resolve_edit_config(replace(tiny, dtype=torch.float16), EditConfig(), 10).compute_dtype == "float16"
     with pytest.raises(ConfigError, match="loss scaling"):
         autocast_dtype("float16", tiny)
     with pytest.raises(ConfigError, match="compute_dtype"):
