@@ -78,17 +78,6 @@ def test_candidate_templates_are_deduplicated(twelve_layers: LlamaForCausalLM) -
     assert "model.embed_tokens.weight" in templates
 
 
-def test_embedded_default_tunes_two_down_projections() -> None:
-    # SmolLM2-135M's measured default (bench/results/quality/README.md, levers at N=1000)
-    cfg = LlamaConfig(vocab_size=8, hidden_size=576, num_hidden_layers=30, num_attention_heads=9,
-                      num_key_value_heads=3, intermediate_size=8)
-    with torch.device("meta"):
-        model = LlamaForCausalLM(cfg)
-    location = default_location(model)
-    assert location == EditLocation("model.layers.{L}.mlp.down_proj.weight", (21, 22))
-    assert resolve_location(model, location) == [f"model.layers.{i}.mlp.down_proj.weight" for i in (21, 22)]
-
-
 def _embedded_shape() -> LlamaForCausalLM:
     cfg = LlamaConfig(vocab_size=8, hidden_size=576, num_hidden_layers=30, num_attention_heads=9,
                       num_key_value_heads=3, intermediate_size=8)
@@ -96,8 +85,16 @@ def _embedded_shape() -> LlamaForCausalLM:
         return LlamaForCausalLM(cfg)
 
 
+def test_embedded_default_tunes_two_down_projections() -> None:
+    # SmolLM2-135M's measured default (bench/results/quality/README.md, levers at N=1000)
+    model = _embedded_shape()
+    location = default_location(model)
+    assert location == EditLocation("model.layers.{L}.mlp.down_proj.weight", (21, 22))
+    assert resolve_location(model, location) == [f"model.layers.{i}.mlp.down_proj.weight" for i in (21, 22)]
+
+
 def test_embedded_default_adds_a_third_layer_and_weights_replay_from_1000_facts() -> None:
-    # measured: bench/results/quality/README.md, "Three layers"
+    # measured: bench/results/quality/README.md, "A default that grows with the facts"
     model = _embedded_shape()
     small, large = (21, 22), (20, 21, 22)
     assert location_from_config(model, EditConfig(), 999) == EditLocation(DOWN_PROJ, small)

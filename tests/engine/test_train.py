@@ -167,7 +167,6 @@ def test_bfloat16_autocast_learns_the_facts_and_keeps_the_cached_forward(tiny: L
 
 
 def test_compute_dtype_resolution(tiny: LoadedModel) -> None:
-
     from locft.engine.train import autocast_dtype, native_bf16, resolve_edit_config
 
     assert autocast_dtype("float32", tiny) is None
