@@ -6,8 +6,9 @@ base weights each time (the [edit] recipe, with the batch shrunk so that an epoc
 steps), and the edited model is measured:
 
 - general capability: lm-eval tasks (default wiki_bpb, bits per byte on 50 Wikipedia
-  passages: the most sensitive of the offline suite, MEASURED.md), candidate vs the base
-  model's score (computed once, cached per base fingerprint); the worst task's drop counts;
+  passages: the most sensitive of the offline suite, bench/results/quality/locate_embedded.md),
+  candidate vs the base model's score (computed once, cached per base fingerprint); the worst
+  task's drop counts;
 - locality: token agreement with the base model's own answers on the fixed probe set plus
   the sample's own probes (base answers cached per base fingerprint); exact locality
   (a generation per probe) on request;
@@ -30,10 +31,14 @@ import os
 import random
 import re
 import time
-import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser, published as tomli
+    import tomli as tomllib  # type: ignore[no-redef]
 
 from locft.atomic import atomic_write_text
 from locft.config import CONFIG_TEMPLATE, EditConfig, LocftConfig, from_dict
