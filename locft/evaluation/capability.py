@@ -21,7 +21,7 @@ wiki_bpb       bits_per_byte    --        1.04        unique Wikipedia paragraph
 ============== ================ ========= =========== ==================================================
 
 (*) the embedded SmolLM2-135M-Instruct, fp32 CPU, first 200 items (arc_easy, piqa) or 100; the
-"~chance" rows are from MEASURED.md. A task at chance cannot show a drop: a poor gate for that
+"~chance" rows are from an earlier run whose record was not kept. A task at chance cannot show a drop: a poor gate for that
 model. (**) majority class.
 
 `limit` takes the first N items of each split (the same items every time, so a candidate and the
