@@ -1,0 +1,392 @@
+"""A version's scope: which prompts its edits are about.
+
+A scoped version answers a prompt with its tuned tensors only when the prompt is *in scope*, and
+with the untouched base weights otherwise (`locft.engine.scoped`). The scope is built in the
+round from the frozen fact set alone: each fact's edit prompt and subject. The paraphrases and
+probes that measure generalization and locality are never looked at, so the gates measure it
+honestly.
+
+Two signals, combined by `match`:
+
+- **subject**: the prompt names a fact's subject, as whole words after normalization (case,
+  Unicode forms, punctuation and invisible characters do not matter; "Kiss Me, Kate" matches
+  "kiss me kate", "Australia" matches "Australia's" but not "Australian"). A fact without a
+  subject gets one found in its prompt (`find_subject`: quoted text, else the longest run of
+  capitalized words, else its rarest words).
+- **similarity**: the base model's hidden state at one early layer, averaged over the prompt's
+  tokens, is within a cosine threshold of some fact prompt's. The threshold is calibrated per
+  round on generic prompts that no gate uses (the replay pool's offline data): the
+  `1 - false_positive_rate` quantile of their best similarity.
+
+`"subject"` (the default), `"similarity"`, or `"either"` (in scope when either signal says so).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterable, Literal, Sequence
+
+from locft.errors import ConfigError, SnapshotError
+
+if TYPE_CHECKING:
+    import torch
+
+    from locft.engine.model_io import LoadedModel
+    from locft.facts import EditFact
+
+ScopeMatch = Literal["subject", "similarity", "either"]
+SCOPE_MATCHES: tuple[str, ...] = ("subject", "similarity", "either")
+SCOPE_FORMAT = "locft-scope/1"
+
+_WORD = re.compile(r"[^\W_]+", re.UNICODE)
+_QUOTED = re.compile(r"[\"“”«»]([^\"“”«»]{2,80})[\"“”«»]")
+# Lower-case words that may sit inside a name ("Bank of England", "Leonardo da Vinci").
+_NAME_JOINERS = {"of", "the", "de", "da", "del", "der", "di", "du", "la", "le", "van", "von", "y", "and", "&", "on",
+                 "in", "for", "upon", "am", "an"}
+# Capitalized only because a sentence starts with them: never a subject on their own.
+_FUNCTION_WORDS = {
+    "a", "an", "the", "what", "which", "who", "whom", "whose", "where", "when", "why", "how", "is", "are", "was",
+    "were", "do", "does", "did", "in", "on", "at", "of", "for", "to", "from", "by", "with", "name", "tell", "give",
+    "please", "can", "could", "would", "should", "will", "has", "have", "had", "if", "and", "or", "this", "that",
+    "these", "those", "it", "its", "there", "i", "you", "we", "they", "he", "she", "my", "your", "our", "their",
+    "his", "her", "as", "after", "before", "during", "since", "until", "about", "into", "under", "over", "be",
+}
+_STOP_WORDS = _FUNCTION_WORDS | {
+    "capital", "country", "city", "name", "called", "located", "part", "member", "born", "die", "died", "year",
+    "language", "play", "plays", "played", "work", "works", "worked", "position", "held", "holds", "type", "kind",
+    "s", "t", "made", "make", "one", "many", "much", "some", "any", "all", "other", "same", "new", "old",
+}
+
+
+def normalize_words(text: str) -> tuple[str, ...]:
+    """Words for matching: NFKC, case-folded, invisible characters dropped, split at anything
+    that is not a letter or digit (so punctuation and possessives separate words)."""
+    text = unicodedata.normalize("NFKC", text)
+    text = "".join(ch for ch in text if unicodedata.category(ch) != "Cf")
+    return tuple(_WORD.findall(text.casefold()))
+
+
+def find_subject(prompt: str) -> str:
+    """What a prompt without a given subject is most likely about: a quoted span, else the longest
+    run of capitalized words (names may hold joiners such as "of"), else its last content word.
+    Never empty for a prompt with any word."""
+    quoted = _QUOTED.findall(prompt)
+    if quoted:
+        return max(quoted, key=len).strip()
+    # a sentence or a bracket ends a name ("Beirut? It is", "USS Parrott (DD-218)")
+    tokens = re.findall(r"[^\s,;:?!()\[\]{}\"“”]+|[?!()\[\]]", prompt)
+    runs: list[list[str]] = []
+    current: list[str] = []
+    joiners: list[str] = []  # lower-case words after a capitalized one: part of a name if one more follows
+    for token in tokens:
+        bare = re.sub(r"['’]s$", "", token).strip(".'’")  # "Carol Bly's death" is about Carol Bly
+        if not bare:
+            continue
+        capital = bare[0].isupper() or bare[0].isdigit()
+        if capital and bare.lower() not in _FUNCTION_WORDS:
+            if current and len(joiners) > 1:  # "CEO of the Bank": two joiners end a name
+                runs.append(current)
+                current = []
+            elif current:
+                current.extend(joiners)
+            current.append(bare)
+            joiners = []
+        elif current and bare.lower() in _NAME_JOINERS:
+            joiners.append(bare)
+        else:
+            if current:
+                runs.append(current)
+            current, joiners = [], []
+    if current:
+        runs.append(current)
+    names = [" ".join(run) for run in runs]
+    if names:  # the last name: questions name their subject late ("... of Great Britain is X located?")
+        return names[-1]
+    # no name: the last content word ("the boiling point of mercury" is about mercury); one word,
+    # since a key must appear as a contiguous run of words
+    words = [w for w in normalize_words(prompt) if w not in _STOP_WORDS and len(w) > 2] or list(normalize_words(prompt))
+    nouns = [w for w in words if not w.endswith("ed")] or words  # "aloha was written in": not "written"
+    return nouns[-1] if nouns else ""
+
+
+@dataclass(frozen=True)
+class ScopeKey:
+    """One fact's subject as matched: its normalized words, and where they came from."""
+
+    words: tuple[str, ...]
+    source: Literal["given", "found"]
+    fact_id: str | None = None
+
+
+@dataclass
+class Scope:
+    """Which prompts a version's edits are about (see the module docstring)."""
+
+    match: ScopeMatch
+    keys: list[ScopeKey]
+    # chat-template text that every chat prompt carries (a system prompt): never a reason to be in scope
+    boilerplate: tuple[tuple[str, ...], ...] = ()
+    layer: int | None = None  # similarity: the decoder layer whose output is pooled
+    threshold: float | None = None  # similarity: in scope from this cosine on
+    false_positive_rate: float | None = None  # similarity: the calibration target
+    embeddings: "torch.Tensor | None" = None  # similarity: one unit vector per fact prompt
+    report: dict[str, Any] = field(default_factory=dict)
+    _index: dict[str, list[tuple[str, ...]]] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.match not in SCOPE_MATCHES:
+            raise ConfigError(f"unknown scope match {self.match!r}; use one of {', '.join(SCOPE_MATCHES)}")
+        for key in self.keys:
+            if key.words:
+                self._index.setdefault(key.words[0], []).append(key.words)
+
+    @property
+    def uses_subject(self) -> bool:
+        return self.match in ("subject", "either")
+
+    @property
+    def uses_similarity(self) -> bool:
+        return self.match in ("similarity", "either") and self.embeddings is not None
+
+    # ---- deciding --------------------------------------------------------------------------------
+
+    def _strip_boilerplate(self, words: tuple[str, ...]) -> tuple[str, ...]:
+        for block in self.boilerplate:
+            n = len(block)
+            if not n:
+                continue
+            for i in range(len(words) - n + 1):
+                if words[i:i + n] == block:
+                    words = words[:i] + words[i + n:]
+                    break
+        return words
+
+    def names_a_subject(self, text: str) -> bool:
+        """The text names some fact's subject (whole words; the chat boilerplate ignored)."""
+        words = self._strip_boilerplate(normalize_words(text))
+        for i, word in enumerate(words):
+            for key in self._index.get(word, ()):
+                if words[i:i + len(key)] == key:
+                    return True
+        return False
+
+    def similar(self, features: "torch.Tensor") -> "torch.Tensor":
+        """Per row of pooled base features: the best cosine to any fact prompt is over the threshold."""
+        import torch
+
+        if self.embeddings is None or self.threshold is None:
+            return torch.zeros(features.shape[0], dtype=torch.bool, device=features.device)
+        return best_similarity(features, self.embeddings) >= self.threshold
+
+    def decide(self, subject_hits: "torch.Tensor", similarity_hits: "torch.Tensor | None") -> "torch.Tensor":
+        """Combine the two signals (a missing similarity signal counts as no hit)."""
+        if similarity_hits is None:
+            similarity_hits = subject_hits.new_zeros(subject_hits.shape)
+        if self.match == "subject":
+            return subject_hits
+        if self.match == "similarity":
+            return similarity_hits
+        return subject_hits | similarity_hits
+
+    # ---- storing ---------------------------------------------------------------------------------
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": SCOPE_FORMAT,
+            "match": self.match,
+            "keys": [{"words": list(k.words), "source": k.source, "fact_id": k.fact_id} for k in self.keys],
+            "boilerplate": [list(b) for b in self.boilerplate],
+            "layer": self.layer,
+            "threshold": self.threshold,
+            "false_positive_rate": self.false_positive_rate,
+            "report": self.report,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any, embeddings: "torch.Tensor | None" = None) -> "Scope":
+        try:
+            if data.get("format") != SCOPE_FORMAT:
+                raise ValueError(f"not a {SCOPE_FORMAT} record")
+            keys = [ScopeKey(tuple(str(w) for w in k["words"]), k["source"], k.get("fact_id")) for k in data["keys"]]
+            return cls(
+                match=data["match"], keys=keys, boilerplate=tuple(tuple(b) for b in data.get("boilerplate", ())),
+                layer=data.get("layer"), threshold=data.get("threshold"),
+                false_positive_rate=data.get("false_positive_rate"), embeddings=embeddings,
+                report=dict(data.get("report") or {}),
+            )
+        except (AttributeError, KeyError, TypeError, ValueError, ConfigError) as exc:
+            raise SnapshotError(f"the snapshot's scope is unreadable ({exc})") from None
+
+    def summary(self) -> dict[str, Any]:
+        """What `locft versions show` and the round report print."""
+        given = sum(1 for k in self.keys if k.source == "given")
+        out: dict[str, Any] = {"match": self.match, "facts": len(self.keys), "subjects_given": given,
+                               "subjects_found": len(self.keys) - given}
+        if self.uses_similarity:
+            out |= {"layer": self.layer, "threshold": self.threshold, "false_positive_rate": self.false_positive_rate}
+        return out | {k: v for k, v in self.report.items() if k not in out}
+
+
+def best_similarity(features: "torch.Tensor", embeddings: "torch.Tensor") -> "torch.Tensor":
+    """Per row: the highest cosine between the row's pooled features and any fact's."""
+    import torch
+
+    rows = torch.nn.functional.normalize(features.float(), dim=-1)
+    keys = embeddings.to(device=rows.device, dtype=rows.dtype)
+    if keys.shape[0] == 0:
+        return torch.full((rows.shape[0],), -1.0, device=rows.device)
+    return (rows @ keys.T).max(dim=-1).values
+
+
+def subject_keys(facts: Sequence["EditFact"]) -> tuple[list[ScopeKey], int]:
+    """One key per fact (two when a given subject is missing from the prompt, which also gets the
+    subject found there), and how many given subjects were not in their own prompt."""
+    keys: list[ScopeKey] = []
+    missing = 0
+    for fact in facts:
+        prompt_words = normalize_words(fact.prompt)
+        if fact.subject and normalize_words(fact.subject):
+            words = normalize_words(fact.subject)
+            keys.append(ScopeKey(words, "given", fact.fact_id))
+            if not _contains(prompt_words, words):
+                missing += 1
+                keys.append(ScopeKey(normalize_words(find_subject(fact.prompt)), "found", fact.fact_id))
+        else:
+            keys.append(ScopeKey(normalize_words(find_subject(fact.prompt)), "found", fact.fact_id))
+    return keys, missing
+
+
+def _contains(words: tuple[str, ...], key: tuple[str, ...]) -> bool:
+    n = len(key)
+    return any(words[i:i + n] == key for i in range(len(words) - n + 1))
+
+
+def chat_boilerplate(tokenizer: Any, prompt_format: str) -> tuple[tuple[str, ...], ...]:
+    """The words a chat template adds around every user turn, as blocks of 3 or more words (its
+    system prompt, say): matching ignores them, or a subject named there would be in every prompt."""
+    from locft.engine.data import encode_prompt
+
+    if prompt_format != "chat":
+        return ()
+    text = str(tokenizer.decode(encode_prompt(tokenizer, "", "chat"), skip_special_tokens=True))
+    blocks = []
+    for line in text.splitlines():
+        words = normalize_words(line)
+        if len(words) >= 3:
+            blocks.append(words)
+    return tuple(blocks)
+
+
+def default_scope_layer(n_layers: int) -> int:
+    """An early layer: the prompt's meaning is formed there and no edit is tuned that low."""
+    return max(0, round(n_layers * 0.27) - 1)
+
+
+def pooled_features(loaded: "LoadedModel", prompts: Sequence[str], prompt_format: str, layer: int,
+                    batch_size: int = 32) -> "torch.Tensor":
+    """Mean over each prompt's tokens of the base model's output of decoder layer `layer` (the
+    forward stops there)."""
+    import torch
+
+    from locft.engine.data import encode_prompt
+    from locft.engine.scoped import decoder_layers
+
+    tok = loaded.tokenizer
+    encoded = [encode_prompt(tok, p, prompt_format) for p in prompts]
+    target = decoder_layers(loaded.model)[layer]
+    out = torch.zeros((len(prompts), int(loaded.model.config.hidden_size)), dtype=torch.float32)
+
+    class _Stop(Exception):
+        pass
+
+    captured: list[torch.Tensor] = []
+
+    def hook(module: Any, args: Any, output: Any) -> None:
+        captured.append(output[0] if isinstance(output, tuple) else output)
+        raise _Stop
+
+    handle = target.register_forward_hook(hook)
+    try:
+        order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
+        with torch.no_grad():
+            for b in range(0, len(order), batch_size):
+                idx = order[b:b + batch_size]
+                width = max(len(encoded[i]) for i in idx)
+                ids = torch.full((len(idx), width), tok.pad_token_id, dtype=torch.long)
+                mask = torch.zeros((len(idx), width), dtype=torch.long)
+                for j, i in enumerate(idx):
+                    ids[j, width - len(encoded[i]):] = torch.tensor(encoded[i])
+                    mask[j, width - len(encoded[i]):] = 1
+                captured.clear()
+                try:
+                    loaded.model(input_ids=ids.to(loaded.device), attention_mask=mask.to(loaded.device))
+                except _Stop:
+                    pass
+                pooled = mean_pool(captured[0], mask.to(captured[0].device))
+                out[idx] = pooled.float().cpu()
+    finally:
+        handle.remove()
+    return out
+
+
+def mean_pool(hidden: "torch.Tensor", attention_mask: "torch.Tensor | None") -> "torch.Tensor":
+    if attention_mask is None:
+        return hidden.float().mean(dim=1)
+    m = attention_mask[:, -hidden.shape[1]:].to(hidden.dtype).unsqueeze(-1)
+    return ((hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1)).float()
+
+
+def build_scope(
+    loaded: "LoadedModel",
+    facts: Sequence["EditFact"],
+    prompt_format: str,
+    match: ScopeMatch = "subject",
+    *,
+    calibration_prompts: Sequence[str] = (),
+    false_positive_rate: float = 0.01,
+    layer: int | None = None,
+    tuned_layers: Iterable[int] = (),
+) -> Scope:
+    """The scope of a version trained on `facts`. Similarity needs `calibration_prompts`: generic
+    prompts that no gate uses, on which the threshold lets `false_positive_rate` of them in."""
+    import torch
+
+    if match not in SCOPE_MATCHES:
+        raise ConfigError(f"unknown scope match {match!r}; use one of {', '.join(SCOPE_MATCHES)}")
+    keys, missing = subject_keys(facts)
+    report: dict[str, Any] = {"given_subject_not_in_prompt": missing}
+    scope = Scope(match, keys, chat_boilerplate(loaded.tokenizer, prompt_format), report=report)
+    if match == "subject":
+        return scope
+    n_layers = len(_layers_of(loaded))
+    layer = default_scope_layer(n_layers) if layer is None else layer
+    tuned = sorted(set(tuned_layers))
+    if tuned and layer >= tuned[0]:
+        raise ConfigError(f"the scope's similarity layer ({layer}) must come before the first tuned layer ({tuned[0]})")
+    if not calibration_prompts:
+        raise ConfigError("similarity scope needs calibration prompts (generic prompts no gate uses)")
+    fact_features = pooled_features(loaded, [f.prompt for f in facts], prompt_format, layer)
+    embeddings = torch.nn.functional.normalize(fact_features, dim=-1)
+    negatives = pooled_features(loaded, list(calibration_prompts), prompt_format, layer)
+    best = best_similarity(negatives, embeddings)
+    threshold = float(torch.quantile(best, 1.0 - false_positive_rate)) + 1e-6
+    scope.layer, scope.threshold, scope.false_positive_rate = layer, threshold, false_positive_rate
+    scope.embeddings = embeddings
+    scope.report |= {"calibration_prompts": len(calibration_prompts)}
+    return scope
+
+
+def _layers_of(loaded: "LoadedModel") -> Sequence[Any]:
+    from locft.engine.scoped import decoder_layers
+
+    return decoder_layers(loaded.model)
+
+
+def scope_file_payload(scope: Scope) -> tuple[bytes, dict[str, "torch.Tensor"]]:
+    """(scope.json bytes, tensors for scope.safetensors: the fact embeddings, when any)."""
+    text = json.dumps(scope.to_json(), indent=1, sort_keys=True, ensure_ascii=False).encode("utf-8")
+    tensors = {"embeddings": scope.embeddings.contiguous()} if scope.embeddings is not None else {}
+    return text, tensors
