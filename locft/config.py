@@ -366,7 +366,7 @@ def default_home() -> Path:
     """$LOCFT_HOME, else the user data dir (~/.local/share/locft on Linux)."""
     env = os.environ.get("LOCFT_HOME")
     if env:
-        return Path(env).expanduser().resolve()
+        return check_home_path(Path(env).expanduser().resolve(), "LOCFT_HOME")
     from platformdirs import user_data_dir
 
     return Path(user_data_dir("locft", appauthor=False))
@@ -395,6 +395,14 @@ CONFIG_TEMPLATE = """\
 [model]
 # path = "/models/my-hf-model-dir"   # a local Hugging Face directory, or a .gguf file
 # gguf_file = "model.Q4_1.gguf"      # a .gguf inside `path`, when `path` is a directory
+def check_home_path(path: Path, source: str) -> Path:
+    """`path` as a home: a directory, or nothing yet (`locft init` creates it); never a file."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{source} {path} is not a directory; a locft home is a directory "
+                          "(`locft init` creates it)")
+    return path
+
+
 # dtype = "auto"                     # auto: float32 on CPU, bfloat16 on CUDA
 # device = "auto"                    # auto | cpu | cuda
 

@@ -66,10 +66,19 @@ class EditFact:
         )
 
 
+def strip_invisible(text: str) -> str:
+    """`text` without format characters (Unicode category Cf: zero-width space and joiners, BOM,
+    soft hyphen, direction marks). They do not show, so two prompts that differ only by one
+    would be two facts that look the same; pasted text carries them often."""
+    if text.isascii():  # the common case: no Cf character is ASCII
+        return text
+    return "".join(ch for ch in text if unicodedata.category(ch) != "Cf")
+
+
 def _check_text(what: str, value: object, limit: int, allow_newlines: bool) -> str:
     if not isinstance(value, str):
         raise InvalidFactError(f"{what} must be a string, got {type(value).__name__}")
-    value = value.strip()  # surrounding whitespace (a trailing newline from a file) is not content
+    value = strip_invisible(value).strip()  # surrounding whitespace (a trailing newline) is not content
     if not value:
         raise InvalidFactError(f"{what} is empty")
     if len(value) > limit:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from locft.config import CONFIG_FILE, CONFIG_TEMPLATE, default_home
+from locft.config import CONFIG_FILE, CONFIG_TEMPLATE, check_home_path, default_home
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +37,9 @@ class Home:
     @classmethod
     def resolve(cls, root: str | Path | None = None) -> "Home":
         """`root` when given, else $LOCFT_HOME, else the user data dir; always absolute."""
-        path = Path(root).expanduser() if root is not None else default_home()
-        return cls(path.resolve())
+        if root is None:
+            return cls(default_home())
+        return cls(check_home_path(Path(root).expanduser().resolve(), "--home"))
 
     @property
     def db_path(self) -> Path:

@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 from types import TracebackType
 
-from locft.errors import LocftError
+from locft.errors import BusyError
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ DAEMON_LOCK = "locftd.lock"
 ROUND_LOCK = "round.lock"
 
 
-class LockHeld(LocftError):
+class LockHeld(BusyError):
     """Another process holds the lock; `pid` names it when the file says so."""
 
     def __init__(self, message: str, pid: int | None) -> None:

@@ -12,7 +12,7 @@ import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Union
+from typing import Any, BinaryIO, Iterator, Union
 
 from locft.errors import InputFormatError, InvalidFactError
 from locft.facts import EditFact, Probe, validate_fact
@@ -254,7 +254,23 @@ def read_facts(path: str | Path, fmt: str = "auto") -> ReadResult:
         raise InputFormatError(f"{path}: not a file")
     if path.stat().st_size > MAX_FILE_BYTES:
         raise InputFormatError(f"{path}: larger than {MAX_FILE_BYTES // 2**20} MiB; split it")
-    raw = path.read_bytes()
+    return read_fact_bytes(path.read_bytes(), fmt, path)
+
+
+def read_facts_stream(stream: BinaryIO, fmt: str = "auto", name: str = "<stdin>") -> ReadResult:
+    """Like read_facts, from a byte stream (`locft import -`). With no file name to go by, auto
+    detects JSON arrays and benchmark files by content and takes anything else as JSONL: give
+    --format csv for CSV."""
+    if fmt not in FORMATS:
+        raise InputFormatError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    raw = stream.read(MAX_FILE_BYTES + 1)
+    if len(raw) > MAX_FILE_BYTES:
+        raise InputFormatError(f"{name}: larger than {MAX_FILE_BYTES // 2**20} MiB; split it")
+    return read_fact_bytes(raw, fmt, Path(name))
+
+
+def read_fact_bytes(raw: bytes, fmt: str, path: Path) -> ReadResult:
+    """The rows of `raw`, the contents of `path` (named in messages; its suffix guides auto)."""
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

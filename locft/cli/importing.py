@@ -10,7 +10,7 @@ import click
 
 from locft.cli.common import author_option, default_author, echo_json, json_option, open_store
 from locft.errors import InputFormatError
-from locft.readers import FORMATS, read_facts
+from locft.readers import FORMATS, read_facts, read_facts_stream
 
 if TYPE_CHECKING:
     from locft.store import ImportIssue
@@ -29,7 +29,7 @@ def _list(title: str, issues: Sequence["ImportIssue"]) -> None:
 
 
 @click.command("import", short_help="Add the facts of a JSONL/JSON/CSV/benchmark file, all or none.")
-@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False, allow_dash=True))
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="auto", show_default=True,
               help="File format; auto: by extension, then by the keys of the first record.")
 @click.option("--skip-invalid", is_flag=True,
@@ -39,7 +39,7 @@ def _list(title: str, issues: Sequence["ImportIssue"]) -> None:
 @author_option
 @json_option
 def import_facts(fmt: str, file: Path, skip_invalid: bool, replace: bool, author: str | None, as_json: bool) -> None:
-    """Add the facts of FILE in one transaction: all of them, or none.
+    """Add the facts of FILE (`-`: standard input) in one transaction: all of them, or none.
 
     \b
     Formats (auto-detected):
@@ -57,8 +57,12 @@ def import_facts(fmt: str, file: Path, skip_invalid: bool, replace: bool, author
       locft import facts.jsonl
       locft import zsre_dev.json --format zsre
       locft import sheet.csv --skip-invalid --json > report.json
+      jq -c '.[]' facts.json | locft import -                  # stdin: JSON, JSONL, benchmarks
+      cut -d, -f1-2 sheet.csv | locft import - --format csv   # stdin CSV needs --format
     """
-    result = read_facts(file, fmt)
+    stdin = str(file) == "-"
+    result = read_facts_stream(click.get_binary_stream("stdin"), fmt) if stdin else read_facts(file, fmt)
+    origin = "<stdin>" if stdin else str(file.resolve())
     author = default_author(author)
     total = len(result.records)
     with open_store() as store:
@@ -72,10 +76,11 @@ def import_facts(fmt: str, file: Path, skip_invalid: bool, replace: bool, author
                 done[0] = n
 
             summary = store.import_facts(result.records, result.errors, replace=replace, skip_invalid=skip_invalid,
-                                         author=author, origin=str(file.resolve()), progress=progress)
-    if as_json:
-        echo_json({"file": str(file), "format": result.format, **summary.to_dict()})
-    else:
+                                         author=author, origin=origin, progress=progress)
+    report = {"file": str(file), "format": result.format, **summary.to_dict()}
+    if as_json and summary.written:
+        echo_json(report)
+    elif not as_json:
         _list("invalid", summary.invalid)
         _list("conflicting", summary.conflicts)
         _list("duplicates (skipped)", summary.duplicates)
@@ -92,4 +97,4 @@ def import_facts(fmt: str, file: Path, skip_invalid: bool, replace: bool, author
             f"nothing imported: {len(summary.invalid)} invalid and {len(summary.conflicts)} conflicting row(s), "
             f"first {first}; fix them, or --skip-invalid to import the {importable} other row(s)"
             + (", or --replace to revise the conflicting facts" if summary.conflicts else "")
-        )
+        ).with_details(report)  # under --json the error object carries the per-row report

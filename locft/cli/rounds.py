@@ -80,7 +80,7 @@ def run_cmd(force: bool, author: str | None, as_json: bool) -> None:
     Ctrl-C stops it safely: the round is recorded as interrupted, nothing is promoted.
     """
     from locft.config import load_config
-    from locft.errors import LocftError
+    from locft.errors import BusyError, LocftError
     from locft.home import Home
     from locft.locks import LockHeld
     from locft.rounds import hold_round_lock, run_round
@@ -103,7 +103,7 @@ def run_cmd(force: bool, author: str | None, as_json: bool) -> None:
             try:
                 stack.enter_context(hold_round_lock(home, store))
             except LockHeld as exc:
-                raise LocftError(
+                raise BusyError(
                     f"a round is already running (pid {exc.pid}): the daemon's or another `locft round run`; "
                     "wait for it (`locft round list`)"
                 ) from None

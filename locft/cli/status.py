@@ -39,6 +39,10 @@ def status(as_json: bool) -> None:
             store.verify_version_snapshot(summary.promoted.id)
         except SnapshotError as exc:
             problems.append(f"{exc}; `locft rollback` serves the previous version")
+    from locft.checks import check_config
+
+    # what would make the next round or the daemon fail: the same checks as `locft config check`
+    problems += [str(p) for p in check_config(home, config)]
     daemon = read_daemon_info(home)
     if daemon is not None and daemon.serving_error:
         problems.append(f"the daemon's API: {daemon.serving_error}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from contextlib import contextmanager
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, Iterator
 
 import sqlalchemy as sa
@@ -67,14 +68,53 @@ def safe_url(url: str) -> str:
         return "<unparseable database URL>"
 
 
-def create_db_engine(url: str, busy_timeout_s: float = BUSY_TIMEOUT_S) -> Engine:
-    """An engine; for SQLite: WAL, synchronous=NORMAL, busy timeout, foreign keys, own BEGIN."""
+# The driver each backend's extra installs (pyproject: `pip install 'locft[postgres]'`).
+_EXTRA = {"postgresql": "postgres"}
+
+
+def engine_url(url: str) -> sa.URL:
+    """The URL as the engine takes it. A driver-less `postgresql://` means psycopg 3, the driver
+    the `postgres` extra installs (SQLAlchemy's own default there is psycopg2)."""
     try:
         parsed = sa.make_url(url)
     except sa.exc.ArgumentError as exc:
         raise StoreError(f"store.database_url {safe_url(url)!r} is not a database URL: {exc}") from None
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def driver_problem(url: str) -> str | None:
+    """Why no engine can be made for `url` (not a URL, unknown backend, driver not installed), or
+    None. Imports the driver, connects to nothing."""
+    try:
+        parsed = engine_url(url)
+        dialect = parsed.get_dialect()
+    except StoreError as exc:
+        return str(exc)
+    except (sa.exc.NoSuchModuleError, sa.exc.ArgumentError) as exc:
+        return f"{safe_url(url)!r}: unknown database backend ({exc})"
+    try:
+        dialect.import_dbapi()
+    except ImportError as exc:
+        extra = _EXTRA.get(parsed.get_backend_name())
+        fix = f"pip install 'locft[{extra}]'" if extra else f"install the {parsed.drivername} driver"
+        return f"the database driver for {parsed.drivername} is not installed ({exc.name or exc}): {fix}"
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        parent = Path(parsed.database).expanduser().parent
+        if not parent.is_dir():
+            return f"the directory of the SQLite database {parsed.database} does not exist (`locft init` creates it)"
+    return None
+
+
+def create_db_engine(url: str, busy_timeout_s: float = BUSY_TIMEOUT_S) -> Engine:
+    """An engine; for SQLite: WAL, synchronous=NORMAL, busy timeout, foreign keys, own BEGIN."""
+    parsed = engine_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return sa.create_engine(url, pool_pre_ping=True)
+        why = driver_problem(url)  # before SQLAlchemy's own ModuleNotFoundError for a missing driver
+        if why:
+            raise StoreError(why)
+        return sa.create_engine(parsed, pool_pre_ping=True)
 
     engine = sa.create_engine(url, connect_args={"timeout": busy_timeout_s, "check_same_thread": False})
 

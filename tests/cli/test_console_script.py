@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from locft.errors import InputFormatError, InvalidFactError, error_code
 from locft.home import Home
 
 HEAVY = ("torch", "transformers", "safetensors", "accelerate", "lm_eval", "datasets")
@@ -38,12 +39,12 @@ def test_console_script_end_to_end(home: Home, tmp_path: Path) -> None:
     listed = json.loads(locft(home, "facts", "list", "--json").stdout)
     assert [f["fact_id"] for f in listed] == [3, 2, 1]
 
-    # an argument that is not UTF-8 (a Latin-1 terminal): one line, exit 1, nothing written
+    # an argument that is not UTF-8 (a Latin-1 terminal): one line, an invalid fact's status, nothing written
     bad = locft(home, "add-fact", b"Caf\xe9?", "A")
-    assert bad.returncode == 1 and b"Traceback" not in bad.stderr
+    assert bad.returncode == error_code(InvalidFactError)[1] and b"Traceback" not in bad.stderr
     assert bad.stderr.decode().strip().splitlines() == ["error: prompt is not valid UTF-8 (lone surrogate '\\udce9')"]
     missing = locft(home, "import", str(tmp_path / "nope.jsonl"))
-    assert missing.returncode == 1 and missing.stderr.decode().startswith("error: ") and b"Traceback" not in missing.stderr
+    assert missing.returncode == error_code(InputFormatError)[1] and missing.stderr.decode().startswith("error: ") and b"Traceback" not in missing.stderr
     status = json.loads(locft(home, "status", "--json").stdout)
     assert status["facts"]["active"] == 3
 

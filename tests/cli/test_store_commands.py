@@ -11,6 +11,7 @@ from click.testing import CliRunner, Result
 
 from locft.cli.main import cli
 from locft.config import CONFIG_TEMPLATE
+from locft.errors import ERROR_CODES, ConfigError, ConflictError, LocftError, NotFoundError, StoreError, error_code
 from locft.home import DaemonInfo, Home, write_daemon_info
 from locft.store import Store
 from tests.store.helpers import new_version
@@ -23,10 +24,12 @@ def run(*args: str, ok: bool = True) -> Result:
     return result
 
 
-def fails(*args: str, match: str) -> Result:
-    """A refused command: exit 1, ONE line `error: ...` naming the problem, no traceback."""
+def fails(*args: str, match: str, error: type[LocftError] | None = None) -> Result:
+    """A refused command: the exit status of its error class (`error`, when given; one of the
+    documented ones otherwise), ONE line `error: ...` naming the problem, no traceback."""
     result = run(*args, ok=False)
-    assert result.exit_code == 1, result.output
+    statuses = {status for _, status in ERROR_CODES.values()}
+    assert result.exit_code == (error_code(error)[1] if error else result.exit_code) in statuses, result.output
     assert "Traceback" not in result.output and isinstance(result.exception, SystemExit), result.exception
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1, result.stderr
@@ -64,7 +67,7 @@ def test_init_creates_the_home_and_is_idempotent(home: Home) -> None:
 
 def test_commands_before_init_say_to_run_init(home: Home) -> None:
     for args in (("add-fact", "Q?", "A"), ("facts", "list"), ("status",), ("versions", "list")):
-        fails(*args, match="locft init")
+        fails(*args, match="locft init", error=StoreError)
     assert not home.db_path.exists()
 
 
@@ -73,7 +76,7 @@ def test_add_fact_duplicate_conflict_replace(initialized: Home) -> None:
     dup = run("add-fact", "who is the CEO of Acme", "jane doe")
     assert "duplicate: fact 1" in dup.output
     before = store_state(initialized)
-    fails("add-fact", "Who is the CEO of Acme?", "John Roe", match="conflicts with fact 1")
+    fails("add-fact", "Who is the CEO of Acme?", "John Roe", match="conflicts with fact 1", error=ConflictError)
     assert store_state(initialized) == before
     out = run("add-fact", "Who is the CEO of Acme?", "John Roe", "--replace", "--json")
     assert json.loads(out.stdout) == {"status": "revised", "fact_id": 1, "revision_id": 2, "previous_answer": "Jane Doe"}
@@ -143,7 +146,7 @@ def test_facts_list_show_edit_retract(initialized: Home) -> None:
 
 def test_unknown_fact_ids(initialized: Home) -> None:
     for args in (("facts", "show", "7"), ("facts", "retract", "7"), ("facts", "edit", "7", "--answer", "x")):
-        fails(*args, match="no fact with id 7")
+        fails(*args, match="no fact with id 7", error=NotFoundError)
     result = run("facts", "show", "seven", ok=False)
     assert result.exit_code == 2 and "not a valid integer" in result.output  # click's own usage error
     usage = run("facts", "edit", "1", ok=False)
@@ -162,7 +165,7 @@ def test_versions_promote_rollback(initialized: Home) -> None:
 
     before = store_state(initialized)
     fails("promote", str(bad.id), match="failed its gates")
-    fails("promote", "9", match="no version 9")
+    fails("promote", "9", match="no version 9", error=NotFoundError)
     assert store_state(initialized) == before
 
     assert "promoted version 1; was version 0" in run("promote", "1", "--reason", "good").output
@@ -305,7 +308,7 @@ def test_a_corrupt_database_is_one_line(initialized: Home) -> None:
 
 def test_a_broken_config_is_one_line(initialized: Home) -> None:
     initialized.config_path.write_text("[store]\nkeep_promotd = 3\n")
-    fails("status", match="unknown key(s) keep_promotd")
+    fails("status", match="unknown key(s) keep_promotd", error=ConfigError)
 
 
 def test_versions_show_renders_the_verdict_checks(initialized: Home) -> None:

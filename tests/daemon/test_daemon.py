@@ -10,6 +10,7 @@ import urllib.request
 from pathlib import Path
 
 from locft.daemon.service import STOP_BOUND_S
+from locft.errors import DaemonError, error_code
 from locft.facts import EditFact
 from locft.home import Home, read_daemon_info
 from locft.locks import daemon_lock, round_lock
@@ -45,7 +46,7 @@ def test_daemon_promotes_facts_added_through_the_cli(tmp_path: Path, daemon_mode
     assert pid and f"pid {pid}" in out
     try:
         second = locftd(home, "start", check=False)
-        assert second.returncode == 1 and "already running" in second.stderr and str(pid) in second.stderr
+        assert second.returncode == error_code(DaemonError)[1] and "already running" in second.stderr and str(pid) in second.stderr
         for prompt, answer in FACTS[:3]:
             locft(home, "add-fact", prompt, answer)
         assert "round requested" in locft(home, "round", "request").stdout

@@ -22,6 +22,7 @@ from locft.api import start_api_server
 from locft.cli.main import cli
 from locft.config import ModelConfig
 from locft.engine.model_io import load_base
+from locft.errors import SnapshotError, StoreError, error_code
 from locft.facts import EditFact
 from locft.home import Home
 from locft.store import Store
@@ -62,7 +63,7 @@ def test_versions_built_on_another_base_are_refused_with_the_reason(tmp_path: Pa
 
     # locft ask: refused, naming both fingerprints and the fix
     asked = run(home, "ask", "--local", FACTS[0][0])
-    assert asked.exit_code == 1 and f"was built on base model {old}" in asked.stderr and new in asked.stderr
+    assert asked.exit_code == error_code(SnapshotError)[1] and f"was built on base model {old}" in asked.stderr and new in asked.stderr
     assert "restore the original model files or rebuild with a new round" in asked.stderr
     refusals.append("locft ask")
     assert run(home, "ask", "--local", "--version", "0", FACTS[0][0]).exit_code == 0  # the new base itself is fine
@@ -87,12 +88,12 @@ def test_versions_built_on_another_base_are_refused_with_the_reason(tmp_path: Pa
     # export: refused before anything is written
     out = tmp_path / "export"
     exported = run(home, "export", str(v1), str(out))
-    assert exported.exit_code == 1 and "was built on base model" in exported.stderr and not out.exists()
+    assert exported.exit_code == error_code(SnapshotError)[1] and "was built on base model" in exported.stderr and not out.exists()
     refusals.append("locft export")
 
     # a round on the new base: refused by the store, which names both and says what to do
     ran = run(home, "round", "run", "--force")
-    assert ran.exit_code == 1 and "this store was built on base model" in ran.stderr
+    assert ran.exit_code == error_code(StoreError)[1] and "this store was built on base model" in ran.stderr
     assert "use another LOCFT_HOME for a different base model" in ran.stderr
     refusals.append("locft round run")
     with Store.open(home) as store:
