@@ -1,15 +1,21 @@
-"""OpenAI-compatible request parsing and response shapes (completions and chat completions).
+"""OpenAI-compatible request and response models (completions and chat completions), pydantic.
 
-Parsing turns a JSON body into `Completion` (validated: every bad value is an ApiError 4xx naming
-its parameter, never an exception from deeper down); the `*_response` / `*_chunk` functions
-build the bodies the `openai` client's pydantic models read. Greedy unless temperature > 0.
+The request models are strict (no coercion: "10" is not an integer, true is not a number) and
+check types and ranges; FastAPI validates bodies against them and the app turns every
+validation error into a 400 in OpenAI's error shape (locft.api.app). What a schema cannot say
+(a prompt's length in characters, unsupported values, the model's name) is checked by
+`parse_completion` / `parse_chat`, which turn a validated body into `Completion`. The response
+models are what the `openai` client reads; they also make /openapi.json. Greedy unless
+temperature > 0.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Literal, Optional, Sequence, Union
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from locft.api.errors import ApiError, bad_request
 from locft.serving import GenerationResult, ServingError, TokenLogprob, finite, parse_model_name
@@ -18,6 +24,178 @@ MAX_PROMPTS = 64  # prompts in one /v1/completions request
 MAX_STOPS = 16  # OpenAI allows 4; lm-eval tasks send more (their `until` + the eos string)
 MAX_LOGPROBS = 20
 CHAT_ROLES = {"system", "developer", "user", "assistant"}
+MAX_TOKENS_CEILING = 1 << 20  # the schema's bound; serve.max_tokens_limit is checked per server
+
+
+class _Strict(BaseModel):
+    # Unknown fields are ignored (clients send `user`, `metadata`, ...); known ones are typed strictly.
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+
+class StreamOptions(_Strict):
+    include_usage: Optional[bool] = None
+
+
+class _Sampling(_Strict):
+    model: Optional[str] = Field(None, description="'locft' (the promoted version) or 'locft-v<N>'")
+    temperature: Optional[float] = Field(None, ge=0.0, le=2.0, allow_inf_nan=False)
+    top_p: Optional[float] = Field(None, ge=0.0, le=1.0, allow_inf_nan=False)
+    stop: Union[str, list[str], None] = None
+    seed: Optional[int] = None
+    stream: Optional[bool] = None
+    stream_options: Optional[StreamOptions] = None
+    # accepted with their default values only (anything else is a 400 `unsupported`)
+    n: Optional[int] = Field(None, ge=1, le=128)
+    best_of: Optional[int] = Field(None, ge=1, le=128)
+    presence_penalty: Optional[float] = Field(None, ge=-2.0, le=2.0, allow_inf_nan=False)
+    frequency_penalty: Optional[float] = Field(None, ge=-2.0, le=2.0, allow_inf_nan=False)
+    logit_bias: Optional[Any] = None
+    tools: Optional[Any] = None
+    functions: Optional[Any] = None
+    response_format: Optional[Any] = None
+
+
+class CompletionRequest(_Sampling):
+    """POST /v1/completions. `prompt`: a string, a list of strings, a list of token ids, or a list
+    of token-id lists (what lm-eval sends); each is one choice."""
+
+    prompt: Union[str, list[int], list[str], list[list[int]], None] = None
+    max_tokens: Optional[int] = Field(None, ge=0, le=MAX_TOKENS_CEILING)
+    echo: Optional[bool] = None
+    logprobs: Optional[int] = Field(None, ge=0, le=MAX_LOGPROBS)
+    suffix: Optional[Any] = None
+
+
+class TextPart(_Strict):
+    type: Optional[str] = None
+    text: Optional[str] = None
+
+
+class ChatMessage(_Strict):
+    role: Optional[str] = None
+    content: Union[str, list[TextPart], None] = None
+
+
+class ChatRequest(_Sampling):
+    """POST /v1/chat/completions: the messages go through the model's chat template."""
+
+    messages: Optional[list[ChatMessage]] = None
+    max_tokens: Optional[int] = Field(None, ge=1, le=MAX_TOKENS_CEILING)
+    max_completion_tokens: Optional[int] = Field(None, ge=1, le=MAX_TOKENS_CEILING)
+    logprobs: Optional[bool] = None
+    top_logprobs: Optional[int] = Field(None, ge=0, le=MAX_LOGPROBS)
+
+
+class TokenizeRequest(_Strict):
+    prompt: Optional[str] = None
+    add_special_tokens: Optional[bool] = None
+
+
+class DetokenizeRequest(_Strict):
+    tokens: Optional[list[int]] = None
+
+
+# ---- responses -------------------------------------------------------------------------------
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class CompletionLogprobs(BaseModel):
+    tokens: list[str]
+    token_logprobs: list[Optional[float]]
+    top_logprobs: list[Optional[dict[str, float]]]
+    text_offset: list[int]
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    logprobs: Optional[CompletionLogprobs] = None
+    finish_reason: Optional[Literal["stop", "length"]] = None
+
+
+class _Envelope(BaseModel):
+    id: str
+    object: str
+    created: int
+    model: str = Field(description="the version that answered: locft-v<N>")
+    system_fingerprint: str = Field(description="the version and its snapshot digest")
+    locft_version: int
+
+
+class CompletionResponse(_Envelope):
+    object: Literal["text_completion"] = "text_completion"
+    choices: list[CompletionChoice]
+    usage: Optional[Usage] = None
+
+
+class ChatTokenLogprob(BaseModel):
+    token: str
+    logprob: Optional[float]
+    bytes: list[int]
+    top_logprobs: list[dict[str, Any]] = []
+
+
+class ChatLogprobs(BaseModel):
+    content: list[ChatTokenLogprob]
+    refusal: None = None
+
+
+class ChatResponseMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+    refusal: None = None
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: ChatResponseMessage
+    logprobs: Optional[ChatLogprobs] = None
+    finish_reason: Literal["stop", "length"]
+
+
+class ChatResponse(_Envelope):
+    object: Literal["chat.completion"] = "chat.completion"
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+class ModelEntry(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "locft"
+    locft_state: Optional[str] = None
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelEntry]
+
+
+class TokenizeResponse(BaseModel):
+    tokens: list[int]
+    count: int
+    max_model_len: int
+
+
+class DetokenizeResponse(BaseModel):
+    prompt: str
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: Optional[str] = None
+    code: Optional[str] = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
 
 
 @dataclass
@@ -41,47 +219,13 @@ class Completion:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-# ---- field validation ------------------------------------------------------------------------
+# ---- checks a schema cannot express -------------------------------------------------------------
 
 
-def _int(body: Mapping[str, Any], name: str, default: int | None, lo: int, hi: int) -> int | None:
-    value = body.get(name, default)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise bad_request(f"{name} must be an integer, got {value!r}", name, "invalid_type")
-    if not lo <= value <= hi:
-        raise bad_request(f"{name} must be between {lo} and {hi}, got {value}", name, "out_of_range")
-    return value
-
-
-def _number(body: Mapping[str, Any], name: str, default: float, lo: float, hi: float) -> float:
-    value = body.get(name, default)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-        raise bad_request(f"{name} must be a number, got {value!r}", name, "invalid_type")
-    if not lo <= value <= hi:
-        raise bad_request(f"{name} must be between {lo} and {hi}, got {value}", name, "out_of_range")
-    return float(value)
-
-
-def _bool(body: Mapping[str, Any], name: str, default: bool) -> bool:
-    value = body.get(name, default)
-    if value is None:
-        return default
-    if not isinstance(value, bool):
-        raise bad_request(f"{name} must be true or false, got {value!r}", name, "invalid_type")
-    return value
-
-
-def _stop(body: Mapping[str, Any]) -> tuple[str, ...]:
-    value = body.get("stop")
+def _stop(value: str | list[str] | None) -> tuple[str, ...]:
     if value is None:
         return ()
     stops = [value] if isinstance(value, str) else value
-    if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
-        raise bad_request("stop must be a string or a list of strings", "stop", "invalid_type")
     if len(stops) > MAX_STOPS:
         raise bad_request(f"stop takes at most {MAX_STOPS} sequences", "stop", "out_of_range")
     if any(not s for s in stops):
@@ -89,72 +233,59 @@ def _stop(body: Mapping[str, Any]) -> tuple[str, ...]:
     return tuple(stops)
 
 
-def _unsupported(body: Mapping[str, Any]) -> None:
+def _unsupported(body: _Sampling) -> None:
     """Parameters whose non-default values would change the answer in ways we do not implement."""
-    n = _int(body, "n", 1, 1, 128)
-    if n != 1:
+    if body.n not in (None, 1):
         raise bad_request("only n = 1 is supported", "n", "unsupported")
-    if _int(body, "best_of", 1, 1, 128) != 1:
+    if body.best_of not in (None, 1):
         raise bad_request("only best_of = 1 is supported", "best_of", "unsupported")
     for name in ("presence_penalty", "frequency_penalty"):
-        if _number(body, name, 0.0, -2.0, 2.0) != 0.0:
+        if getattr(body, name) not in (None, 0.0):
             raise bad_request(f"{name} is not supported (use 0)", name, "unsupported")
-    if body.get("logit_bias"):
-        raise bad_request("logit_bias is not supported", "logit_bias", "unsupported")
-    if body.get("suffix"):
-        raise bad_request("suffix is not supported", "suffix", "unsupported")
-    for name in ("tools", "functions", "response_format"):
-        if body.get(name):
+    for name in ("logit_bias", "suffix", "tools", "functions", "response_format"):
+        if getattr(body, name, None):
             raise bad_request(f"{name} is not supported by this server", name, "unsupported")
 
 
-def _model(body: Mapping[str, Any]) -> tuple[str, int | None]:
-    model = body.get("model")
-    if model is None:
+def _model(body: _Sampling) -> tuple[str, int | None]:
+    if body.model is None:
         raise bad_request("model is required ('locft' serves the promoted version)", "model", "missing")
-    if not isinstance(model, str):
-        raise bad_request("model must be a string", "model", "invalid_type")
     try:
-        return model, parse_model_name(model)
+        return body.model, parse_model_name(body.model)
     except ServingError as exc:
         raise ApiError(404, str(exc), "model", "model_not_found") from None
 
 
-def _common(body: Mapping[str, Any], max_tokens_limit: int) -> dict[str, Any]:
-    stream_options = body.get("stream_options")
-    if stream_options is not None and not isinstance(stream_options, dict):
-        raise bad_request("stream_options must be an object", "stream_options", "invalid_type")
-    seed = body.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise bad_request("seed must be an integer", "seed", "invalid_type")
+def _max_tokens(value: int | None, default: int, lo: int, hi: int, name: str = "max_tokens") -> int:
+    if value is None:
+        return default
+    if not lo <= value <= hi:
+        raise bad_request(f"{name} must be between {lo} and {hi}, got {value}", name, "out_of_range")
+    return value
+
+
+def _common(body: _Sampling) -> dict[str, Any]:
     return {
-        "stop": _stop(body),
-        "temperature": _number(body, "temperature", 0.0, 0.0, 2.0),
-        "top_p": _number(body, "top_p", 1.0, 0.0, 1.0) or 1.0,
-        "seed": seed,
-        "stream": _bool(body, "stream", False),
-        "include_usage": _bool(stream_options or {}, "include_usage", False),
+        "stop": _stop(body.stop),
+        "temperature": 0.0 if body.temperature is None else body.temperature,
+        "top_p": body.top_p or 1.0,
+        "seed": body.seed,
+        "stream": bool(body.stream),
+        "include_usage": bool(body.stream_options and body.stream_options.include_usage),
     }
 
 
-# ---- requests --------------------------------------------------------------------------------
-
-
-def parse_completion(body: Mapping[str, Any], tokenizer: Any, max_prompt_chars: int, max_tokens_limit: int) -> Completion:
-    """POST /v1/completions. `prompt`: a string, a list of strings, a list of token ids, or a list
-    of token-id lists (what lm-eval sends); each is one choice. Raw text: no chat template."""
+def parse_completion(body: CompletionRequest, tokenizer: Any, max_prompt_chars: int, max_tokens_limit: int) -> Completion:
+    """POST /v1/completions as a `Completion`. Raw text: no chat template."""
     from locft.engine.data import encode_prompt
 
     model, version_id = _model(body)
     _unsupported(body)
-    if "prompt" not in body:
+    raw = body.prompt
+    if raw is None:
         raise bad_request("prompt is required", "prompt", "missing")
-    raw = body["prompt"]
-    if isinstance(raw, str) or (isinstance(raw, list) and raw and all(isinstance(t, int) and not isinstance(t, bool) for t in raw)):
-        items: list[Any] = [raw]
-    elif isinstance(raw, list) and raw:
-        items = raw
-    else:
+    items: list[Any] = [raw] if isinstance(raw, str) or (raw and isinstance(raw[0], int)) else list(raw)
+    if not items:
         raise bad_request("prompt must be a non-empty string, list of strings, or list of token ids", "prompt",
                           "invalid_type")
     if len(items) > MAX_PROMPTS:
@@ -162,64 +293,53 @@ def parse_completion(body: Mapping[str, Any], tokenizer: Any, max_prompt_chars: 
     prompts: list[list[int]] = []
     texts: list[str] = []
     for item in items:
+        if not item:
+            raise bad_request("each prompt must be a non-empty string or a list of token ids", "prompt",
+                              "invalid_value" if isinstance(item, str) else "invalid_type")
+        if len(item) > max_prompt_chars:
+            unit = "characters" if isinstance(item, str) else "tokens"
+            raise bad_request(f"the prompt has {len(item)} {unit}; the limit is {max_prompt_chars} "
+                              "(serve.max_prompt_chars)", "prompt", "prompt_too_long")
         if isinstance(item, str):
-            if not item:
-                raise bad_request("prompt must not be empty", "prompt", "invalid_value")
-            if len(item) > max_prompt_chars:
-                raise bad_request(f"the prompt has {len(item)} characters; the limit is {max_prompt_chars} "
-                                  "(serve.max_prompt_chars)", "prompt", "prompt_too_long")
             prompts.append(encode_prompt(tokenizer, item, "raw"))
             texts.append(item)
-        elif isinstance(item, list) and item and all(isinstance(t, int) and not isinstance(t, bool) for t in item):
-            if len(item) > max_prompt_chars:
-                raise bad_request(f"the prompt has {len(item)} tokens; the limit is {max_prompt_chars}", "prompt",
-                                  "prompt_too_long")
+        else:
             prompts.append(list(item))
             texts.append("")  # decoded lazily, only for echo
-        else:
-            raise bad_request("each prompt must be a non-empty string or a list of token ids", "prompt", "invalid_type")
-    echo = _bool(body, "echo", False)
-    max_tokens = _int(body, "max_tokens", 16, 0 if echo else 1, max_tokens_limit)
-    assert max_tokens is not None
-    logprobs = _int(body, "logprobs", None, 0, MAX_LOGPROBS)
-    return Completion(model, version_id, prompts, texts, max_tokens, logprobs=logprobs, echo=echo,
-                      **_common(body, max_tokens_limit))
+    echo = bool(body.echo)
+    max_tokens = _max_tokens(body.max_tokens, 16, 0 if echo else 1, max_tokens_limit)
+    return Completion(model, version_id, prompts, texts, max_tokens, logprobs=body.logprobs, echo=echo,
+                      **_common(body))
 
 
-def _message_text(message: Any, i: int) -> tuple[str, str]:
-    if not isinstance(message, dict):
-        raise bad_request(f"messages[{i}] must be an object", f"messages[{i}]", "invalid_type")
-    role = message.get("role")
+def _message_text(message: ChatMessage, i: int) -> tuple[str, str]:
+    role = message.role
     if role not in CHAT_ROLES:
         raise bad_request(f"messages[{i}].role must be one of {', '.join(sorted(CHAT_ROLES))}, got {role!r}",
                           f"messages[{i}].role", "invalid_value")
-    content = message.get("content")
+    content = message.content
     if isinstance(content, list):  # content parts: only text
-        parts = []
-        for part in content:
-            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-                raise bad_request(f"messages[{i}].content: only text parts are supported",
-                                  f"messages[{i}].content", "unsupported")
-            parts.append(part["text"])
-        content = "".join(parts)
-    if not isinstance(content, str):
+        if not all(p.type == "text" and p.text is not None for p in content):
+            raise bad_request(f"messages[{i}].content: only text parts are supported",
+                              f"messages[{i}].content", "unsupported")
+        content = "".join(p.text or "" for p in content)
+    if content is None:
         raise bad_request(f"messages[{i}].content must be a string", f"messages[{i}].content", "invalid_type")
     return ("system" if role == "developer" else role), content
 
 
-def parse_chat(body: Mapping[str, Any], tokenizer: Any, max_prompt_chars: int, max_tokens_limit: int) -> Completion:
-    """POST /v1/chat/completions: the messages through the model's chat template (one user turn
-    is encoded exactly like a fact trained with prompt_format 'chat')."""
+def parse_chat(body: ChatRequest, tokenizer: Any, max_prompt_chars: int, max_tokens_limit: int) -> Completion:
+    """POST /v1/chat/completions as a `Completion` (one user turn is encoded exactly like a fact
+    trained with prompt_format 'chat')."""
     from locft.serving import encode_messages
 
     model, version_id = _model(body)
     _unsupported(body)
-    messages = body.get("messages")
-    if messages is None:
+    if body.messages is None:
         raise bad_request("messages is required", "messages", "missing")
-    if not isinstance(messages, list) or not messages:
+    if not body.messages:
         raise bad_request("messages must be a non-empty list", "messages", "invalid_type")
-    turns = [_message_text(m, i) for i, m in enumerate(messages)]
+    turns = [_message_text(m, i) for i, m in enumerate(body.messages)]
     chars = sum(len(c) for _, c in turns)
     if chars > max_prompt_chars:
         raise bad_request(f"the messages have {chars} characters; the limit is {max_prompt_chars} "
@@ -230,18 +350,18 @@ def parse_chat(body: Mapping[str, Any], tokenizer: Any, max_prompt_chars: int, m
         raise
     except Exception as exc:  # a template may refuse an order of roles (e.g. two system turns)
         raise bad_request(f"the chat template refused these messages: {exc}", "messages", "invalid_value") from None
-    if "max_completion_tokens" in body and body.get("max_completion_tokens") is not None:
-        max_tokens = _int(body, "max_completion_tokens", max_tokens_limit, 1, max_tokens_limit)
+    if body.max_completion_tokens is not None:
+        max_tokens = _max_tokens(body.max_completion_tokens, max_tokens_limit, 1, max_tokens_limit,
+                                 "max_completion_tokens")
     else:
-        max_tokens = _int(body, "max_tokens", max_tokens_limit, 1, max_tokens_limit)
-    assert max_tokens is not None
+        max_tokens = _max_tokens(body.max_tokens, max_tokens_limit, 1, max_tokens_limit)
     logprobs = None
-    if _bool(body, "logprobs", False):
-        logprobs = _int(body, "top_logprobs", 0, 0, MAX_LOGPROBS)
-    elif body.get("top_logprobs") is not None:
+    if body.logprobs:
+        logprobs = body.top_logprobs or 0
+    elif body.top_logprobs is not None:
         raise bad_request("top_logprobs needs logprobs: true", "top_logprobs", "invalid_value")
     return Completion(model, version_id, [ids], [turns[-1][1]], max_tokens, logprobs=logprobs, chat=True,
-                      **_common(body, max_tokens_limit))
+                      **_common(body))
 
 
 # ---- responses -------------------------------------------------------------------------------
@@ -254,41 +374,46 @@ def _top_map(top: Sequence[tuple[int, str, float]]) -> dict[str, float]:
     return out
 
 
-def completion_logprobs(tokens: Sequence[TokenLogprob], offset0: int = 0) -> dict[str, Any]:
+def completion_logprobs(tokens: Sequence[TokenLogprob], offset0: int = 0) -> CompletionLogprobs:
     """The legacy completions `logprobs` object (tokens, token_logprobs, top_logprobs, text_offset)."""
     offsets, pos = [], offset0
     for t in tokens:
         offsets.append(pos)
         pos += len(t.token)
-    return {
-        "tokens": [t.token for t in tokens],
-        "token_logprobs": [finite(t.logprob) for t in tokens],
-        "top_logprobs": [None if t.logprob is None else _top_map(t.top) for t in tokens],
-        "text_offset": offsets,
-    }
+    return CompletionLogprobs(
+        tokens=[t.token for t in tokens],
+        token_logprobs=[finite(t.logprob) for t in tokens],
+        top_logprobs=[None if t.logprob is None else _top_map(t.top) for t in tokens],
+        text_offset=offsets,
+    )
 
 
-def chat_logprobs(tokens: Sequence[TokenLogprob]) -> dict[str, Any]:
+def chat_logprobs(tokens: Sequence[TokenLogprob]) -> ChatLogprobs:
     def entry(text: str, lp: float | None) -> dict[str, Any]:
         return {"token": text, "logprob": finite(lp), "bytes": list(text.encode("utf-8"))}
 
-    return {"content": [entry(t.token, t.logprob) | {"top_logprobs": [entry(x, lp) for _, x, lp in t.top]}
-                        for t in tokens], "refusal": None}
+    return ChatLogprobs(content=[ChatTokenLogprob(**entry(t.token, t.logprob),
+                                                  top_logprobs=[entry(x, lp) for _, x, lp in t.top])
+                                 for t in tokens])
 
 
-def usage(results: Sequence[GenerationResult]) -> dict[str, int]:
+def usage(results: Sequence[GenerationResult]) -> Usage:
     prompt = sum(r.prompt_tokens for r in results)
     completion = sum(r.completion_tokens for r in results)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
 
 
-def _envelope(kind: str, rid: str, created: int, result_version: Any) -> dict[str, Any]:
-    return {"id": rid, "object": kind, "created": created, "model": result_version.name,
-            "system_fingerprint": result_version.fingerprint, "locft_version": result_version.id}
+def _envelope(rid: str, created: int, version: Any) -> dict[str, Any]:
+    return {"id": rid, "created": created, "model": version.name, "system_fingerprint": version.fingerprint,
+            "locft_version": version.id}
 
 
-def completion_response(req: Completion, rid: str, results: Sequence[GenerationResult], prompt_texts: Sequence[str]) -> dict[str, Any]:
-    created = int(time.time())
+def _finish(reason: str) -> Literal["stop", "length"]:
+    return "length" if reason == "length" else "stop"
+
+
+def completion_response(req: Completion, rid: str, results: Sequence[GenerationResult],
+                        prompt_texts: Sequence[str]) -> CompletionResponse:
     choices = []
     for i, (r, ptext) in enumerate(zip(results, prompt_texts)):
         text = (ptext + r.text) if req.echo else r.text
@@ -296,34 +421,33 @@ def completion_response(req: Completion, rid: str, results: Sequence[GenerationR
         if req.logprobs is not None:
             tokens = (r.prompt_logprobs or []) if req.echo else []
             lp = completion_logprobs(tokens + (r.logprobs or []))
-        choices.append({"index": i, "text": text, "logprobs": lp, "finish_reason": _finish(r.finish_reason)})
-    return _envelope("text_completion", rid, created, results[0].version) | {"choices": choices, "usage": usage(results)}
+        choices.append(CompletionChoice(index=i, text=text, logprobs=lp, finish_reason=_finish(r.finish_reason)))
+    return CompletionResponse(**_envelope(rid, int(time.time()), results[0].version), choices=choices,
+                              usage=usage(results))
 
 
-def chat_response(req: Completion, rid: str, result: GenerationResult) -> dict[str, Any]:
-    created = int(time.time())
-    choice = {
-        "index": 0,
-        "message": {"role": "assistant", "content": result.text, "refusal": None},
-        "logprobs": chat_logprobs(result.logprobs or []) if req.logprobs is not None else None,
-        "finish_reason": _finish(result.finish_reason),
-    }
-    return _envelope("chat.completion", rid, created, result.version) | {"choices": [choice], "usage": usage([result])}
+def chat_response(req: Completion, rid: str, result: GenerationResult) -> ChatResponse:
+    choice = ChatChoice(
+        index=0, message=ChatResponseMessage(content=result.text),
+        logprobs=chat_logprobs(result.logprobs or []) if req.logprobs is not None else None,
+        finish_reason=_finish(result.finish_reason),
+    )
+    return ChatResponse(**_envelope(rid, int(time.time()), result.version), choices=[choice], usage=usage([result]))
 
 
-def _finish(reason: str) -> str:
-    return "length" if reason == "length" else "stop"
+# Stream chunks are built as plain dicts: one per generated piece, where a model per chunk
+# would only cost time (their shape is OpenAI's, as the `openai` client's stream parser reads).
 
 
 def completion_chunk(rid: str, created: int, version: Any, index: int, text: str, finish: str | None) -> dict[str, Any]:
-    return _envelope("text_completion", rid, created, version) | {
-        "choices": [{"index": index, "text": text, "logprobs": None, "finish_reason": finish}]}
+    return {**_envelope(rid, created, version), "object": "text_completion",
+            "choices": [{"index": index, "text": text, "logprobs": None, "finish_reason": finish}]}
 
 
 def chat_chunk(rid: str, created: int, version: Any, delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
-    return _envelope("chat.completion.chunk", rid, created, version) | {
-        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+    return {**_envelope(rid, created, version), "object": "chat.completion.chunk",
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
 
 
 def usage_chunk(kind: str, rid: str, created: int, version: Any, results: Sequence[GenerationResult]) -> dict[str, Any]:
-    return _envelope(kind, rid, created, version) | {"choices": [], "usage": usage(results)}
+    return {**_envelope(rid, created, version), "object": kind, "choices": [], "usage": usage(results).model_dump()}
