@@ -5,6 +5,7 @@ Used by the CLI and by bench/; results are plain JSON-ready dicts, never asserte
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import platform
 import resource
@@ -40,6 +41,12 @@ class BenchSpec:
     capability_limit: int | None = 200  # items per task (quick; the gate scores 2000); None = whole split
     # keep the trained tensors as a snapshot directory (servable, comparable later); None = not kept
     save_snapshot: Path | None = None
+    # "gated": `metrics` are what a scoped version answers (engine.scope), `metrics_unscoped` the
+    # same tensors on every prompt; "always": `metrics` on every prompt, no scope built
+    scope: str = "gated"
+    # "given": the scope uses the benchmark's subjects; "found": each fact's subject is found in
+    # its prompt, as for facts added without one (`locft add-fact PROMPT ANSWER`)
+    scope_subjects: str = "given"
 
 
 def peak_rss_bytes() -> int:
@@ -61,11 +68,12 @@ def environment() -> dict[str, Any]:
     }
 
 
-def _capability(loaded: Any, tensors: dict[str, Any], spec: BenchSpec,
+def _capability(loaded: Any, tensors: dict[str, Any], scope: Any, spec: BenchSpec,
                 emit: Callable[[str, Any], None]) -> dict[str, Any]:
-    """The gate's capability measurement, outside a round: base (cached per fingerprint) and edited,
-    with the paired counts the gate tests (items lost and gained, one-sided sign-test p)."""
-    from locft.engine.weights import applied
+    """The gate's capability measurement, outside a round: base (cached per fingerprint) and edited
+    (through the scoped model, as users get it), with the paired counts the gate tests (items lost
+    and gained, one-sided sign-test p)."""
+    from locft.engine.scoped import answering
     from locft.evaluation.capability import base_task_scores, task_scores
     from locft.policies.gating import pair_tasks
 
@@ -76,22 +84,25 @@ def _capability(loaded: Any, tensors: dict[str, Any], spec: BenchSpec,
 
     base = base_task_scores(loaded.model, loaded.tokenizer, loaded.fingerprint, tasks, limit, cache,
                             request_progress=progress("base"))
-    with applied(loaded.model, tensors):
+    with answering(loaded, tensors, scope) as counts:
         edited = task_scores(loaded.model, loaded.tokenizer, tasks, limit, cache, request_progress=progress("edited"))
     pairs = pair_tasks({t: base[t].items for t in tasks}, {t: edited[t].items for t in tasks})
     paired = {t: c.to_dict() for t, c in pairs.items()}
     return {"tasks": tasks, "limit": limit, "base": {t: base[t].score for t in tasks},
             "edited": {t: edited[t].score for t in tasks},
-            "difference": {t: round(edited[t].score - base[t].score, 4) for t in tasks}, "paired": paired}
+            "difference": {t: round(edited[t].score - base[t].score, 4) for t in tasks}, "paired": paired,
+            # forward rows (answer choices) the scope sent to the edit; None: every row (unscoped)
+            "scope_rows": counts.to_dict() if scope is not None else None}
 
 
 def run_benchmark(spec: BenchSpec, on_event: Callable[[str, Any], None] | None = None) -> dict[str, Any]:
     """Load, measure the base answers to probes, train, evaluate; return the result record."""
     from locft.engine.model_io import load_base
     from locft.engine.replay import replay_for, replay_pool_size
+    from locft.engine.scope import scope_for_facts, scoped_edit_defaults
+    from locft.engine.scoped import answering, tuned_layer_indices
     from locft.engine.train import edit, resolve_edit_config
-    from locft.engine.weights import applied
-    from locft.evaluation.editing import base_probe_generations, evaluate_edits
+    from locft.evaluation.editing import base_probe_generations, evaluate_edits, scope_report
 
     emit = on_event or (lambda kind, payload: None)
     if spec.capability_tasks:  # a misspelt task fails now, not after hours of training
@@ -106,7 +117,9 @@ def run_benchmark(spec: BenchSpec, on_event: Callable[[str, Any], None] | None =
     t0 = time.perf_counter()
     loaded = load_base(spec.model, spec.home)
     load_seconds = time.perf_counter() - t0
-    cfg = resolve_edit_config(loaded, spec.edit, len(facts))
+    gated = spec.scope == "gated"
+    edit_input = scoped_edit_defaults(spec.edit, gated)  # no replay by default under a scope
+    cfg = resolve_edit_config(loaded, edit_input, len(facts))
     prompt_format = cfg.prompt_format
     sampled = sample_facts(facts, spec.eval_sample or len(facts), cfg.seed)
     probes = [p.prompt for f in sampled for p in f.probes]
@@ -125,28 +138,44 @@ def run_benchmark(spec: BenchSpec, on_event: Callable[[str, Any], None] | None =
     emit("phase", f"training on {len(facts)} facts ({cfg.pipeline})")
     result = edit(loaded, facts, cfg, progress=lambda p: emit("train", p), replay=replay)
     peaks["train"] = peak_rss_bytes()
+    scope, scope_seconds = None, None
+    if gated:
+        # Built from the facts' prompts and subjects only; the paraphrases and probes measured
+        # below are never seen, nor used to calibrate.
+        emit("phase", f"building the scope ({cfg.scope_match}, subjects {spec.scope_subjects})")
+        t_scope = time.perf_counter()
+        scoped_facts = facts if spec.scope_subjects == "given" else [dataclasses.replace(f, subject=None) for f in facts]
+        evaluated = [p for f in facts for p in f.paraphrases] + probes
+        scope = scope_for_facts(loaded, scoped_facts, prompt_format, cfg.scope_match,
+                                false_positive_rate=cfg.scope_false_positive_rate, layer=cfg.scope_layer,
+                                tuned_layers=tuned_layer_indices(loaded.model, list(result.tensors)),
+                                exclude=evaluated)
+        scope_seconds = round(time.perf_counter() - t_scope, 2)
     if spec.save_snapshot is not None:
         from locft.engine.snapshot import save_snapshot
 
         save_snapshot(spec.save_snapshot.parent, spec.save_snapshot.name, result.tensors, loaded.fingerprint,
                       extra={"bench": {"data": str(spec.data), "n": len(facts), "offset": spec.offset,
-                                       "edit_config": to_dict(result.config or cfg)}})
+                                       "edit_config": to_dict(result.config or cfg)}}, scope=scope)
         emit("phase", f"saved the trained tensors to {spec.save_snapshot}")
-    emit("phase", "evaluating")
+    def evaluate(which: str, with_scope: Any) -> Any:
+        emit("phase", f"evaluating ({which})")
+        with answering(loaded, result.tensors, with_scope):
+            return evaluate_edits(loaded, facts, prompt_format, probes, base, cfg.max_new_tokens,
+                                  progress=lambda label, done, total: emit("eval", (f"{label}, {which}", done, total)),
+                                  paraphrase_facts=sampled)
+
     t2 = time.perf_counter()
-    with applied(loaded.model, result.tensors):
-        evaluation = evaluate_edits(
-            loaded, facts, prompt_format, probes, base, cfg.max_new_tokens,
-            progress=lambda label, done, total: emit("eval", (label, done, total)),
-            paraphrase_facts=sampled,
-        )
+    evaluation = evaluate("scoped" if scope is not None else "every prompt", scope)
     eval_seconds = time.perf_counter() - t2
+    unscoped = evaluate("unscoped", None) if scope is not None else None
+    coverage = scope_report(loaded, scope, facts, probes, prompt_format, paraphrase_facts=sampled)
     peaks["evaluate"] = peak_rss_bytes()
     capability, capability_seconds = None, None
     if spec.capability_tasks:
         emit("phase", f"capability: {', '.join(spec.capability_tasks)} (limit {spec.capability_limit})")
         t3 = time.perf_counter()
-        capability = _capability(loaded, result.tensors, spec, emit)
+        capability = _capability(loaded, result.tensors, scope, spec, emit)
         capability_seconds = round(time.perf_counter() - t3, 2)
         peaks["capability"] = peak_rss_bytes()
     train = result.summary()
@@ -156,7 +185,11 @@ def run_benchmark(spec: BenchSpec, on_event: Callable[[str, Any], None] | None =
         "offset": spec.offset,
         "eval_sample": len(sampled) if spec.eval_sample is not None else None,
         "pipeline": cfg.pipeline,
-        "metrics": evaluation.metrics(),
+        "metrics": evaluation.metrics(),  # what users get (scoped when spec.scope is "gated")
+        "metrics_unscoped": unscoped.metrics() if unscoped is not None else None,  # the same tensors, every prompt
+        "scope": coverage,  # recall (paraphrases in scope), false positives (probes in scope)
+        "scope_mode": spec.scope,
+        "scope_subjects": spec.scope_subjects if scope is not None else None,
         "capability": capability,
         "snapshot": str(spec.save_snapshot) if spec.save_snapshot is not None else None,
         "training": train,
@@ -167,6 +200,7 @@ def run_benchmark(spec: BenchSpec, on_event: Callable[[str, Any], None] | None =
             "cache": train["cache_seconds"],
             "setup": train["setup_seconds"],
             "train": train["train_seconds"],
+            "scope": scope_seconds,
             "evaluate": round(eval_seconds, 2),
             "capability": capability_seconds,
         },
@@ -179,6 +213,7 @@ def run_benchmark(spec: BenchSpec, on_event: Callable[[str, Any], None] | None =
         # per item, in the order asked (facts in file order; the seeded sample's paraphrases and
         # probes): `bench/paired_quality.py` compares two runs item by item
         "items": evaluation.items(),
+        "items_unscoped": unscoped.items() if unscoped is not None else None,
         "environment": environment(),
         "command": " ".join(["locft"] + sys.argv[1:]) if Path(sys.argv[0]).name == "locft" else " ".join(sys.argv),
     }

@@ -119,8 +119,20 @@ class EditConfig:
     # (CUDA with bf16, CPUs with AVX512-BF16 or AMX), else float32; "float32" is the paper's recipe.
     # Measured on the embedded model (bench/results/quality/): the same metrics, 1.8x faster on CPU
     compute_dtype: str = "auto"
+    # which prompts a version's edits apply to (engine.scope), built in each round from the facts'
+    # prompts and subjects: "subject" (the prompt names a fact's subject), "similarity" (the base
+    # model's representation of the prompt is near a fact prompt's) or "either". Used when
+    # serve.scope = "gated"
+    scope_match: str = "subject"
+    # similarity: the share of generic prompts (no gate uses them) the calibrated threshold lets in
+    scope_false_positive_rate: float = 0.01
+    scope_layer: int | None = None  # similarity: the decoder layer pooled; None: ~27% of the depth
 
     def __post_init__(self) -> None:
+        if self.scope_match not in ("subject", "similarity", "either"):
+            raise ConfigError(f"edit.scope_match must be subject, similarity or either, got {self.scope_match!r}")
+        if not 0 < self.scope_false_positive_rate < 1:
+            raise ConfigError(f"edit.scope_false_positive_rate must be in (0, 1), got {self.scope_false_positive_rate}")
         if self.lr is not None and not (0 < self.lr < 1):
             raise ConfigError(f"edit.lr must be in (0, 1), got {self.lr}")
         if self.batch_size is not None and self.batch_size < 1:
@@ -238,8 +250,14 @@ class ServeConfig:
     # torch threads for generation; None: half the CPU cores, since rounds train in another
     # process beside the server (on 2 shared cores, 2 threads made a 16-token answer 4x slower)
     threads: int | None = None
+    # "gated": a version's tuned tensors answer only the prompts in its scope (engine.scope); every
+    # other prompt gets the base model exactly. "always": every prompt (the paper's behaviour).
+    # Everything that answers as a version follows it: ask, the API, the gates, capability, bench
+    scope: str = "gated"
 
     def __post_init__(self) -> None:
+        if self.scope not in ("gated", "always"):
+            raise ConfigError(f"serve.scope must be 'gated' or 'always', got {self.scope!r}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"serve.threads must be >= 1, got {self.threads}")
         if self.max_batch_size < 1:
@@ -432,6 +450,10 @@ def check_home_path(path: Path, source: str) -> Path:
 # replay_qa_share = 0.3333   # share of the pool that is plain-text question-answer pairs (KL to the base),
 #                            # as lm-eval scores choices; default: measured per model (1/3 embedded, else 0)
 # compute_dtype = "auto"     # training matmuls: auto (bf16 where native) | float32 (the paper) | bfloat16
+# scope_match = "subject"    # which prompts a version answers with its edits (serve.scope = "gated"):
+#                            # subject (names a fact's subject) | similarity | either
+# scope_false_positive_rate = 0.01  # similarity: share of generic prompts its threshold lets in
+# scope_layer = 8            # similarity: the layer whose output is compared (default ~27% of the depth)
 
 [gates]
 # promotion = "auto"         # auto: promote when every gate passes | manual: wait for `locft promote`
@@ -458,6 +480,7 @@ def check_home_path(path: Path, source: str) -> Path:
 # max_tokens_limit = 512
 # max_batch_size = 8         # concurrent requests answered by one generate call
 # threads = 1                # torch threads for generation (default: half the CPU cores)
+# scope = "gated"            # edits answer only prompts about their facts; "always": every prompt
 
 [store]
 # database_url = "sqlite:///..."   # default: locft.db in this directory

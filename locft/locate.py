@@ -85,6 +85,8 @@ class LocateSettings:
     tolerances: LocateTolerances = field(default_factory=LocateTolerances)
     # Only for warnings: the gate a round would apply to the chosen location's locality.
     min_locality: float | None = None
+    # serve.scope: "gated" measures each candidate through its scope (what users would get)
+    scope: str = "gated"
 
     def __post_init__(self) -> None:
         if self.sample < 1:
@@ -327,8 +329,9 @@ def locate(
     from locft.engine.data import resolve_prompt_format
     from locft.engine.generate import greedy_generate
     from locft.engine.targets import resolve_location
+    from locft.engine.scope import scope_for_facts, scoped_edit_defaults
+    from locft.engine.scoped import answering, tuned_layer_indices
     from locft.engine.train import EditCancelled, edit, resolve_edit_config
-    from locft.engine.weights import applied
     from locft.evaluation.capability import base_capability, lower_is_better, measure_capability, resolve_tasks
     from locft.evaluation.editing import evaluate_edits, token_agreement
     from locft.evaluation.probes import base_answers, fixed_probe_prompts
@@ -346,7 +349,8 @@ def locate(
     emit = progress or (lambda p: None)
     sample = sample_facts(facts, settings.sample, settings.seed)
     epochs = settings.epochs or edit_cfg.max_epochs
-    resolved = resolve_edit_config(loaded, replace(edit_cfg, max_epochs=epochs), len(sample))
+    edit_input = scoped_edit_defaults(replace(edit_cfg, max_epochs=epochs), settings.scope == "gated")
+    resolved = resolve_edit_config(loaded, edit_input, len(sample))
     assert resolved.batch_size is not None
     batch = min(resolved.batch_size, max(1, math.ceil(len(sample) / settings.min_steps_per_epoch)))
     resolved = replace(resolved, batch_size=batch)
@@ -406,7 +410,13 @@ def locate(
 
         t1 = time.perf_counter()
         emit(LocateProgress("evaluate", index, n, f"{result.location}: reliability, generalization, locality"))
-        with applied(loaded.model, trained.tensors):
+        scope = None
+        if settings.scope == "gated":  # from the sample's prompts and subjects only, as a round builds it
+            scope = scope_for_facts(loaded, sample, prompt_format, resolved.scope_match,
+                                    false_positive_rate=resolved.scope_false_positive_rate, layer=resolved.scope_layer,
+                                    tuned_layers=tuned_layer_indices(loaded.model, list(trained.tensors)),
+                                    exclude=probe_prompts + [p for f in sample for p in f.paraphrases])
+        with answering(loaded, trained.tensors, scope):
             if settings.exact_locality:
                 ev = evaluate_edits(loaded, sample, prompt_format, probe_prompts, base_gens, max_new)
                 result.locality, result.locality_exact = ev.locality_token, ev.locality_exact

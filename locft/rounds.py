@@ -299,9 +299,12 @@ def _run(
             loaded = load_base(config.model, home.root)
         store.record_base_fingerprint(loaded.fingerprint, actor=actor)  # refuses another base model
 
+    from locft.engine.scope import scoped_edit_defaults
     from locft.engine.train import resolve_edit_config
 
-    edit_cfg = resolve_edit_config(loaded, config.edit, len(facts))  # per-model defaults, replay included
+    gated = config.serve.scope == "gated"
+    edit_input = scoped_edit_defaults(config.edit, gated)  # no replay by default under a scope
+    edit_cfg = resolve_edit_config(loaded, edit_input, len(facts))  # per-model defaults, replay included
     replay = None
     if facts and edit_cfg.replay_ratio and edit_cfg.pipeline == "breadth-first":
         # Built here, not inside edit(), so that the locality probes are never replayed: a
@@ -326,7 +329,7 @@ def _run(
                                        p.max_epochs * p.steps_per_epoch, f"epoch {p.epoch}/{p.max_epochs}", p.loss))
 
             try:
-                result = edit(loaded, facts, config.edit, progress=on_train, should_stop=should_stop,
+                result = edit(loaded, facts, edit_input, progress=on_train, should_stop=should_stop,
                               replay=replay, cache_dir=home.cache_dir)
             except EditCancelled as exc:
                 raise RoundCancelled(f"training was stopped: {exc}") from None
@@ -344,9 +347,27 @@ def _run(
             from locft.engine.train import resolve_edit_config
 
             tensors, summary = {}, {"loss_per_epoch": [], "epochs": 0, "note": "no active facts"}
-            resolved = resolve_edit_config(loaded, config.edit, len(facts))
+            resolved = resolve_edit_config(loaded, edit_input, len(facts))
             prompt_format = resolved.prompt_format
             edit_record = to_dict(resolved) | {"parameters": []}
+
+    scope = None
+    if gated and tensors:
+        # From the frozen facts' prompts and subjects only: the gates' paraphrases and probes are
+        # never seen (nor used to calibrate a similarity threshold).
+        from locft.engine.scope import scope_for_facts
+        from locft.engine.scoped import tuned_layer_indices
+
+        check_stop()
+        emit(RoundProgress("scope", detail=f"the version's scope ({edit_cfg.scope_match})"))
+        with clock.phase("scope"):
+            scope = scope_for_facts(
+                loaded, facts, prompt_format, edit_cfg.scope_match,
+                false_positive_rate=edit_cfg.scope_false_positive_rate, layer=edit_cfg.scope_layer,
+                tuned_layers=tuned_layer_indices(loaded.model, list(tensors)),
+                exclude=probe_prompts + [p for f in facts for p in f.paraphrases],
+            )
+        edit_record["scope"] = scope.summary()
 
     check_stop()
     emit(RoundProgress("snapshot", detail="writing the candidate snapshot"))
@@ -356,6 +377,7 @@ def _run(
             home.snapshots_dir, name, tensors, loaded.fingerprint,
             extra={"fact_set_digest": plan.digest, "fact_count": len(facts), "round_id": state.round_id,
                    "parent_version": plan.promoted.id, "edit_config": edit_record, "training": summary},
+            scope=scope,
         )
         state.snapshot_dir = snap.path
 
@@ -369,8 +391,8 @@ def _run(
         state.version_id = version.id
     log.info("round %d: candidate version %d recorded (%s)", state.round_id, version.id, snap.path.name)
 
-    metrics, report = _measure(home, config, plan, loaded, tensors, prompt_format, probe_prompts, clock, emit,
-                               check_stop)
+    metrics, report = _measure(home, config, plan, loaded, tensors, scope, prompt_format, probe_prompts, clock,
+                               emit, check_stop)
 
     with clock.phase("judge"):
         verdict = judge(config.gates, metrics)
@@ -422,16 +444,18 @@ def _measure(
     plan: RoundPlan,
     loaded: LoadedModel,
     tensors: dict[str, Any],
+    scope: Any,
     prompt_format: str,
     probe_prompts: list[str],
     clock: _Clock,
     emit: ProgressCallback,
     check_stop: Callable[[], None],
 ) -> tuple[GateMetrics, dict[str, Any]]:
-    """Every gate measurement of the candidate; returns GateMetrics and the report's details."""
-    from locft.engine.weights import applied
+    """Every gate measurement of the candidate, through the scoped model (what users get); returns
+    GateMetrics and the report's details."""
+    from locft.engine.scoped import answering
     from locft.evaluation.capability import base_task_scores, lower_is_better, task_scores
-    from locft.evaluation.editing import evaluate_edits, token_agreement
+    from locft.evaluation.editing import evaluate_edits, scope_report, token_agreement
     from locft.engine.generate import greedy_generate
     from locft.evaluation.probes import FIXED_PROBE_PROMPTS, base_answers
 
@@ -466,7 +490,7 @@ def _measure(
 
     check_stop()
     emit(RoundProgress("evaluate", detail="reliability, generalization, locality"))
-    with clock.phase("evaluate"), applied(loaded.model, tensors):
+    with clock.phase("evaluate"), answering(loaded, tensors, scope):
         evaluation = evaluate_edits(loaded, [e.fact for e in sample], prompt_format, probe_prompts, base_gens,
                                     max_new, progress=on_eval)
         # Token locality per probe source (one teacher-forced pass; no generation): which prompts
@@ -477,13 +501,14 @@ def _measure(
         "fixed_probe_set": _mean_or_none(per_probe[:n_fixed]),
         "facts_own_probes": _mean_or_none(per_probe[n_fixed:]),
     }
+    coverage = scope_report(loaded, scope, [e.fact for e in sample], probe_prompts, prompt_format)
     correct = {e.revision_id: ok for e, ok in zip(sample, evaluation.correct)}
 
     check_stop()
     with clock.phase("retention"):
         if extra:
             emit(RoundProgress("retention", 0, len(extra), "facts the promoted version knew"))
-            with applied(loaded.model, tensors):
+            with answering(loaded, tensors, scope):
                 more = evaluate_edits(loaded, [e.fact for e in extra], prompt_format, (), (), max_new)
             correct.update({e.revision_id: ok for e, ok in zip(extra, more.correct)})
         retention_set = [e.revision_id for e in retained_entries if e.revision_id in correct]
@@ -491,6 +516,7 @@ def _measure(
 
     tasks = list(policy.capability_tasks)
     cand_scores: dict[str, float] = {}
+    capability_rows: dict[str, int] | None = None
     base_scores: dict[str, float] = {}
     pairs: dict[str, PairedCounts] = {}
     if tasks:
@@ -516,9 +542,10 @@ def _measure(
                                            request_progress=on_requests("capability_base"))
         check_stop()
         emit(RoundProgress("capability", 0, len(tasks), "candidate capability (lm-eval)"))
-        with clock.phase("capability"), applied(loaded.model, tensors):
+        with clock.phase("capability"), answering(loaded, tensors, scope) as scope_counts:
             cand_scored = task_scores(loaded.model, loaded.tokenizer, tasks, policy.capability_limit,
                                       cap_dir, progress=on_cap("capability"), request_progress=on_requests("capability"))
+        capability_rows = scope_counts.to_dict() if scope is not None else None
         base_scores = {k: v.score for k, v in base_scored.items()}
         cand_scores = {k: v.score for k, v in cand_scored.items()}
         pairs = pair_tasks({k: v.items for k, v in base_scored.items()}, {k: v.items for k, v in cand_scored.items()})
@@ -545,11 +572,14 @@ def _measure(
             "n_fixed_probes": n_fixed, "token_locality_by_source": locality_by_source,
             "probe_answers_generated": generated, "n_retention_checked": len(retention_set),
             "samples": evaluation.samples,
+            "scope": coverage,  # recall on paraphrases, false positives on probes; None: unscoped
         },
         # what the NEXT round's retention gate checks against
         "correct_revision_ids": sorted(r for r, ok in correct.items() if ok),
         "capability": {"candidate": cand_scores, "base": base_scores, "limit": policy.capability_limit,
                        "test": policy.capability_test,
+                       # forward rows (answer choices) the scope sent to the edit; the rest got the base
+                       "scope_rows": capability_rows,
                        "pairs": {k: v.to_dict() for k, v in pairs.items()}},
     }
     for name, value in (("reliability", metrics.reliability), ("locality", metrics.locality)):

@@ -82,6 +82,9 @@ class ServedVersion:
     snapshot_sha256: str | None
     base_fingerprint: str
     loaded_at: float = field(default_factory=time.time)
+    # which prompts its tensors answer (engine.scope); None: every prompt (serve.scope = "always",
+    # or a snapshot built without a scope)
+    scope: Any = None
 
     @property
     def name(self) -> str:
@@ -385,6 +388,7 @@ class ModelServer:
         straggler_window_s: float = DEFAULT_STRAGGLER_WINDOW_S,
         cached_versions: int = DEFAULT_CACHED_VERSIONS,
         max_queue: int = 256,
+        scope: str = "gated",
     ) -> None:
         from locft.engine.data import resolve_prompt_format
 
@@ -396,6 +400,7 @@ class ModelServer:
         self._expect = 1  # requests the next batch can expect: the last batch + what queued meanwhile
         self.cached_versions = cached_versions
         self.max_queue = max_queue
+        self.scope_mode = scope  # "gated": versions answer in scope only; "always": every prompt
         self.default_prompt_format = resolve_prompt_format(prompt_format, loaded.tokenizer)
         self.base = ServedVersion(0, {}, self.default_prompt_format, None, loaded.fingerprint)
         self._lock = threading.Lock()  # guards _active and _cache
@@ -496,8 +501,11 @@ class ModelServer:
         edit_cfg = info.edit_config or snap.manifest.get("edit_config") or {}
         fmt = edit_cfg.get("prompt_format") if isinstance(edit_cfg, dict) else None
         prompt_format = fmt if fmt in ("chat", "raw") else self.default_prompt_format
-        log.info("loaded version %d (%d tensor(s), prompt format %s)", version_id, len(tensors), prompt_format)
-        return ServedVersion(version_id, tensors, prompt_format, info.snapshot_sha256, self.loaded.fingerprint)
+        scope = snap.scope if self.scope_mode == "gated" else None
+        log.info("loaded version %d (%d tensor(s), prompt format %s, %s)", version_id, len(tensors), prompt_format,
+                 f"scope: {scope.match}, {len(scope.keys)} fact(s)" if scope is not None else "every prompt")
+        return ServedVersion(version_id, tensors, prompt_format, info.snapshot_sha256, self.loaded.fingerprint,
+                             scope=scope)
 
     def activate(self, version_id: int) -> ServedVersion:
         """Serve `version_id` to new requests from now on (hot swap). Loads and verifies first;
@@ -577,6 +585,18 @@ class ModelServer:
         swap_in(self.loaded.model, target)
         self._applied_id = version.id
 
+    def _generate(self, batch: list[_Job], version: ServedVersion) -> list[GenerationResult]:
+        """One batch on one version: a scoped version keeps the base weights in place and applies
+        its tensors to the in-scope rows only (engine.scoped), the same code path as the gates'."""
+        from locft.engine.scoped import answering
+
+        if version.scope is None:
+            self._point_at(version)
+            return generate_batch(self.loaded, [j.request for j in batch], version)
+        self._point_at(self.base)
+        with answering(self.loaded, version.tensors, version.scope):
+            return generate_batch(self.loaded, [j.request for j in batch], version)
+
     def _collect(self, first: _Job, pending: deque[_Job]) -> list[_Job]:
         batch = [first]
         for job in list(pending):
@@ -618,8 +638,7 @@ class ModelServer:
             version = batch[0].version
             started = time.perf_counter()
             try:
-                self._point_at(version)
-                results = generate_batch(self.loaded, [j.request for j in batch], version)
+                results = self._generate(batch, version)
             except BaseException as exc:  # noqa: BLE001 - every waiting request must hear about it
                 log.exception("generation failed for a batch of %d", len(batch))
                 for job in batch:
@@ -655,7 +674,7 @@ def load_server(
     if loaded is None:
         loaded = load_base(config.model, h.root)
     server = ModelServer(loaded, store=store, prompt_format=config.edit.prompt_format,
-                         max_batch_size=config.serve.max_batch_size).start()
+                         max_batch_size=config.serve.max_batch_size, scope=config.serve.scope).start()
     try:
         target = version_id if version_id is not None else (store.promoted_version().id if store else 0)
         if target:

@@ -30,10 +30,12 @@ def config_text(
     gates: str = "",
     schedule: str = "",
     port: int | None = None,
+    scope: str | None = None,
 ) -> str:
     """A locft.toml for the tiny model. `slow`: training that never stops by itself (thousands
     of epochs, no early stop), for tests that must catch a round in the middle. `port`: the HTTP
-    API's ([serve] port), for a daemon started with its API."""
+    API's ([serve] port), for a daemon started with its API. `scope`: [serve] scope ("always": the
+    edit answers every prompt, so a broken edit shows in the locality gate)."""
     if slow:
         max_epochs = 100000
     stop = "stop_loss = 0.0\nskip_loss = 0.0\n" if slow else ""
@@ -43,7 +45,9 @@ def config_text(
         f"max_new_tokens = 8\n{stop}\n"
         f"[gates]\ncapability_tasks = []\nprobe_set_size = 8\nmin_locality = 0.5\n{gates}\n"
         f"[schedule]\npoll_seconds = 0.5\n{schedule}\n"
-        + (f"\n[serve]\nport = {port}\n" if port is not None else "")
+        + ("\n[serve]\n" if port is not None or scope is not None else "")
+        + (f"port = {port}\n" if port is not None else "")
+        + (f'scope = "{scope}"\n' if scope is not None else "")
     )
 
 

@@ -16,8 +16,10 @@ from locft.store import Store
 from tests.round_helpers import FACTS, make_home
 
 
-def train_version(home: Home, store: Store, loaded: LoadedModel, name: str = "serve-v1") -> int:
-    """Train on every active fact, snapshot, record, gate (passed) and promote; returns its id."""
+def train_version(home: Home, store: Store, loaded: LoadedModel, name: str = "serve-v1", scoped: bool = False) -> int:
+    """Train on every active fact, snapshot, record, gate (passed) and promote; returns its id.
+    `scoped`: the snapshot carries the facts' subject scope (engine.scope), as a round's does."""
+    from locft.engine.scope import build_scope
     from locft.engine.snapshot import save_snapshot
     from locft.engine.train import edit
 
@@ -26,8 +28,9 @@ def train_version(home: Home, store: Store, loaded: LoadedModel, name: str = "se
     result = edit(loaded, [e.fact for e in entries], config.edit)
     edit_record = to_dict(config.edit) | {"prompt_format": result.prompt_format, "lr": result.lr,
                                           "parameters": list(result.tensors)}
+    scope = build_scope(loaded, [e.fact for e in entries], result.prompt_format) if scoped else None
     snap = save_snapshot(home.snapshots_dir, name, result.tensors, loaded.fingerprint,
-                         extra={"edit_config": edit_record})
+                         extra={"edit_config": edit_record}, scope=scope)
     version = store.record_version(revision_ids=[e.revision_id for e in entries], snapshot_dir=snap.path,
                                    base_fingerprint=loaded.fingerprint, edit_config=edit_record)
     store.record_gate_result(version.id, passed=True, metrics={"reliability": 1.0})
@@ -35,10 +38,10 @@ def train_version(home: Home, store: Store, loaded: LoadedModel, name: str = "se
     return version.id
 
 
-def make_served_home(root: Path, model_dir: Path, loaded: LoadedModel) -> Home:
+def make_served_home(root: Path, model_dir: Path, loaded: LoadedModel, scoped: bool = False) -> Home:
     home = make_home(root, model_dir)
     with Store.open(home) as store:
         for prompt, answer in FACTS:
             store.add_fact(EditFact(prompt, answer))
-        assert train_version(home, store, loaded) == 1
+        assert train_version(home, store, loaded, scoped=scoped) == 1
     return home

@@ -91,7 +91,14 @@ def test_unchanged_fact_set_is_skipped_and_recorded(home: Home, store: Store, lo
     assert forced.outcome == "promoted" and forced.version_id == 2
 
 
-def test_failed_gate_rejects_and_leaves_the_pointer(home: Home, store: Store, loaded: LoadedModel) -> None:
+def test_failed_gate_rejects_and_leaves_the_pointer(tmp_path: Path, tiny_model_dir: Path, loaded: LoadedModel) -> None:
+    # scope "always": the absurd learning rate breaks unrelated answers only where the edit applies
+    home = make_home(tmp_path / "always", tiny_model_dir, scope="always")
+    with Store.open(home) as store:
+        _reject_after_an_absurd_lr(home, store, loaded)
+
+
+def _reject_after_an_absurd_lr(home: Home, store: Store, loaded: LoadedModel) -> None:
     add(store, FACTS[:2])
     assert run(home, store, loaded).outcome == "promoted"
     text = home.config_path.read_text().replace("lr = 0.01", f"lr = {ABSURD_LR}")
@@ -283,3 +290,27 @@ def test_version_records_the_resolved_edit_config(home: Home, store: Store, load
     recorded = store.get_version(result.version_id).edit_config  # type: ignore[arg-type]
     assert recorded["batch_size"] is not None and recorded["lr"] == 1e-2 and recorded["prompt_format"] == "raw"
     assert recorded["location"] == "model.layers.3.mlp.down_proj.weight"
+
+
+def test_each_version_carries_the_scope_of_its_facts_and_a_retracted_fact_leaves_it(
+        home: Home, store: Store, loaded: LoadedModel) -> None:
+    from locft.engine.snapshot import load_snapshot
+
+    add(store, FACTS[:3])
+    first = run(home, store, loaded)
+    assert first.outcome == "promoted", first.reason
+    scope = load_snapshot(store.snapshot_dir(first.version_id)).scope  # type: ignore[arg-type]
+    assert scope is not None and scope.match == "subject"
+    assert scope.names_a_subject("Tell me about Wakanda") and scope.names_a_subject("Zorblax is")
+    assert not scope.names_a_subject("The first month of the year is")  # the facts' probe
+    report = store.gate_results(first.version_id)[-1].report  # type: ignore[arg-type]
+    coverage = report["evaluation"]["scope"]
+    assert coverage["edit_prompts_in_scope"] == 1.0 and coverage["false_positive_rate"] == 0.0
+    assert coverage["recall"] == 1.0  # the paraphrases name the subject too
+
+    store.retract_fact(1)  # "The capital of Wakanda is"
+    second = run(home, store, loaded)
+    assert second.outcome == "promoted", second.reason
+    scope = load_snapshot(store.snapshot_dir(second.version_id)).scope  # type: ignore[arg-type]
+    assert scope is not None and not scope.names_a_subject("Tell me about Wakanda")
+    assert scope.names_a_subject("Zorblax is") and len(scope.keys) == 2

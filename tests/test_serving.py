@@ -170,3 +170,24 @@ def test_model_names_and_request_checks(server: ModelServer, loaded: LoadedModel
         server.generate(GenerationRequest([10**7], max_tokens=1))
     with pytest.raises(ServingError, match="context is 256 tokens"):
         server.generate(GenerationRequest([1] * 250, max_tokens=10))
+
+
+def test_a_scoped_version_answers_its_facts_and_leaves_other_prompts_on_the_base(
+        tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, loaded: LoadedModel) -> None:
+    home = make_served_home(tmp_path_factory.mktemp("scoped") / "home", tiny_model_dir, loaded, scoped=True)
+    unrelated = ["The first month of the year is", "Water boils at", "My favourite food is"]
+    with Store.open(home) as store, ModelServer(loaded, store=store, prompt_format="raw") as srv:
+        base = [srv.ask(p, max_tokens=8).text for p in unrelated]
+        srv.activate(1)
+        assert srv.active.scope is not None
+        # submitted together, so in-scope and out-of-scope rows share batches
+        futures = [srv.submit(GenerationRequest(ids(loaded, p), max_tokens=8))
+                   for p in [f for f, _ in FACTS] + unrelated]
+        texts = [f.result(60).text.strip() for f in futures]
+        assert texts[:len(FACTS)] == [a for _, a in FACTS]
+        assert texts[len(FACTS):] == base
+        assert srv.max_batch_seen > 1
+    with Store.open(home) as store, ModelServer(loaded, store=store, prompt_format="raw", scope="always") as srv:
+        srv.activate(1)
+        assert srv.active.scope is None  # serve.scope = "always": the tensors answer every prompt
+        assert srv.ask(FACTS[0][0], max_tokens=8).text == FACTS[0][1]

@@ -28,6 +28,15 @@ def _table(record: dict[str, Any]) -> str:
         ("generalization", m["generalization"]),
         ("locality (token)", m["locality_token"]),
         ("locality (exact)", m["locality_exact"]),
+    ]
+    u, scope = record.get("metrics_unscoped"), record.get("scope")
+    if u is not None:
+        rows.append(("unscoped rel / gen / tok / exact",
+                     " / ".join(f(u[k]) for k in ("reliability", "generalization", "locality_token", "locality_exact"))))
+    if scope is not None:
+        rows.append((f"scope ({scope['match']}, subjects {record.get('scope_subjects')})",
+                     f"recall {f(scope['recall'])}, false positives {f(scope['false_positive_rate'])}"))
+    rows += [
         ("epochs / converged", f"{t['epochs']} / {t['converged']}"),
         ("train seconds", t["train_seconds"]),
         ("seconds per epoch", t["seconds_per_epoch"]),
@@ -82,6 +91,13 @@ def _table(record: dict[str, Any]) -> str:
               help="First N items of each capability task (quick; the gate scores 2000: "
                    "ARC-Easy and PIQA whole).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads (default: all cores).")
+@click.option("--scope", "scope", type=click.Choice(["gated", "always"]), default=None,
+              help="gated: metrics through the version's scope (out-of-scope prompts get the base model) and "
+                   "metrics_unscoped for the same tensors on every prompt; always: every prompt, no scope. "
+                   "Default: [serve] scope.")
+@click.option("--scope-subjects", type=click.Choice(["given", "found"]), default="given", show_default=True,
+              help="found: ignore the data's subjects and find each fact's in its prompt, as for facts added "
+                   "without one. The match itself: --set scope_match=subject|similarity|either.")
 @click.option("--save-snapshot", type=click.Path(path_type=Path), default=None, metavar="DIR",
               help="Keep the trained tensors as a snapshot in this new directory (to ask, serve, export or "
                    "compare them later, e.g. with bench/snapshot_capability.py --paired).")
@@ -91,7 +107,8 @@ def bench(data: Path, n: int, offset: int, data_format: str, pipeline: str | Non
           prompt_format: str | None, forward_mode: str | None, replay_ratio: float | None,
           replay_weight: float | None, compute_dtype: str | None, seed: int | None, settings: tuple[str, ...],
           eval_sample: int | None, capability: str | None, capability_limit: int,
-          threads: int | None, save_snapshot: Path | None, out: Path | None) -> None:
+          threads: int | None, save_snapshot: Path | None, out: Path | None, scope: str | None = None,
+          scope_subjects: str = "given") -> None:
     """Edit N facts of a benchmark file into the base model and measure the result.
 
     Prints reliability, generalization and locality (by greedy generation and normalized exact
@@ -158,7 +175,8 @@ def bench(data: Path, n: int, offset: int, data_format: str, pipeline: str | Non
     spec = BenchSpec(data=data, n=n, edit=edit_cfg, model=config.model, home=home,
                      data_format=data_format, offset=offset, eval_sample=eval_sample,
                      capability_tasks=tuple(t.strip() for t in (capability or "").split(",") if t.strip()),
-                     capability_limit=capability_limit, save_snapshot=save_snapshot)
+                     capability_limit=capability_limit, save_snapshot=save_snapshot,
+                     scope=scope or config.serve.scope, scope_subjects=scope_subjects)
     record = run_benchmark(spec, on_event)
     if bar is not None:
         bar.close()

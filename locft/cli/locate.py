@@ -208,6 +208,7 @@ def locate_cmd(facts_file: Path | None, data_format: str, sample: int, seed: int
                                  "reliability": reliability_tolerance}.items() if v is not None},
         ),
         min_locality=config.gates.min_locality,
+        scope=config.serve.scope,
     )
     facts = _load_facts(home, config, facts_file, data_format)
 

@@ -105,6 +105,8 @@ def show_version(version_id: int, as_json: bool) -> None:
                    f"{(v.snapshot_sha256 or '')[:16]}...{present}")
     if v.note:
         click.echo(f"  note         {v.note}")
+    if not v.is_base:
+        click.echo(f"  scope        {_scope_line(v.edit_config or {}, gates[-1].report if gates else {})}")
     if v.edit_config:
         click.echo("  edit config")
         for key, value in sorted(v.edit_config.items()):
@@ -121,6 +123,21 @@ def show_version(version_id: int, as_json: bool) -> None:
             click.echo(f"    {line}")
     if gates:
         click.echo(f"  (the full gate report: locft versions show {v.id} --json)")
+
+
+def _scope_line(edit_config: dict[str, Any], report: dict[str, Any]) -> str:
+    """Which prompts the version answers with its edits (engine.scope), and how the gates saw it."""
+    scope = edit_config.get("scope")
+    if not isinstance(scope, dict):
+        return "none: the tuned tensors answer every prompt"
+    line = (f"{scope.get('match')} match over {scope.get('facts')} fact(s) ({scope.get('subjects_given')} subject(s) "
+            f"given, {scope.get('subjects_found')} found in the prompt); other prompts get the base model")
+    seen = (report.get("evaluation") or {}).get("scope") if isinstance(report, dict) else None
+    if isinstance(seen, dict) and seen.get("recall") is not None:
+        fp = seen.get("false_positive_rate")
+        line += (f"; paraphrases in scope {seen['recall']:.2f}"
+                 + (f", probes in scope {fp:.2f}" if isinstance(fp, (int, float)) else ""))
+    return line
 
 
 def _gate_lines(metrics: dict[str, Any], report: dict[str, Any]) -> list[str]:
@@ -227,6 +244,8 @@ def export(version_id: int, out_dir: Path) -> None:
     """Write version V as a full Hugging Face checkpoint in DIR (a new directory).
 
     The snapshot is checked against its recorded sha256 first. Version 0 exports the base model.
+    A checkpoint is one set of weights, so it cannot carry the version's scope: the exported
+    model answers EVERY prompt with the edit (as serve.scope = "always" does), unrelated ones too.
 
     \b
     Examples:
@@ -246,6 +265,12 @@ def export(version_id: int, out_dir: Path) -> None:
     click.echo(f"exporting version {version_id} to {out_dir} (loading the base model)...", err=True)
     written = export_checkpoint(home.root, config.model, snapshot_dir, out_dir)
     click.echo(f"exported version {version_id} to {written}")
+    from locft.engine.snapshot import read_manifest
+
+    if snapshot_dir is not None and read_manifest(snapshot_dir).get("scope"):
+        click.echo("note: the checkpoint has the edit merged into its weights and cannot carry the version's "
+                   "scope: it answers every prompt with the edit, unrelated ones too (serve.scope = \"always\"). "
+                   "`locft serve` keeps unrelated prompts on the base model.", err=True)
 
 
 @versions.command("at")

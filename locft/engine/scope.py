@@ -390,3 +390,53 @@ def scope_file_payload(scope: Scope) -> tuple[bytes, dict[str, "torch.Tensor"]]:
     text = json.dumps(scope.to_json(), indent=1, sort_keys=True, ensure_ascii=False).encode("utf-8")
     tensors = {"embeddings": scope.embeddings.contiguous()} if scope.embeddings is not None else {}
     return text, tensors
+
+
+CALIBRATION_PROMPTS = 1000  # generic prompts for the similarity threshold (1% of them = 10 let in)
+
+
+def scope_for_facts(loaded: "LoadedModel", facts: Sequence["EditFact"], prompt_format: str, match: str,
+                    *, false_positive_rate: float = 0.01, layer: int | None = None,
+                    tuned_layers: Iterable[int] = (), exclude: Iterable[str] = ()) -> Scope:
+    """`build_scope` with its calibration prompts drawn from the offline generic pool (the replay
+    module's data, which no gate uses), none of them in `exclude` (the gates' prompts)."""
+    calibration: list[str] = []
+    if match != "subject":
+        from locft.engine.replay import default_replay_prompts
+
+        calibration = default_replay_prompts(CALIBRATION_PROMPTS, exclude=exclude, pool="mixed")
+    return build_scope(loaded, facts, prompt_format, match,  # type: ignore[arg-type]
+                       calibration_prompts=calibration, false_positive_rate=false_positive_rate, layer=layer,
+                       tuned_layers=tuned_layers)
+
+
+def scope_coverage(loaded: "LoadedModel", scope: Scope, prompts: Sequence[str], prompt_format: str) -> list[bool]:
+    """Per prompt: would the version answer it with its edits? The same decision the scoped model
+    makes (the prompt as the model sees it, decoded), for reports: a scope's recall on paraphrases,
+    its false positives on unrelated prompts."""
+    import torch
+
+    from locft.engine.data import encode_prompt
+
+    if not prompts:
+        return []
+    tok = loaded.tokenizer
+    subject = [scope.uses_subject and scope.names_a_subject(
+        str(tok.decode(encode_prompt(tok, p, prompt_format), skip_special_tokens=True))) for p in prompts]
+    hits = torch.tensor(subject, dtype=torch.bool)
+    similarity = None
+    if scope.uses_similarity:
+        similarity = scope.similar(pooled_features(loaded, prompts, prompt_format, int(scope.layer or 0)))
+    return [bool(x) for x in scope.decide(hits, similarity).tolist()]
+
+
+def coverage_share(flags: Sequence[bool]) -> float | None:
+    return sum(flags) / len(flags) if flags else None
+
+
+def scoped_edit_defaults(cfg: Any, scoped: bool) -> Any:
+    """Under a gated scope the locality-preserving replay is off unless set: out-of-scope prompts
+    get the base model exactly, which replay only approximated at most of a round's training time."""
+    from dataclasses import replace
+
+    return replace(cfg, replay_ratio=0.0) if scoped and cfg.replay_ratio is None else cfg

@@ -211,3 +211,15 @@ def answering(loaded: "LoadedModel", tensors: Mapping[str, torch.Tensor],
         yield counts
     finally:
         scoped.remove()
+
+
+def tuned_layer_indices(model: torch.nn.Module, names: Sequence[str]) -> list[int]:
+    """The decoder layers that hold the tuned tensors (a similarity scope must decide below them)."""
+    layers = {id(m): i for i, m in enumerate(decoder_layers(model))}
+    prefixes = {name: layers[id(m)] for name, m in model.named_modules() if id(m) in layers}
+    found = set()
+    for n in names:
+        for prefix, index in prefixes.items():
+            if n.startswith(prefix + "."):
+                found.add(index)
+    return sorted(found)

@@ -15,7 +15,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import torch
 
@@ -25,9 +25,14 @@ from locft.engine.model_io import LoadedModel, fsync_dir, load_base
 from locft.engine.weights import swap_in
 from locft.errors import SnapshotError
 
+if TYPE_CHECKING:
+    from locft.engine.scope import Scope
+
 FORMAT = "locft-snapshot/1"
 TENSORS_FILE = "tensors.safetensors"
 MANIFEST_FILE = "manifest.json"
+SCOPE_FILE = "scope.json"  # which prompts the version is about (engine.scope); absent: every prompt
+SCOPE_TENSORS_FILE = "scope.safetensors"  # the scope's fact embeddings, when it uses similarity
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,7 @@ class Snapshot:
     path: Path
     manifest: dict[str, Any]
     tensors: dict[str, torch.Tensor]
+    scope: "Scope | None" = None  # None: a snapshot written before scopes, or built without one
 
     @property
     def base_fingerprint(self) -> str:
@@ -67,8 +73,10 @@ def save_snapshot(
     tensors: Mapping[str, torch.Tensor],
     base_fingerprint: str,
     extra: Mapping[str, Any] | None = None,
+    scope: "Scope | None" = None,
 ) -> SnapshotInfo:
-    """Write `parent_dir/name/` atomically; refuses to overwrite an existing snapshot."""
+    """Write `parent_dir/name/` atomically; refuses to overwrite an existing snapshot. The scope,
+    when given, is stored beside the tensors and checksummed in the manifest like them."""
     from safetensors.torch import save_file
 
     parent_dir.mkdir(parents=True, exist_ok=True)
@@ -82,6 +90,7 @@ def save_snapshot(
         save_file(cpu, str(tensors_path), metadata={"format": FORMAT})
         _fsync_file(tensors_path)
         file_sha = hashlib.sha256(tensors_path.read_bytes()).hexdigest()
+        scope_entry = _write_scope(tmp, scope) if scope is not None else None
         manifest = {
             "format": FORMAT,
             "locft_version": __version__,
@@ -96,6 +105,8 @@ def save_snapshot(
             },
             **dict(extra or {}),
         }
+        if scope_entry is not None:
+            manifest["scope"] = scope_entry
         manifest_path = tmp / MANIFEST_FILE
         manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
         _fsync_file(manifest_path)
@@ -106,6 +117,61 @@ def save_snapshot(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return SnapshotInfo(final, manifest["tensors_sha256"], manifest["tensors_size"])
+
+
+def _write_scope(directory: Path, scope: "Scope") -> dict[str, Any]:
+    from safetensors.torch import save_file
+
+    from locft.engine.scope import scope_file_payload
+
+    text, tensors = scope_file_payload(scope)
+    (directory / SCOPE_FILE).write_bytes(text)
+    _fsync_file(directory / SCOPE_FILE)
+    entry: dict[str, Any] = {"file": SCOPE_FILE, "sha256": _sha256_bytes(text), "summary": scope.summary()}
+    if tensors:
+        save_file({n: t.detach().cpu().contiguous() for n, t in tensors.items()},
+                  str(directory / SCOPE_TENSORS_FILE), metadata={"format": FORMAT})
+        _fsync_file(directory / SCOPE_TENSORS_FILE)
+        entry |= {"tensors_file": SCOPE_TENSORS_FILE,
+                  "tensors_sha256": hashlib.sha256((directory / SCOPE_TENSORS_FILE).read_bytes()).hexdigest()}
+    return entry
+
+
+def _verify_scope_files(path: Path, manifest: Mapping[str, Any]) -> None:
+    entry = manifest.get("scope")
+    if entry is None:
+        return
+    if not isinstance(entry, dict):
+        raise SnapshotError(f"snapshot {path}: the manifest's scope entry is malformed")
+    for file_key, sha_key in (("file", "sha256"), ("tensors_file", "tensors_sha256")):
+        if file_key not in entry:
+            continue
+        file = path / str(entry[file_key])
+        if not file.is_file():
+            raise SnapshotError(f"snapshot {path}: {file.name} (its scope) is missing; roll back to a healthy "
+                                "version (`locft rollback`)")
+        actual = hashlib.sha256(file.read_bytes()).hexdigest()
+        if actual != entry.get(sha_key):
+            raise SnapshotError(f"snapshot {path}: {file.name} (its scope) is corrupted: sha256 {actual[:12]}... "
+                                f"does not match the manifest; roll back to a healthy version (`locft rollback`)")
+
+
+def _load_scope(path: Path, manifest: Mapping[str, Any]) -> "Scope | None":
+    from safetensors.torch import load_file
+
+    from locft.engine.scope import Scope
+
+    entry = manifest.get("scope")
+    if not isinstance(entry, dict):
+        return None
+    try:
+        data = json.loads((path / str(entry["file"])).read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise SnapshotError(f"snapshot {path}: its scope is unreadable ({exc})") from None
+    embeddings = None
+    if "tensors_file" in entry:
+        embeddings = load_file(str(path / str(entry["tensors_file"]))).get("embeddings")
+    return Scope.from_json(data, embeddings)
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
@@ -137,6 +203,7 @@ def verify_snapshot(path: Path, expected_sha256: str | None = None) -> dict[str,
                 f"snapshot {path} is corrupted: sha256 {actual[:12]}... does not match the {label}'s "
                 f"{expected[:12]}...; roll back to a healthy version (`locft rollback`)"
             )
+    _verify_scope_files(path, manifest)
     return manifest
 
 
@@ -152,7 +219,7 @@ def load_snapshot(path: Path, expected_sha256: str | None = None) -> Snapshot:
     for n, t in tensors.items():
         if list(t.shape) != declared[n]["shape"]:
             raise SnapshotError(f"snapshot {path}: {n} has shape {list(t.shape)}, manifest says {declared[n]['shape']}")
-    return Snapshot(Path(path), manifest, tensors)
+    return Snapshot(Path(path), manifest, tensors, _load_scope(Path(path), manifest))
 
 
 def check_base(snapshot: Snapshot, loaded: LoadedModel) -> None:
@@ -171,7 +238,8 @@ def apply_snapshot(loaded: LoadedModel, snapshot: Snapshot) -> dict[str, torch.T
 
 
 def export_checkpoint(home: Path, model_cfg: ModelConfig, snapshot_dir: Path | None, out_dir: Path) -> Path:
-    """A full Hugging Face checkpoint of base + snapshot (snapshot_dir None: the base model)."""
+    """A full Hugging Face checkpoint of base + snapshot (snapshot_dir None: the base model).
+    One set of weights cannot carry a scope: the checkpoint answers every prompt with the edit."""
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise SnapshotError(f"{out_dir} exists and is not empty; choose a new directory")

@@ -145,3 +145,30 @@ def evaluate_edits(
         probe_exact=loc_exact,
         probe_token=loc_token,
     )
+
+
+def scope_report(
+    loaded: LoadedModel,
+    scope: Any,
+    facts: Sequence[EditFact],
+    probe_prompts: Sequence[str],
+    prompt_format: str,
+    paraphrase_facts: Sequence[EditFact] | None = None,
+) -> dict[str, Any] | None:
+    """How the version's scope covers what the gates ask: edit prompts and paraphrases in scope
+    (its recall), locality probes in scope (its false positives). None without a scope."""
+    if scope is None:
+        return None
+    from locft.engine.scope import coverage_share, scope_coverage
+
+    paraphrases = [p for f in (facts if paraphrase_facts is None else paraphrase_facts) for p in f.paraphrases]
+    edits = scope_coverage(loaded, scope, [f.prompt for f in facts], prompt_format)
+    para = scope_coverage(loaded, scope, paraphrases, prompt_format)
+    probes = scope_coverage(loaded, scope, probe_prompts, prompt_format)
+    return {
+        **scope.summary(),
+        "edit_prompts_in_scope": coverage_share(edits),
+        "recall": coverage_share(para),  # paraphrases in scope
+        "false_positive_rate": coverage_share(probes),  # locality probes in scope
+        "n_paraphrases": len(para), "n_probes": len(probes),
+    }

@@ -72,7 +72,8 @@ def test_daemon_promotes_facts_added_through_the_cli(tmp_path: Path, daemon_mode
 
 
 def test_failed_gate_rejects_and_keeps_the_promoted_version(tmp_path: Path, daemon_model_dir: Path) -> None:
-    home = make_home(tmp_path / "home", daemon_model_dir)
+    # scope "always": the absurd learning rate breaks unrelated answers only where the edit applies
+    home = make_home(tmp_path / "home", daemon_model_dir, scope="always")
     for prompt, answer in FACTS[:2]:
         locft(home, "add-fact", prompt, answer)
     ran = locft(home, "round", "run")  # the foreground round: version 1, no daemon involved

@@ -139,3 +139,40 @@ def test_similarity_scope_calibrates_its_threshold_on_generic_prompts(tiny: Load
         tiny.model(input_ids=ids, attention_mask=mask)
     assert stats.rows == len(prompts)
     assert 1 <= stats.in_scope <= 3  # the fact's own prompt is in; at most a few generic ones
+
+
+def test_the_scope_round_trips_through_a_snapshot_and_corruption_is_refused(tmp_path, tiny: LoadedModel) -> None:
+    import json
+
+    import pytest
+
+    from locft.engine.snapshot import load_snapshot, save_snapshot
+    from locft.errors import SnapshotError
+
+    facts = [EditFact(f"What is the capital of Country{i}?", "X") for i in range(4)] + FACTS
+    generic = [f"Write a short poem about the number {i}." for i in range(30)]
+    scope = build_scope(tiny, facts, "raw", "either", calibration_prompts=generic, layer=0, tuned_layers=(2,))
+    tensors = _edit_tensors(tiny)
+    info = save_snapshot(tmp_path, "v1", tensors, tiny.fingerprint, scope=scope)
+    manifest = json.loads((info.path / "manifest.json").read_text())
+    assert manifest["scope"]["summary"]["facts"] == len(facts)
+    snap = load_snapshot(info.path, info.sha256)
+    assert snap.scope is not None and snap.scope.match == "either"
+    assert snap.scope.keys == scope.keys and snap.scope.threshold == scope.threshold
+    assert snap.scope.embeddings is not None and torch.equal(snap.scope.embeddings, scope.embeddings)
+    for text in ("Tell me about Australia", "Who painted the Mona Lisa?"):
+        assert snap.scope.names_a_subject(text) == scope.names_a_subject(text)
+
+    (info.path / "scope.json").write_text((info.path / "scope.json").read_text().replace("australia", "austria"))
+    with pytest.raises(SnapshotError, match="scope.*corrupted"):
+        load_snapshot(info.path, info.sha256)
+    (info.path / "scope.json").unlink()
+    with pytest.raises(SnapshotError, match="scope.*missing"):
+        load_snapshot(info.path, info.sha256)
+
+
+def test_a_snapshot_without_scope_loads_as_every_prompt(tmp_path, tiny: LoadedModel) -> None:
+    from locft.engine.snapshot import load_snapshot, save_snapshot
+
+    info = save_snapshot(tmp_path, "v0", _edit_tensors(tiny), tiny.fingerprint)
+    assert load_snapshot(info.path).scope is None
