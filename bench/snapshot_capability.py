@@ -58,6 +58,8 @@ def main() -> None:
                         help="score every item for both models and compare them item by item")
     parser.add_argument("--against", type=Path, default=None,
                         help="an earlier --paired record: reuse its base items, compare with its snapshot")
+    parser.add_argument("--unscoped", action="store_true",
+                        help="apply the tensors to every item, ignoring the snapshot's scope (serve.scope = always)")
     parser.add_argument("--home", type=Path, default=Path(os.environ.get("LOCFT_HOME", ".locft-home")),
                         help="where the converted model and the base scores are cached")
     parser.add_argument("--out", type=Path, required=True)
@@ -68,7 +70,7 @@ def main() -> None:
     from locft.config import ModelConfig
     from locft.engine.model_io import load_base
     from locft.engine.snapshot import check_base, load_snapshot
-    from locft.engine.weights import applied
+    from locft.engine.scoped import answering
     from locft.evaluation.capability import base_capability, item_scores, measure_capability
 
     torch.set_num_threads(args.threads)
@@ -92,7 +94,8 @@ def main() -> None:
         base = base_capability(loaded.model, loaded.tokenizer, loaded.fingerprint, tasks, args.limit, cache)
     base_s = time.perf_counter() - t
     t = time.perf_counter()
-    with applied(loaded.model, snapshot.tensors):
+    scope = None if args.unscoped else snapshot.scope  # the version as `locft serve` answers
+    with answering(loaded, snapshot.tensors, scope) as rows:
         if args.paired:
             candidate_items = item_scores(loaded.model, loaded.tokenizer, tasks, args.limit, cache)
             candidate = {k: sum(v) / len(v) for k, v in candidate_items.items()}
@@ -106,6 +109,9 @@ def main() -> None:
         "seconds": {"base" if args.paired else "base (cached after the first run)": round(base_s, 1),
                     "candidate": round(time.perf_counter() - t, 1)},
         "threads": args.threads,
+        "scope": snapshot.scope.summary() if scope is not None else None,
+        # forward rows (answer choices) sent to the edit; the rest got the base model exactly
+        "scope_rows": rows.to_dict() if scope is not None else None,
     }
     if args.paired:
         record["paired"] = paired_by_task(base_items, candidate_items, tasks)

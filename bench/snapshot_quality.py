@@ -42,7 +42,7 @@ def main() -> None:
     from locft.engine.model_io import load_base
     from locft.engine.snapshot import check_base, load_snapshot
     from locft.engine.train import resolve_edit_config
-    from locft.engine.weights import applied
+    from locft.engine.scoped import answering
     from locft.locate import sample_facts
     from locft.evaluation.editing import base_probe_generations, evaluate_edits
     from locft.readers import load_edit_facts
@@ -58,14 +58,15 @@ def main() -> None:
     probes = [p.prompt for f in sampled for p in f.probes]
     t = time.perf_counter()
     base = base_probe_generations(loaded, probes, cfg.prompt_format, cfg.max_new_tokens)
-    with applied(loaded.model, snapshot.tensors):
+    with answering(loaded, snapshot.tensors, snapshot.scope):  # as `locft serve` answers the version
         evaluation = evaluate_edits(loaded, facts, cfg.prompt_format, probes, base, cfg.max_new_tokens,
                                     paraphrase_facts=sampled, progress=_progress)
     print(file=sys.stderr)
     record = {
         "snapshot": str(args.snapshot), "parameters": sorted(snapshot.tensors), "data": str(args.data),
         "n": len(facts), "eval_sample": len(sampled) if args.eval_sample else None, "seed": cfg.seed,
-        "metrics": evaluation.metrics(), "seconds": round(time.perf_counter() - t, 1), "threads": args.threads,
+        "metrics": evaluation.metrics(), "scope": snapshot.scope.summary() if snapshot.scope else None,
+        "seconds": round(time.perf_counter() - t, 1), "threads": args.threads,
         "items": evaluation.items(),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

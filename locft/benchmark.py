@@ -74,7 +74,7 @@ def _capability(loaded: Any, tensors: dict[str, Any], scope: Any, spec: BenchSpe
     (through the scoped model, as users get it), with the paired counts the gate tests (items lost
     and gained, one-sided sign-test p)."""
     from locft.engine.scoped import answering
-    from locft.evaluation.capability import base_task_scores, task_scores
+    from locft.evaluation.capability import ScopeOnly, base_task_scores, task_scores
     from locft.policies.gating import pair_tasks
 
     tasks, limit, cache = list(spec.capability_tasks), spec.capability_limit, spec.home / "cache"
@@ -84,15 +84,19 @@ def _capability(loaded: Any, tensors: dict[str, Any], scope: Any, spec: BenchSpe
 
     base = base_task_scores(loaded.model, loaded.tokenizer, loaded.fingerprint, tasks, limit, cache,
                             request_progress=progress("base"))
+    # as a round does: under a subject scope only the items it touches run through the version
+    only = ScopeOnly(scope.names_a_subject, base) if scope is not None and scope.match == "subject" else None
     with answering(loaded, tensors, scope) as counts:
-        edited = task_scores(loaded.model, loaded.tokenizer, tasks, limit, cache, request_progress=progress("edited"))
+        edited = task_scores(loaded.model, loaded.tokenizer, tasks, limit, cache, request_progress=progress("edited"),
+                             only_in_scope=only)
     pairs = pair_tasks({t: base[t].items for t in tasks}, {t: edited[t].items for t in tasks})
     paired = {t: c.to_dict() for t, c in pairs.items()}
     return {"tasks": tasks, "limit": limit, "base": {t: base[t].score for t in tasks},
             "edited": {t: edited[t].score for t in tasks},
             "difference": {t: round(edited[t].score - base[t].score, 4) for t in tasks}, "paired": paired,
             # forward rows (answer choices) the scope sent to the edit; None: every row (unscoped)
-            "scope_rows": counts.to_dict() if scope is not None else None}
+            "scope_rows": counts.to_dict() if scope is not None else None,
+            "scope_items": only.to_dict() if only is not None else None}
 
 
 def run_benchmark(spec: BenchSpec, on_event: Callable[[str, Any], None] | None = None) -> dict[str, Any]:

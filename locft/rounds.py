@@ -454,7 +454,7 @@ def _measure(
     """Every gate measurement of the candidate, through the scoped model (what users get); returns
     GateMetrics and the report's details."""
     from locft.engine.scoped import answering
-    from locft.evaluation.capability import base_task_scores, lower_is_better, task_scores
+    from locft.evaluation.capability import ScopeOnly, base_task_scores, lower_is_better, task_scores
     from locft.evaluation.editing import evaluate_edits, scope_report, token_agreement
     from locft.engine.generate import greedy_generate
     from locft.evaluation.probes import FIXED_PROBE_PROMPTS, base_answers
@@ -517,6 +517,7 @@ def _measure(
     tasks = list(policy.capability_tasks)
     cand_scores: dict[str, float] = {}
     capability_rows: dict[str, int] | None = None
+    capability_items: dict[str, Any] | None = None
     base_scores: dict[str, float] = {}
     pairs: dict[str, PairedCounts] = {}
     if tasks:
@@ -542,9 +543,14 @@ def _measure(
                                            request_progress=on_requests("capability_base"))
         check_stop()
         emit(RoundProgress("capability", 0, len(tasks), "candidate capability (lm-eval)"))
+        # A subject scope is decided from the text alone: items outside it are the base model's
+        # answers by construction and keep the base's scores, so the gate costs what the edits touch.
+        only = ScopeOnly(scope.names_a_subject, base_scored) if scope is not None and scope.match == "subject" else None
         with clock.phase("capability"), answering(loaded, tensors, scope) as scope_counts:
             cand_scored = task_scores(loaded.model, loaded.tokenizer, tasks, policy.capability_limit,
-                                      cap_dir, progress=on_cap("capability"), request_progress=on_requests("capability"))
+                                      cap_dir, progress=on_cap("capability"), request_progress=on_requests("capability"),
+                                      only_in_scope=only)
+        capability_items = only.to_dict() if only is not None else None
         capability_rows = scope_counts.to_dict() if scope is not None else None
         base_scores = {k: v.score for k, v in base_scored.items()}
         cand_scores = {k: v.score for k, v in cand_scored.items()}
@@ -580,6 +586,8 @@ def _measure(
                        "test": policy.capability_test,
                        # forward rows (answer choices) the scope sent to the edit; the rest got the base
                        "scope_rows": capability_rows,
+                       # items run through the version; the others kept the base's score (None: all run)
+                       "scope_items": capability_items,
                        "pairs": {k: v.to_dict() for k, v in pairs.items()}},
     }
     for name, value in (("reliability", metrics.reliability), ("locality", metrics.locality)):

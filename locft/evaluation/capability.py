@@ -600,12 +600,34 @@ def task_scores(
     batch_size: int = 8,
     progress: Progress | None = None,
     request_progress: RequestProgress | None = None,
+    only_in_scope: "ScopeOnly | None" = None,
 ) -> dict[str, TaskScore]:
     """As `measure_capability`, with each item's score where the task has them (same cost: lm-eval
-    keeps the per-document results it computes anyway)."""
-    return {name: TaskScore(score, tuple(items) if has_item_scores(name) else None) for name, (score, items) in
-            _evaluate(model, tokenizer, tasks, limit, cache_dir, batch_size, progress, True,
-                      request_progress).items()}
+    keeps the per-document results it computes anyway).
+
+    `only_in_scope`: score through a scoped version only the items it would answer with its edits
+    (`ScopeOnly`); every other item of a task with per-item scores is the base model's answer by
+    construction, so it takes the base's item score instead of being run again."""
+    measured = _evaluate(model, tokenizer, tasks, limit, cache_dir, batch_size, progress, True, request_progress,
+                         only_in_scope)
+    out = {}
+    for name, (score, items) in measured.items():
+        out[name] = TaskScore(score, tuple(items) if has_item_scores(name) else None)
+    return out
+
+
+@dataclass
+class ScopeOnly:
+    """Which capability requests a scoped version answers with its edits (`in_scope(text)`), the
+    base model's item scores for the rest, and counts of what was scored (for the round report)."""
+
+    in_scope: Callable[[str], bool]
+    base: Mapping[str, "TaskScore"]
+    items_scored: dict[str, int] = field(default_factory=dict)  # per task: items run through the version
+    items_total: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"items_scored": dict(self.items_scored), "items_total": dict(self.items_total)}
 
 
 def _evaluate(
@@ -618,6 +640,7 @@ def _evaluate(
     progress: Progress | None,
     per_item: bool,
     request_progress: RequestProgress | None = None,
+    only_in_scope: ScopeOnly | None = None,
 ) -> dict[str, tuple[float, list[float]]]:
     """{task: (headline score, per-item headline metric in document order, empty unless per_item)}."""
     specs = resolve_tasks(tasks)  # fail on a typo before touching the model
@@ -645,6 +668,7 @@ def _evaluate(
         stack.enter_context(_saved_model_state(model, tokenizer))
         stack.enter_context(torch.no_grad())
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+        full_lm = lm
         local_manager = TaskManager(include_defaults=False)  # no 13 s index of 14k YAMLs
         hub_manager: Any = None
         for index, spec in enumerate(specs):
@@ -664,6 +688,9 @@ def _evaluate(
                     task_obj.set_config(key="num_fewshot", value=0)
                 task_obj.set_fewshot_seed(seed=FEWSHOT_SEED)
             keep_items = per_item and has_item_scores(spec.name)
+            base_items = only_in_scope.base.get(spec.name) if only_in_scope is not None else None
+            restrict = keep_items and base_items is not None and base_items.items is not None
+            lm = _InScopeOnly(full_lm, only_in_scope.in_scope) if restrict and only_in_scope else full_lm
             with contextlib.ExitStack() as counting:
                 if request_progress is not None:
                     counting.enter_context(_counted_requests(request_progress, spec.name))
@@ -675,12 +702,44 @@ def _evaluate(
             if keep_items:
                 samples = sorted((results or {}).get("samples", {}).get(spec.name, []), key=lambda s: s["doc_id"])
                 items = [float(s[spec.metric]) for s in samples]
+                if restrict and only_in_scope is not None and base_items is not None and base_items.items is not None:
+                    # an item none of whose requests is in scope is the base model's answer by construction
+                    scored = [any(only_in_scope.in_scope(str(c) + str(x)) for c, x in s["arguments"]) for s in samples]
+                    if len(base_items.items) != len(items):
+                        raise ConfigError(f"capability {spec.name}: {len(items)} items, the base has "
+                                          f"{len(base_items.items)}; measure the base again")
+                    items = [v if run else b for v, b, run in zip(items, base_items.items, scored)]
+                    score = sum(items) / len(items) if items else math.nan
+                    only_in_scope.items_scored[spec.name] = sum(scored)
+                    only_in_scope.items_total[spec.name] = len(items)
             measured[spec.name] = (score, items)
             log.info("capability %s = %.4f (%s, limit %s, %.1f s)", spec.name, score, spec.metric,
                      limit, time.perf_counter() - started)
             if progress is not None:
                 progress(index + 1, len(specs), spec.name)
     return measured
+
+
+class _InScopeOnly:
+    """lm-eval's model for a scoped version: only the loglikelihood requests in scope reach the
+    model; the others get a placeholder, and their items are replaced by the base's afterwards."""
+
+    def __init__(self, lm: Any, in_scope: Callable[[str], bool]) -> None:
+        self._lm = lm
+        self._in_scope = in_scope
+
+    def __getattr__(self, name: str) -> Any:  # everything else is the wrapped HFLM's
+        return getattr(self._lm, name)
+
+    def loglikelihood(self, requests: list[Any], disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        # by item: one answer choice in scope runs all of the item's choices (they are compared)
+        docs = {(r.task_name, r.doc_id) for r in requests if self._in_scope(str(r.args[0]) + str(r.args[1]))}
+        keep = [i for i, r in enumerate(requests) if (r.task_name, r.doc_id) in docs]
+        out: list[tuple[float, bool]] = [(0.0, False)] * len(requests)
+        if keep:
+            for i, result in zip(keep, self._lm.loglikelihood([requests[i] for i in keep], disable_tqdm=disable_tqdm)):
+                out[i] = result
+        return out
 
 
 # ---------------------------------------------------------------------------------------------

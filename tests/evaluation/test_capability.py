@@ -334,3 +334,27 @@ def test_embedded_model_is_clearly_above_chance_on_arc_easy(tokenizer: Any, tmp_
     scores = measure_capability(real, tokenizer, ["arc_easy"], 50, tmp_path)
     # MEASURED.md: 0.50 at 200 items (chance 0.25); at 50 items the noise is about +-0.07.
     assert scores["arc_easy"] >= 0.38, scores
+
+
+def test_a_scoped_candidate_scores_only_items_in_its_scope_and_keeps_the_base_score_elsewhere(
+        model: torch.nn.Module, tokenizer: Any, tmp_path: Path) -> None:
+    import zlib
+
+    from locft.evaluation.capability import ScopeOnly, TaskScore
+
+    real = task_scores(model, tokenizer, ["arc_easy"], 8, tmp_path)["arc_easy"].items
+    assert real is not None
+    flipped = TaskScore(0.0, tuple(1.0 - v for v in real))  # a "base" that differs on every item
+    asked: list[str] = []
+
+    def in_scope(text: str) -> bool:  # a stable pseudo-random half of the requests
+        asked.append(text)
+        return zlib.crc32(text.encode()) % 3 == 0
+
+    only = ScopeOnly(in_scope, {"arc_easy": flipped})
+    scored = task_scores(model, tokenizer, ["arc_easy"], 8, tmp_path, only_in_scope=only)["arc_easy"]
+    assert scored.items is not None and len(scored.items) == len(real)
+    from_model = [v == r for v, r in zip(scored.items, real)]
+    assert sum(from_model) == only.items_scored["arc_easy"] and only.items_total["arc_easy"] == len(real)
+    assert 0 < only.items_scored["arc_easy"] < len(real)
+    assert scored.score == pytest.approx(sum(scored.items) / len(scored.items))
