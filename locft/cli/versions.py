@@ -83,16 +83,26 @@ def _metric(value: Any) -> str:
 
 @versions.command("show")
 @click.argument("version_id", metavar="V", type=int)
+@click.option("--facts-limit", type=click.IntRange(min=0), default=50, show_default=True,
+              help="List at most this many of its facts (0: none; --json lists them all).")
 @json_option
-def show_version(version_id: int, as_json: bool) -> None:
-    """One version: its config, facts, metrics and gate report."""
+def show_version(version_id: int, facts_limit: int, as_json: bool) -> None:
+    """One version: its config, facts (and which it answers correctly), metrics and gate report.
+
+    Whether a fact is answered correctly comes from the version's gate report: greedy
+    generation on the fact's prompt, exact match after normalization. Above
+    gates.reliability_sample facts only a sample is asked; the others show as not measured.
+    """
+    from locft.api.views import version_facts
+
     with open_store() as store:
         v = store.get_version(version_id)
         gates = store.gate_results(version_id)
         moves = [p for p in store.promotion_history() if p.version_id == version_id]
+        trained = version_facts(store, version_id)
     if as_json:
         echo_json({**v.to_dict(), "gate_results": [g.to_dict() for g in gates],
-                   "promotions": [p.to_dict() for p in moves]})
+                   "promotions": [p.to_dict() for p in moves], "facts": trained["facts"]})
         return
     click.echo(f"version {v.id}  {v.state}" + ("  (the base model)" if v.is_base else ""))
     click.echo(f"  created      {fmt_time(v.created_at)}" + (f" by round {v.round_id}" if v.round_id else ""))
@@ -123,6 +133,24 @@ def show_version(version_id: int, as_json: bool) -> None:
             click.echo(f"    {line}")
     if gates:
         click.echo(f"  (the full gate report: locft versions show {v.id} --json)")
+    _print_facts(trained, facts_limit)
+
+
+def _print_facts(trained: dict[str, Any], limit: int) -> None:
+    facts = trained["facts"]
+    if not facts or limit == 0:
+        return
+    if trained["measured"]:
+        sampled = " (a sample was asked)" if trained["sampled"] else ""
+        head = f"{trained['correct']} of {len(facts)} answered correctly{sampled}"
+    else:
+        head = "correctness not measured (no per-fact gate report)"
+    shown = facts[:limit]
+    more = f"; the first {len(shown)} shown (--facts-limit)" if len(shown) < len(facts) else ""
+    click.echo(f"\nfacts trained on: {len(facts)}, {head}{more}")
+    mark = {True: "yes", False: "NO", None: "-"}
+    table(["ID", "CORRECT", "PROMPT -> ANSWER"],
+          [[f["fact_id"], mark[f["correct"]], f"{f['prompt']} -> {f['answer']}"] for f in shown], flex=2)
 
 
 def _scope_line(edit_config: dict[str, Any], report: dict[str, Any]) -> str:
