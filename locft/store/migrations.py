@@ -180,7 +180,7 @@ _VERSION_COLUMNS_FROZEN = (
 
 def _0003_append_only_triggers(conn: Connection) -> None:
     """SQLite triggers that make the append-only tables refuse UPDATE and DELETE (a bug or a
-    hand-edit cannot rewrite history). Other databases rely on the library alone."""
+    hand-edit cannot rewrite history). PostgreSQL gets the same in 0004."""
     if conn.dialect.name != "sqlite":
         log.info("append-only triggers are SQLite-only; skipped on %s", conn.dialect.name)
         return
@@ -205,6 +205,32 @@ def _0003_append_only_triggers(conn: Connection) -> None:
     )
 
 
+def _0004_postgres_append_only_triggers(conn: Connection) -> None:
+    """0003's rules on PostgreSQL (0003 made them on SQLite only): the append-only tables refuse
+    UPDATE and DELETE, a version's recorded columns and fingerprint never change. SQLite: nothing
+    to do. The message is the trigger's argument, the same words as on SQLite."""
+    if conn.dialect.name != "postgresql":
+        return
+    conn.exec_driver_sql(
+        "CREATE FUNCTION locft_refuse() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN RAISE EXCEPTION '%%', TG_ARGV[0]; END $$"  # %% : the driver's placeholder escape
+    )
+
+    def refuse(name: str, when: str, message: str, condition: str = "") -> None:
+        conn.exec_driver_sql(
+            f"CREATE TRIGGER {name} BEFORE {when} FOR EACH ROW {condition} "
+            f"EXECUTE FUNCTION locft_refuse('{message}')"
+        )
+
+    for table in _APPEND_ONLY:
+        for op in ("UPDATE", "DELETE"):
+            refuse(f"{table}_no_{op.lower()}", f"{op} ON {table}", f"{table} rows are append-only")
+    refuse("version_no_delete", "DELETE ON version", "versions are never deleted")
+    refuse("version_frozen", f"UPDATE OF {', '.join(_VERSION_COLUMNS_FROZEN)} ON version", "versions are immutable")
+    refuse("version_fingerprint_once", "UPDATE OF base_fingerprint ON version",
+           "a recorded base fingerprint never changes", "WHEN (OLD.base_fingerprint IS NOT NULL)")
+
+
 @dataclass(frozen=True)
 class Migration:
     name: str
@@ -215,4 +241,5 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("0001_initial", _0001_initial),
     Migration("0002_rounds", _0002_rounds),
     Migration("0003_append_only_triggers", _0003_append_only_triggers),
+    Migration("0004_postgres_append_only_triggers", _0004_postgres_append_only_triggers),
 )

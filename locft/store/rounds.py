@@ -239,10 +239,12 @@ class RoundsMixin(StoreBase):
 
     def claim_round_request(self) -> ClaimedRequests | None:
         """Atomically claim every open request (None when there is none). Two callers racing
-        never both get the same request: the write lock is taken before reading."""
+        never both get the same request: SQLite takes the write lock before reading; PostgreSQL
+        locks the rows read (FOR UPDATE), so a racing claimer waits, then skips the rows the
+        first one claimed (READ COMMITTED re-checks `claimed_at IS NULL` on the locked rows)."""
         with self._write() as session:
             rows = list(session.exec(select(RoundRequest).where(col(RoundRequest.claimed_at).is_(None))
-                                     .order_by(col(RoundRequest.id))))
+                                     .order_by(col(RoundRequest.id)).with_for_update()))
             if not rows:
                 return None
             now = utcnow()
@@ -251,7 +253,7 @@ class RoundsMixin(StoreBase):
                 .where(col(RoundRequest.id).in_([r.id for r in rows]), col(RoundRequest.claimed_at).is_(None))
                 .values(claimed_at=now)
             )
-            if claimed.rowcount != len(rows):  # type: ignore[attr-defined]  # only without a write lock (PostgreSQL)
+            if claimed.rowcount != len(rows):  # type: ignore[attr-defined]  # neither lock held: a bug
                 raise StoreError("round requests were claimed concurrently; try again")
             for r in rows:
                 session.refresh(r)

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import tempfile
+from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from locft.errors import ConflictError, StoreError
 from locft.facts import EditFact
-from locft.home import Home
 from locft.store import Store
 from locft.text import normalize_answer, normalize_prompt
+from tests.store.conftest import backend_home
 
 # few distinct questions and answers, spelled in ways that normalize alike, so that
 # duplicates and conflicts happen often
@@ -25,12 +26,12 @@ op = st.one_of(
 )
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# `backend` is only the parameter's name (sqlite or postgresql): nothing in it to reset between examples
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(st.lists(op, min_size=1, max_size=12))
-def test_store_follows_the_fact_rules(ops: list[tuple[str, object, str, bool]]) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        home = Home.resolve(tmp)
-        home.create()
+def test_store_follows_the_fact_rules(backend: str, ops: list[tuple[str, object, str, bool]]) -> None:
+    with tempfile.TemporaryDirectory() as tmp, backend_home(Path(tmp), backend) as home:
         with Store.open(home, create=True) as store:
             model: dict[int, tuple[str, str] | None] = {}  # fact id -> (prompt key, answer key) | retracted
             revisions: dict[int, int] = {}

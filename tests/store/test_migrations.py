@@ -1,18 +1,21 @@
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import sqlalchemy as sa
 from sqlmodel import SQLModel
 
-from locft.config import StoreConfig
+from locft.config import StoreConfig, load_config
 from locft.errors import StoreError
 from locft.facts import EditFact
 from locft.home import Home
 from locft.store import Store
 from locft.store import db as store_db
 from locft.store.migrations import MIGRATIONS, Migration
+from tests.store.conftest import postgres_database
 
 
 def columns(engine: sa.Engine) -> dict[str, dict[str, bool]]:
@@ -20,15 +23,31 @@ def columns(engine: sa.Engine) -> dict[str, dict[str, bool]]:
     return {t: {c["name"]: c["nullable"] for c in inspector.get_columns(t)} for t in inspector.get_table_names()}
 
 
-def test_the_migration_chain_builds_exactly_the_models_schema(store: Store, tmp_path: Path) -> None:
-    reference = sa.create_engine(f"sqlite:///{tmp_path / 'reference.db'}")
-    SQLModel.metadata.create_all(reference)
-    assert columns(store._engine) == columns(reference)
-    indexes = {t: {i["name"] for i in sa.inspect(store._engine).get_indexes(t)} for t in SQLModel.metadata.tables}
-    expected = {t: {i["name"] for i in sa.inspect(reference).get_indexes(t)} for t in SQLModel.metadata.tables}
-    assert indexes == expected
+def url_of(home: Home) -> str:
+    return store_db.database_url(home, load_config(home.root).store)
 
 
+@contextlib.contextmanager
+def reference_engine(backend: str, tmp_path: Path) -> Iterator[sa.Engine]:
+    """An empty database on the same backend, for the models' own schema."""
+    with contextlib.ExitStack() as stack:
+        url = f"sqlite:///{tmp_path / 'reference.db'}" if backend == "sqlite" else stack.enter_context(postgres_database())
+        engine = sa.create_engine(url)
+        stack.callback(engine.dispose)
+        yield engine
+
+
+def test_the_migration_chain_builds_exactly_the_models_schema(store: Store, backend: str, tmp_path: Path) -> None:
+    with reference_engine(backend, tmp_path) as reference:
+        SQLModel.metadata.create_all(reference)
+        assert columns(store._engine) == columns(reference)
+        tables = SQLModel.metadata.tables
+        indexes = {t: {i["name"] for i in sa.inspect(store._engine).get_indexes(t)} for t in tables}
+        expected = {t: {i["name"] for i in sa.inspect(reference).get_indexes(t)} for t in tables}
+        assert indexes == expected
+
+
+@pytest.mark.sqlite_only
 def test_sqlite_runs_in_wal_mode_with_a_busy_timeout(store: Store) -> None:
     with store._engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
@@ -38,21 +57,21 @@ def test_sqlite_runs_in_wal_mode_with_a_busy_timeout(store: Store) -> None:
 
 
 def test_opening_an_older_store_migrates_it_and_keeps_its_data(home: Home) -> None:
-    url = home.default_database_url()
+    url = url_of(home)
     engine = store_db.create_db_engine(url)
     assert store_db.migrate(engine, url, upto=1) == ["0001_initial"]
-    with engine.begin() as conn:  # data written by the old schema
-        conn.exec_driver_sql("INSERT INTO fact (id, created_at) VALUES (1, '2024-01-01 00:00:00')")
+    with engine.begin() as conn:  # data written by the old schema (id 1: the first of a new table)
+        conn.exec_driver_sql("INSERT INTO fact (created_at) VALUES ('2024-01-01 00:00:00')")
         conn.exec_driver_sql(
             "INSERT INTO fact_revision (fact_id, revision, retracted, prompt, prompt_key, answer, answer_key, "
-            "paraphrases, probes, tags, created_at) VALUES (1, 1, 0, 'Old?', 'old', 'Yes', 'yes', '[]', '[]', '[]', "
+            "paraphrases, probes, tags, created_at) VALUES (1, 1, FALSE, 'Old?', 'old', 'Yes', 'yes', '[]', '[]', '[]', "
             "'2024-01-01 00:00:00')"
         )
     assert "round" not in sa.inspect(engine).get_table_names()
     engine.dispose()
 
     with Store.open(home) as store:
-        assert store.applied_migrations == ("0002_rounds", "0003_append_only_triggers")
+        assert store.applied_migrations == tuple(m.name for m in MIGRATIONS[1:])
         assert [e.fact.prompt for e in store.active_facts()] == ["Old?"]
         assert store.start_round("manual").outcome == "running"  # the new tables work
         store.add_fact(EditFact("New?", "fact"))
@@ -81,19 +100,21 @@ def test_a_failing_migration_applies_nothing(home: Home, monkeypatch: pytest.Mon
     monkeypatch.setattr(store_db, "MIGRATIONS", MIGRATIONS + (Migration("0004_broken", broken),))
     with pytest.raises(RuntimeError, match="disk on fire"):
         Store.open(home)
-    engine = sa.create_engine(home.default_database_url())
+    engine = sa.create_engine(store_db.engine_url(url_of(home)))
     assert "half_done" not in sa.inspect(engine).get_table_names()
     with engine.connect() as conn:
         names = [r[0] for r in conn.exec_driver_sql("SELECT name FROM schema_migration")]
     assert "0004_broken" not in names and len(names) == len(MIGRATIONS)
 
 
+@pytest.mark.sqlite_only  # a configured database URL is created on first open; the default file is not
 def test_a_missing_store_says_to_run_init(home: Home) -> None:
     with pytest.raises(StoreError, match="locft init"):
         Store.open(home)
     assert not home.db_path.exists()
 
 
+@pytest.mark.sqlite_only
 def test_the_database_url_is_configurable(home: Home, tmp_path: Path) -> None:
     other = tmp_path / "elsewhere.db"
     with Store.open(home, StoreConfig(database_url=f"sqlite:///{other}"), create=True) as store:
@@ -103,6 +124,7 @@ def test_the_database_url_is_configurable(home: Home, tmp_path: Path) -> None:
         Store.open(home, StoreConfig(database_url="not a url"))
 
 
+@pytest.mark.sqlite_only
 def test_write_transactions_take_the_write_lock_at_begin(store: Store, home: Home) -> None:
     """A write that starts by reading must not be able to lose the race for the lock later
     (SQLite would then fail at once instead of waiting): BEGIN IMMEDIATE."""

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
-from locft.config import StoreConfig
+import dataclasses
+
+from locft.config import load_config
 from locft.home import Home
 from locft.store import Store
 from tests.store.helpers import add_facts, make_snapshot, new_version
@@ -36,7 +38,8 @@ def test_open_sweeps_unless_a_round_is_running(home: Home) -> None:
 
 
 def test_retention_deletes_files_never_rows(home: Home) -> None:
-    with Store.open(home, StoreConfig(keep_promoted=2, keep_rejected=1), create=True) as store:
+    config = dataclasses.replace(load_config(home.root).store, keep_promoted=2, keep_rejected=1)  # on either backend
+    with Store.open(home, config, create=True) as store:
         add_facts(store, 1)
         promoted = []
         for i in range(4):

@@ -64,7 +64,7 @@ def test_versions_are_immutable_in_the_database(store: Store) -> None:
     add_facts(store, 1)
     v = new_version(store, "v1", passed=True)  # rows in every table the statements touch
     for sql in ("UPDATE version SET fact_count = 5", "UPDATE version SET base_fingerprint = 'x'",
-                "DELETE FROM version", "DELETE FROM version_fact", "UPDATE gate_result SET passed = 1"):
+                "DELETE FROM version", "DELETE FROM version_fact", "UPDATE gate_result SET passed = TRUE"):
         with pytest.raises(Exception, match="immutable|never|append-only"):
             with store._engine.begin() as conn:
                 conn.execute(text(sql))
