@@ -41,3 +41,37 @@ def test_embedded_model_learns_real_facts(embedded_home: Path) -> None:
     assert after.reliability >= 5 / 6, after.samples
     # the conversion is cached: a second load takes the safetensors path and the same fingerprint
     assert load_base(ModelConfig(), embedded_home).fingerprint == loaded.fingerprint
+
+
+def test_a_scoped_version_on_real_facts_keeps_unrelated_answers_exactly(embedded_home: Path) -> None:
+    """Real ZsRE facts (subjects given) and the demo's kind of fact (none given): the edit answers
+    its facts and their paraphrases; unrelated questions, the facts' own locality probes among
+    them, get the base model's answers token for token."""
+    if not DATA.exists():
+        pytest.skip(f"{DATA} not available")
+    import dataclasses
+
+    from locft.engine.generate import greedy_generate
+    from locft.engine.scope import build_scope, scope_coverage
+    from locft.engine.scoped import answering
+    from locft.facts import EditFact
+
+    loaded = load_base(ModelConfig(), embedded_home)
+    facts = load_edit_facts(DATA, limit=6) + [EditFact("What is the capital of Australia?", "Sydney")]
+    result = edit(loaded, facts, EditConfig(batch_size=7, replay_ratio=0))
+    scope = build_scope(loaded, [dataclasses.replace(f, paraphrases=(), probes=()) for f in facts], "chat")
+    unrelated = ["Who painted the Mona Lisa?", "What is the boiling point of water in Celsius?"] + [
+        p.prompt for f in facts for p in f.probes]
+    paraphrases = [p for f in facts for p in f.paraphrases]
+    assert not any(scope_coverage(loaded, scope, unrelated, "chat"))
+    assert all(scope_coverage(loaded, scope, [f.prompt for f in facts], "chat"))
+    assert sum(scope_coverage(loaded, scope, paraphrases, "chat")) >= len(paraphrases) - 1
+    base = greedy_generate(loaded, unrelated, "chat", 24)
+    with answering(loaded, result.tensors, scope):
+        after = evaluate_edits(loaded, facts, "chat", max_new_tokens=16)
+        now = greedy_generate(loaded, unrelated, "chat", 24)
+    assert after.reliability >= 6 / 7, after.samples
+    assert [g.token_ids for g in now] == [g.token_ids for g in base]
+    with applied(loaded.model, result.tensors):  # the same tensors on every prompt do move them
+        unscoped = greedy_generate(loaded, unrelated, "chat", 24)
+    assert [g.token_ids for g in unscoped] != [g.token_ids for g in base]
