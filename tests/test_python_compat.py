@@ -15,7 +15,10 @@ SCRIPT = textwrap.dedent(
     """
     import sys, tempfile
     from pathlib import Path
-    real = __import__("tomllib")
+    try:
+        real = __import__("tomllib")
+    except ModuleNotFoundError:  # Python 3.10: tomli is what every import here uses anyway
+        real = __import__("tomli")
     sys.modules["tomllib"] = None  # makes `import tomllib` raise ModuleNotFoundError
     sys.modules["tomli"] = real
     import locft.config, locft.locate

@@ -61,7 +61,7 @@ def import_facts(fmt: str, file: Path, skip_invalid: bool, replace: bool, author
       cut -d, -f1-2 sheet.csv | locft import - --format csv   # stdin CSV needs --format
     """
     stdin = str(file) == "-"
-    result = read_facts_stream(click.get_binary_stream("stdin"), fmt) if stdin else read_facts(file, fmt)
+    result = read_facts_stream(sys.stdin.buffer, fmt) if stdin else read_facts(file, fmt)
     origin = "<stdin>" if stdin else str(file.resolve())
     author = default_author(author)
     total = len(result.records)
