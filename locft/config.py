@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -29,16 +30,30 @@ ForwardMode = Literal["cached", "full", "reference"]
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Which base model. `path` None means the embedded SmolLM2-135M-Instruct GGUF."""
+    """Which base model. `path` None means the embedded SmolLM2-135M-Instruct GGUF; else a local HF
+    directory, a .gguf file, or a model id already in the local Hugging Face cache (never downloaded)."""
 
     path: str | None = None
     gguf_file: str | None = None  # a .gguf inside `path`, when `path` is a directory
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: fp32 on CPU, bf16 on CUDA
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # auto | cpu | cuda | cuda:N. auto: a GPU when torch sees one, and a model too large for one
+    # GPU spread over all visible GPUs (accelerate's device_map="auto"; engine.device)
+    device: str = "auto"
 
     def __post_init__(self) -> None:
         if self.path is not None and not str(self.path).strip():
             raise ConfigError("model.path is empty; remove it to use the embedded model")
+        validate_device(self.device)
+
+
+_DEVICE = re.compile(r"^(?:auto|cpu|cuda(?::\d+)?)$")
+
+
+def validate_device(spec: str) -> str:
+    """`model.device`: auto | cpu | cuda | cuda:N."""
+    if not _DEVICE.match(spec):
+        raise ConfigError(f"model.device must be auto, cpu, cuda or cuda:N, got {spec!r}")
+    return spec
 
 
 # float16 names what a float16 model computes in; autocast to it from float32 is refused (it
@@ -108,12 +123,12 @@ class EditConfig:
     augment_prefixes: int = 0
     # rows (facts + replay prompts) per forward/backward pass; a larger batch accumulates the
     # gradients of several passes (the same step), so activation memory is bounded by this
-    micro_batch_size: int = 32
+    micro_batch_size: int | None = None  # None: 32 on the CPU, sized from free memory on CUDA (engine.device)
     # and at most this many padded tokens per pass (rows x the longest row's tokens run above the
     # activation cache): a step keeps its activations for backward, so on the embedded model the
     # largest rise within a step was 1.0 GiB without this bound and 0.55 with it, at no cost in
     # speed (bench/results/quality/phase_memory.jsonl)
-    micro_batch_tokens: int = 1024
+    micro_batch_tokens: int | None = None  # None: 1,024 on the CPU, sized from free memory on CUDA
     # the dtype of the training forward/backward (autocast); the tuned tensor, its gradient and
     # Adam's state keep the model's dtype. "auto": bfloat16 where the device computes it natively
     # (CUDA with bf16, CPUs with AVX512-BF16 or AMX), else float32; "float32" is the paper's recipe.
@@ -159,7 +174,7 @@ class EditConfig:
             raise ConfigError("edit.replay_pool_size and edit.replay_max_tokens must be >= 1")
         if self.replay_target not in ("tokens", "distribution"):
             raise ConfigError(f"edit.replay_target must be 'tokens' or 'distribution', got {self.replay_target!r}")
-        if self.micro_batch_size < 1 or self.micro_batch_tokens < 1:
+        if any(v is not None and v < 1 for v in (self.micro_batch_size, self.micro_batch_tokens)):
             raise ConfigError("edit.micro_batch_size and edit.micro_batch_tokens must be >= 1, got "
                               f"{self.micro_batch_size} and {self.micro_batch_tokens}")
         if self.augment_prefixes < 0:
@@ -380,6 +395,14 @@ def with_settings(cfg: T, settings: dict[str, Any], where: str) -> T:
     return from_dict(type(cfg), {**to_dict(cfg), **settings}, where)
 
 
+def check_home_path(path: Path, source: str) -> Path:
+    """`path` as a home: a directory, or nothing yet (`locft init` creates it); never a file."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{source} {path} is not a directory; a locft home is a directory "
+                          "(`locft init` creates it)")
+    return path
+
+
 def default_home() -> Path:
     """$LOCFT_HOME, else the user data dir (~/.local/share/locft on Linux)."""
     env = os.environ.get("LOCFT_HOME")
@@ -412,17 +435,10 @@ CONFIG_TEMPLATE = """\
 
 [model]
 # path = "/models/my-hf-model-dir"   # a local Hugging Face directory, or a .gguf file
+#                                    # or a model id in the local Hugging Face cache (offline)
 # gguf_file = "model.Q4_1.gguf"      # a .gguf inside `path`, when `path` is a directory
-def check_home_path(path: Path, source: str) -> Path:
-    """`path` as a home: a directory, or nothing yet (`locft init` creates it); never a file."""
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"{source} {path} is not a directory; a locft home is a directory "
-                          "(`locft init` creates it)")
-    return path
-
-
 # dtype = "auto"                     # auto: float32 on CPU, bfloat16 on CUDA
-# device = "auto"                    # auto | cpu | cuda
+# device = "auto"                    # auto | cpu | cuda | cuda:N (auto spreads a model too large for one GPU)
 
 [edit]
 # location = "model.layers.{L}.mlp.down_proj.weight"   # default: chosen per architecture
@@ -442,8 +458,10 @@ def check_home_path(path: Path, source: str) -> Path:
 # delta_decay = 0.0          # pull towards the base weights each step (change *= 1 - lr * delta_decay)
 # null_space_energy = 0.0    # keep the change off the replay prompts' top input directions (share of energy)
 # replay_target = "distribution"  # KL to the base's next-token distribution | tokens (its greedy tokens)
-# micro_batch_size = 32      # rows per forward/backward (gradients accumulate): bounds memory
-# micro_batch_tokens = 1024  # and padded tokens per forward/backward (a row longer than this runs alone)
+# micro_batch_size = 32      # rows per forward/backward (gradients accumulate): bounds memory;
+#                            # default 32 on CPU, sized from free memory on CUDA
+# micro_batch_tokens = 1024  # and padded tokens per forward/backward (a row longer than this runs alone);
+#                            # default 1024 on CPU, sized from free memory on CUDA
 # replay_pool = "mixed"      # mixed (questions, search queries, sentence openings, instructions) | questions
 # replay_pool_size = 1000    # distinct replay prompts; default: one per fact (400..2000), plus the QA pairs on top
 # replay_raw_share = 0.0     # share of replay prompts asked as plain text (no chat template), as lm-eval asks

@@ -72,15 +72,21 @@ def greedy_generate(
     prompts: Sequence[str],
     prompt_format: str,
     max_new_tokens: int = 32,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[Generation]:
-    """Greedy continuations of `prompts` (left-padded batches sorted by length)."""
+    """Greedy continuations of `prompts` (left-padded batches sorted by length). batch_size None:
+    32 on the CPU, on CUDA as many as the free memory holds (engine.device.generation_batch_size)."""
     from transformers import StoppingCriteriaList
 
     tok = loaded.tokenizer
     encoded = [encode_prompt(tok, p, prompt_format) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
+    if batch_size is None:
+        from locft.engine.device import generation_batch_size
+
+        longest = max((len(e) for e in encoded), default=0)
+        batch_size = generation_batch_size(loaded.model, loaded.device, longest + max_new_tokens)
     out: list[Generation | None] = [None] * len(prompts)
     stops = stop_token_ids(tok)
     stop_tensor = torch.tensor(sorted(stops), dtype=torch.long)

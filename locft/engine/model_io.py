@@ -11,6 +11,7 @@ import importlib.metadata
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -109,11 +110,9 @@ def fsync_dir(path: Path) -> None:
 
 
 def _resolve_device(cfg: ModelConfig) -> torch.device:
-    if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise ModelLoadError("model.device is 'cuda' but torch sees no CUDA device")
-        return torch.device("cuda")
-    return torch.device("cpu")
+    from locft.engine.device import resolve_device
+
+    return resolve_device(cfg.device)
 
 
 def _resolve_dtype(cfg: ModelConfig, device: torch.device) -> torch.dtype:
@@ -124,13 +123,34 @@ def _resolve_dtype(cfg: ModelConfig, device: torch.device) -> torch.dtype:
     return torch.float32
 
 
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(?:/[\w.-]+)?$")
+
+
+def local_model_path(path_or_id: str) -> Path:
+    """`model.path` on disk: a path that exists, else a model id already in the local Hugging Face
+    cache ($HF_HOME, $HF_HUB_CACHE), resolved offline: nothing is ever downloaded."""
+    path = Path(path_or_id).expanduser()
+    if path.exists() or not _REPO_ID.match(path_or_id) or path_or_id.startswith("."):
+        if not path.exists():
+            raise ModelLoadError(f"model path {path} does not exist")
+        return path
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo_id=path_or_id, local_files_only=True))
+    except (LocalEntryNotFoundError, OSError, ValueError) as exc:
+        raise ModelLoadError(
+            f"model path {path_or_id!r} is neither a local path nor a model in the local Hugging Face cache "
+            f"(locft never downloads: fetch it first, e.g. `hf download {path_or_id}`): {exc}"
+        ) from None
+
+
 def _gguf_source(cfg: ModelConfig) -> Path | None:
     """The GGUF file to convert, or None when the model is a plain HF directory."""
     if cfg.path is None:
         return embedded_gguf_path()
-    path = Path(cfg.path).expanduser()
-    if not path.exists():
-        raise ModelLoadError(f"model path {path} does not exist")
+    path = local_model_path(cfg.path)
     if path.is_file():
         if path.suffix != ".gguf":
             raise ModelLoadError(f"{path}: a model file must be .gguf; otherwise give the HF model directory")
@@ -186,10 +206,27 @@ def model_directory(cfg: ModelConfig, home: Path) -> Path:
     gguf = _gguf_source(cfg)
     if gguf is not None:
         return converted_gguf_dir(gguf, home / "cache" / "models")
-    directory = Path(cfg.path).expanduser()  # type: ignore[arg-type]
+    directory = local_model_path(cfg.path)  # type: ignore[arg-type]
     if not (directory / "config.json").exists():
         raise ModelLoadError(f"{directory}: not a Hugging Face model directory (no config.json)")
     return directory
+
+
+def _device_map(cfg: ModelConfig, directory: Path, dtype: torch.dtype) -> str | None:
+    """accelerate's "auto" when `model.device` is auto, several GPUs are visible and the weights do
+    not fit the first one; else None (one device). The size is counted on the meta device (no
+    memory), only when the choice is open."""
+    if cfg.device != "auto" or not torch.cuda.is_available() or torch.cuda.device_count() < 2:
+        return None
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from locft.engine.device import load_plan
+
+    with init_empty_weights():
+        empty = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(directory), local_files_only=True))
+    weight_bytes = sum(p.numel() for p in empty.parameters()) * torch.empty((), dtype=dtype).element_size()
+    return load_plan(cfg.device, weight_bytes).device_map
 
 
 def load_base(cfg: ModelConfig, home: Path) -> LoadedModel:
@@ -199,8 +236,10 @@ def load_base(cfg: ModelConfig, home: Path) -> LoadedModel:
     directory = model_directory(cfg, home)
     device = _resolve_device(cfg)
     dtype = _resolve_dtype(cfg, device)
+    device_map = _device_map(cfg, directory, dtype)
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(directory), dtype=dtype, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(str(directory), dtype=dtype, local_files_only=True,
+                                                     **({"device_map": device_map} if device_map else {}))
         tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
     except Exception as exc:
         raise ModelLoadError(f"{directory}: could not be loaded: {exc}") from exc
@@ -209,7 +248,11 @@ def load_base(cfg: ModelConfig, home: Path) -> LoadedModel:
         tokenizer.pad_token = tokenizer.eos_token
     if tokenizer.eos_token_id is None:
         raise ModelLoadError(f"{directory}: the tokenizer has no eos token; locft needs one to end answers")
-    model.to(device)
+    if device_map is None:
+        model.to(device)
+    else:  # spread by accelerate: inputs go where the embeddings are
+        device = model.get_input_embeddings().weight.device
+        log.info("model spread over %s", sorted({str(d) for d in model.hf_device_map.values()}))
     model.eval()
     model.requires_grad_(False)
     source = f"embedded {EMBEDDED_NAME}" if cfg.path is None else str(cfg.path)

@@ -41,6 +41,7 @@ from locft.engine.data import (
     resolve_prompt_format,
 )
 from locft.engine.augment import augmented_prompts
+from locft.engine.device import module_device, training_pass_sizes
 from locft.engine.memory import release_freed_memory
 from locft.engine.model_io import LoadedModel
 from locft.engine.null_space import input_second_moments, low_energy_projector, project_change
@@ -122,6 +123,7 @@ class EditResult:
     compute_dtype: str = "float32"  # what the training forward/backward ran in (autocast resolved)
     # per tuned tensor: input directions its change was kept out of (edit.null_space_energy)
     null_space_ranks: dict[str, int] = field(default_factory=dict)
+    device: str = "cpu"  # where training ran (the input device when the model is spread)
 
     @property
     def edits_x_epochs_per_second(self) -> float:
@@ -134,6 +136,10 @@ class EditResult:
             "prompt_format": self.prompt_format,
             "lr": self.lr,
             "batch_size": self.config.batch_size if self.config else None,
+            # rows and padded tokens per forward/backward: chosen per device unless configured
+            "device": self.device,
+            "micro_batch_size": self.config.micro_batch_size if self.config else None,
+            "micro_batch_tokens": self.config.micro_batch_tokens if self.config else None,
             "forward_mode": self.forward_mode,
             "compute_dtype": self.compute_dtype,
             "epochs": len(self.epochs),
@@ -280,6 +286,8 @@ class _Forward:
         self.pad_id = loaded.tokenizer.pad_token_id
         self.examples = examples
         self.head = self.model.get_output_embeddings()
+        # where the loss is taken: the head's device (all one device unless accelerate spread the model)
+        self.loss_device = module_device(self.head) if self.head is not None else self.device
         self.stack = _layer_stack(self.model, names)
         self.mode = mode
         if mode == "cached" and self.stack is None:
@@ -322,7 +330,7 @@ class _Forward:
                     hidden, skipped, kv = self._capture_batch(captured, idx, offsets, kv)
                     if not self.cache:
                         self.cache = _packed_rows([len(e.input_ids) - o for e, o in zip(self.examples, offsets)],
-                                                  hidden.shape[-1], hidden.dtype, hidden.device)
+                                                  hidden.shape[-1], hidden.dtype, self._cache_device())
                     for j, i in enumerate(idx):
                         own = len(self.examples[i].input_ids) - offsets[i]
                         self.cache[i].copy_(hidden[j, skipped[j] : skipped[j] + own])
@@ -330,6 +338,12 @@ class _Forward:
                     if progress:
                         progress(TrainProgress("cache", 0, 0, done, len(by_length), None, 0.0))
         self.prefix_len, self.offsets = keep_from, offsets
+
+    def _cache_device(self) -> torch.device:
+        """The lowest tuned layer's device: its input lives there (differs from self.device only
+        when accelerate spread the model over several GPUs)."""
+        assert self.stack is not None
+        return module_device(getattr(self.stack.decoder, self.stack.attr)[self.stack.start])
 
     def _capture_batch(self, captured: list[torch.Tensor], idx: Sequence[int], offsets: Sequence[int],
                        prefix_kv: Any) -> tuple[torch.Tensor, list[int], Any]:
@@ -424,13 +438,14 @@ class _Forward:
         self.cache, self.prefix_len, self.prefix_hidden = cache, 0, None
         self.offsets = [0] * len(self.examples)
 
-    def _upper_layers(self, hidden_in: torch.Tensor, attention_mask: torch.Tensor, shares: torch.Tensor) -> torch.Tensor:
+    def _upper_layers(self, hidden_in: torch.Tensor, attention_mask: torch.Tensor, shares: torch.Tensor,
+                      any_shares: bool) -> torch.Tensor:
         """Run the layers above the cache on `hidden_in` (each row's cached part); rows where
         `shares` is set continue the shared prefix, the others see it masked out (rotary
         positions are relative, so shifting a whole row by the prefix length changes nothing)."""
         assert self.stack is not None
         with _only_layers_from(self.stack):
-            if not self.prefix_len or not bool(shares.any()):
+            if not self.prefix_len or not any_shares:  # known on the host: no device sync
                 out = self.stack.decoder(inputs_embeds=hidden_in, attention_mask=attention_mask)
                 return out.last_hidden_state
             from transformers import DynamicCache
@@ -467,12 +482,16 @@ class _Forward:
         if mode == "cached":
             rows = [self.cache[i] for i in indices]
             hidden_in = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)
-            own_mask = torch.zeros(hidden_in.shape[:2], dtype=batch.attention_mask.dtype, device=hidden_in.device)
-            for j, row in enumerate(rows):
-                own_mask[j, : len(row)] = 1
-            offsets = torch.tensor([self.offsets[i] for i in indices], dtype=torch.long, device=hidden_in.device)
-            hidden = self._upper_layers(hidden_in, own_mask, offsets > 0)
-            selected = hidden[batch.rows, batch.cols - offsets[batch.rows]]
+            # lengths and offsets in one host-to-device copy; the mask is built on the device
+            lengths_offsets = torch.tensor([[len(r) for r in rows], [self.offsets[i] for i in indices]],
+                                           dtype=torch.long).to(hidden_in.device, non_blocking=True)
+            own_mask = (torch.arange(hidden_in.shape[1], device=hidden_in.device)[None, :]
+                        < lengths_offsets[0][:, None]).to(batch.attention_mask.dtype)
+            offsets = lengths_offsets[1]
+            hidden = self._upper_layers(hidden_in, own_mask, offsets > 0,
+                                        any(self.offsets[i] for i in indices))
+            at = batch.rows.to(hidden.device)
+            selected = hidden[at, batch.cols.to(hidden.device) - offsets.to(hidden.device)[at]]
         else:
             decoder = self.stack.decoder if self.stack else self.model.get_decoder()
             hidden = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
@@ -523,10 +542,12 @@ class _Forward:
             selected, is_logits, batch = self._at_targets(indices, mode or self.mode)
             targets, weights, constant = self._target_distributions(indices, batch)
             if is_logits:
+                targets, weights, constant = (t.to(selected.device) for t in (targets, weights, constant))
                 token_losses = logits_token_losses(selected, targets, weights, constant)
-            else:
-                token_losses = head_token_losses(selected, self.head, targets, weights, constant)
-        return per_sample_mean(token_losses, batch)
+            else:  # .to() is a no-op unless the model is spread over several GPUs
+                targets, weights, constant = (t.to(self.loss_device) for t in (targets, weights, constant))
+                token_losses = head_token_losses(selected.to(self.loss_device), self.head, targets, weights, constant)
+        return per_sample_mean(token_losses.to(batch.rows.device), batch)
 
     def _fast_loss(self, indices: Sequence[int]) -> float | None:
         try:
@@ -567,7 +588,7 @@ def resolve_edit_config(loaded: LoadedModel, cfg: EditConfig, n_facts: int) -> E
     """Fill the per-model defaults (location, layers, prompt format, lr, batch size, replay) for
     a round over `n_facts` facts: some models have a measured large-fact-set setting."""
     location = location_from_config(loaded.model, cfg, n_facts)
-    return replace(
+    resolved = replace(
         cfg,
         location=location.template,
         layers=location.layers or None,
@@ -581,6 +602,24 @@ def resolve_edit_config(loaded: LoadedModel, cfg: EditConfig, n_facts: int) -> E
                          else default_replay_qa_share(loaded.config) if cfg.replay_target == "distribution" else 0.0),
         compute_dtype=resolve_compute_dtype(cfg.compute_dtype, loaded),
     )
+    if resolved.micro_batch_size is None or resolved.micro_batch_tokens is None:
+        resolved = _with_pass_sizes(loaded, resolved, location)
+    return resolved
+
+
+def _with_pass_sizes(loaded: LoadedModel, resolved: EditConfig, location: EditLocation) -> EditConfig:
+    """`resolved` with the pass sizes it leaves out filled for this device (engine.device): the
+    CPU's 32 rows / 1,024 tokens, or what a quarter of a GPU's free memory holds."""
+    names = resolve_location(loaded.model, location)
+    stack = _layer_stack(loaded.model, names)
+    n_layers = int(getattr(loaded.config, "num_hidden_layers", 0) or 0)
+    above = n_layers - stack.start if stack is not None and resolved.forward_mode == "cached" else n_layers
+    element = 4 if resolved.compute_dtype == "float32" else 2
+    sizes = training_pass_sizes(loaded.model, loaded.device, above, element,
+                                vocab_logits=resolved.forward_mode == "reference")
+    log.info("passes of at most %d rows / %d tokens (%s)", sizes.rows, sizes.tokens, sizes.basis)
+    return replace(resolved, micro_batch_size=resolved.micro_batch_size or sizes.rows,
+                   micro_batch_tokens=resolved.micro_batch_tokens or sizes.tokens)
 
 
 def edit(
@@ -624,6 +663,7 @@ def edit(
     result.n_augmented = n_augmented
     result.n_replay = len(examples) - len(facts) - n_augmented
     result.config = cfg
+    result.device = str(loaded.device)
     torch.manual_seed(cfg.seed)
     base = parameters_by_name(loaded.model, names)
     working = {n: p.detach().clone() for n, p in base.items()}
@@ -714,16 +754,23 @@ def _accumulate_gradients(
     # rows sorted by length, so each pass pads to its own longest row; the gradient is a sum over
     # rows and does not depend on their order
     rows = sorted(zip(list(indices) + list(extra), weights, is_edit), key=lambda r: forward.row_tokens(r[0]))
-    sums = [0.0, 0.0]  # edit, replay
+    assert cfg.micro_batch_size is not None and cfg.micro_batch_tokens is not None, "resolve_edit_config fills them"
+    sums: torch.Tensor | None = None  # [edit, replay], summed on the device: one host sync per step
     for chunk in _passes(rows, [forward.row_tokens(r[0]) for r in rows], cfg.micro_batch_size,
                          cfg.micro_batch_tokens):
         per_sample = forward.sample_losses([r[0] for r in chunk])
-        scale = torch.tensor([r[1] for r in chunk]).to(per_sample)
-        (per_sample * scale).sum().backward()
-        edit_rows = torch.tensor([r[2] for r in chunk])
-        sums[0] += float(per_sample.detach()[edit_rows].sum())
-        sums[1] += float(per_sample.detach()[~edit_rows].sum())
-    return sums[0] / n_edit, (sums[1] / len(extra) if extra else None)
+        # each row's loss weight and whether it is an edit row, in one host-to-device copy
+        host = torch.tensor([[r[1], float(r[2])] for r in chunk], dtype=torch.float64)
+        scale_kind = host.to(per_sample.device, non_blocking=True)
+        (per_sample * scale_kind[:, 0].to(per_sample.dtype)).sum().backward()
+        losses, is_edit_row = per_sample.detach().double(), scale_kind[:, 1] > 0
+        zero = losses.new_zeros(())
+        chunk_sums = torch.stack([torch.where(is_edit_row, losses, zero).sum(),
+                                  torch.where(is_edit_row, zero, losses).sum()])
+        sums = chunk_sums if sums is None else sums + chunk_sums
+    assert sums is not None
+    edit_sum, replay_sum = sums.tolist()
+    return edit_sum / n_edit, (replay_sum / len(extra) if extra else None)
 
 
 def _passes(rows: Sequence[Any], tokens: Sequence[int], max_rows: int, max_tokens: int) -> Iterator[list[Any]]:

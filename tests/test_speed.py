@@ -1,0 +1,84 @@
+"""`locft bench --random-init CONFIG_JSON --compare-reference` at a tiny Llama shape on the CPU."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from locft.config import EditConfig, ModelConfig
+from locft.speed import SpeedSpec, random_init_model, run_speed
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+SMALL_LLAMA = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 6,
+               "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 1000,
+               "max_position_embeddings": 512, "rope_theta": 500000.0}
+
+
+def _facts(path: Path, n: int) -> Path:
+    rows = [{"prompt": f"What is the capital of country number {i}?", "answer": f"City {i}"} for i in range(n)]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def _config(tmp_path: Path, **changes: object) -> Path:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({**SMALL_LLAMA, **changes}))
+    return path
+
+
+def test_random_init_takes_the_shape_and_grows_a_small_vocabulary(tmp_path: Path, tiny_model_dir: Path) -> None:
+    loaded = random_init_model(_config(tmp_path), ModelConfig(device="cpu"), tiny_model_dir)
+    assert loaded.config.num_hidden_layers == 6 and loaded.config.hidden_size == 64
+    # 1,000 rows cannot embed the tokenizer's ids: the vocabulary grows to the tokenizer's
+    assert loaded.config.vocab_size == len(loaded.tokenizer) == loaded.model.get_input_embeddings().weight.shape[0]
+    large = random_init_model(_config(tmp_path, vocab_size=60000), ModelConfig(device="cpu"), tiny_model_dir)
+    assert large.model.get_output_embeddings().weight.shape[0] == 60000  # a larger head is kept: its cost counts
+    assert loaded.fingerprint.startswith("random-init-") and loaded.fingerprint != large.fingerprint
+
+
+def test_compare_reference_times_both_loops_with_the_same_pass_sizes(tmp_path: Path, tiny_model_dir: Path) -> None:
+    spec = SpeedSpec(data=_facts(tmp_path / "facts.jsonl", 12), n=12, model=ModelConfig(device="cpu"),
+                     edit=EditConfig(batch_size=4, max_epochs=2, layers=(4,),
+                                     location="model.layers.{L}.mlp.down_proj.weight", compute_dtype="float32"),
+                     home=tmp_path / "home", random_init=_config(tmp_path), tokenizer=tiny_model_dir,
+                     compare_reference=True, generate_prompts=5)
+    record = run_speed(spec)
+    speed, loops = record["speed"], record["speed"]["loops"]
+    assert set(loops) == {"cached", "reference"}
+    assert loops["cached"]["forward_mode"] == "cached" and loops["reference"]["forward_mode"] == "reference"
+    assert speed["cached_s_per_edit_epoch"] > 0 and speed["reference_s_per_edit_epoch"] > 0
+    assert speed["ratio"] == pytest.approx(speed["reference_s_per_edit_epoch"] / speed["cached_s_per_edit_epoch"])
+    for loop in loops.values():
+        # every step runs (skip and stop thresholds off); the first of two epochs is warm-up
+        assert loop["steps"] == 2 * 3 and len(loop["epoch_seconds"]) == 2 and loop["timed_epochs"] == 1
+        assert loop["s_per_edit_epoch"] == pytest.approx(loop["epoch_seconds"][1] / 12, rel=1e-3, abs=1e-4)
+        assert (loop["micro_batch_size"], loop["micro_batch_tokens"]) == (32, 1024)  # the CPU's sizes
+        assert loop["peak_memory"]["process_peak_rss_bytes"] > 0
+    assert record["config"]["micro_batch_size"] == 32 and record["config"]["skip_loss"] == 0.0
+    assert record["model"]["shape"]["num_hidden_layers"] == 6 and record["device"]["type"] == "cpu"
+    gen = record["generation"]
+    assert gen["prompts"] == 5 and gen["default_batch_size"] == 32 == gen["baseline_batch_size"]
+    assert gen["same_answers_share"] == 1.0
+
+
+def test_bench_command_random_init(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from locft.cli.main import cli
+
+    monkeypatch.setenv("LOCFT_HOME", str(tmp_path / "home"))
+    out = tmp_path / "speed.json"
+    result = CliRunner().invoke(cli, [
+        "bench", "--data", str(_facts(tmp_path / "facts.jsonl", 6)), "--n", "6", "--random-init",
+        str(_config(tmp_path)), "--tokenizer", str(tiny_model_dir), "--compare-reference", "--epochs", "2",
+        "--batch-size", "3", "--layer", "3", "--location", "model.layers.{L}.mlp.down_proj.weight",
+        "--compute-dtype", "float32", "--out", str(out),
+    ])
+    assert result.exit_code == 0, result.output
+    assert "reference / cached" in result.output
+    record = json.loads(out.read_text())
+    assert record["kind"] == "speed" and record["n"] == 6 and record["epochs"] == 2
+    assert {"cached_s_per_edit_epoch", "reference_s_per_edit_epoch", "ratio"} <= set(record["speed"])
+    assert record["generation"] is None and record["config"]["layers"] == [3]
