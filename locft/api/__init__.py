@@ -14,7 +14,9 @@ Hot swap needs nothing from the caller: a watcher thread polls the store's promo
 or POST /locft/promote|rollback), loads + verifies the new snapshot and swaps it in between
 batches. `api.app.watcher.poke()` makes it look immediately (e.g. right after a round).
 
-Endpoints (all but /health need `Authorization: Bearer <serve.api_token>` when a token is set):
+The app is FastAPI (locft.api.app; pydantic models in locft.api.openai_compat) served by
+uvicorn on a thread (locft.api.server). Endpoints (all but /health and the dashboard's static
+page and files need `Authorization: Bearer <serve.api_token>` when a token is set):
 
     GET  /health                     liveness + served version (never needs the token)
     GET  /v1/models                  "locft" (= promoted) and "locft-v<N>" per servable version
@@ -27,6 +29,12 @@ Endpoints (all but /health need `Authorization: Bearer <serve.api_token>` when a
     POST /locft/rounds               request a round {reason?}
     POST /locft/promote              {version, force?, reason?};  POST /locft/rollback {to?, reason?}
     POST /locft/ask                  {prompt, version?, chat?, max_tokens?, compare?} (`locft ask`)
+    GET  /                           the dashboard (locft/api/static; data from the endpoints below)
+    GET  /locft/overview, /locft/live, /locft/rounds[/<id>], /locft/versions/<id>/facts
+    GET  /locft/facts[/<id>]; POST /locft/facts/<id>/retract, /locft/facts/<id>/revise
+    GET  /openapi.json               every endpoint and model;  GET /metrics  Prometheus text
+
+Each request is logged at INFO on `locft.api.access` (client, method, path, status, ms).
 """
 
 from __future__ import annotations
