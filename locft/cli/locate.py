@@ -277,16 +277,16 @@ def locate_cmd(facts_file: Path | None, data_format: str, sample: int, seed: int
 
 
 def _load_facts(home: Any, config: Any, facts_file: Path | None, data_format: str) -> list[Any]:
-    from locft.errors import LocftError
+    from locft.errors import InputFormatError, LocftError
 
     if facts_file is not None:
         from locft.readers import load_edit_facts
 
         if not facts_file.exists():
-            raise LocftError(f"{facts_file}: no such file")
+            raise InputFormatError(f"{facts_file}: no such file")
         facts = load_edit_facts(facts_file, data_format)
         if not facts:
-            raise LocftError(f"{facts_file}: no facts in it")
+            raise InputFormatError(f"{facts_file}: no facts in it")
         return facts
     from locft.store import Store
 

@@ -12,6 +12,7 @@ from locft.cli.main import cli
 from locft.config import load_config
 from locft.engine.model_io import load_base
 from locft.engine.targets import DOWN_PROJ, EditLocation, location_from_config
+from locft.errors import ConfigError, InputFormatError, LocationError, error_code
 from locft.facts import EditFact, Probe
 from locft.home import Home
 from locft.store import Store
@@ -115,10 +116,12 @@ def test_a_sweep_that_learned_nothing_is_not_recorded(home: Home, facts_file: Pa
 
 def test_clear_errors(home: Home, facts_file: Path, tmp_path: Path) -> None:
     assert "no active facts" in error_line(run("--layers", "1", *FAST, code=1))
-    assert "no such file" in error_line(run("--facts", str(tmp_path / "nope.jsonl"), *FAST, code=1))
-    assert "layer(s) 9 do not exist" in error_line(run("--facts", str(facts_file), "--layers", "1,9", *FAST, code=1))
+    assert "no such file" in error_line(run("--facts", str(tmp_path / "nope.jsonl"), *FAST,
+                                            code=error_code(InputFormatError)[1]))
+    assert "layer(s) 9 do not exist" in error_line(run("--facts", str(facts_file), "--layers", "1,9", *FAST,
+                                                       code=error_code(LocationError)[1]))
     assert "unknown capability task 'arc_eazy'" in error_line(
-        run("--facts", str(facts_file), "--capability-tasks", "arc_eazy", code=1))
+        run("--facts", str(facts_file), "--capability-tasks", "arc_eazy", code=error_code(ConfigError)[1]))
     bad = run("--facts", str(facts_file), "--layers", "one,two", code=2)
     assert "comma-separated layer numbers" in bad.output
 

@@ -19,6 +19,7 @@ from locft.api.client import api_file, discover_api, remove_api_info, write_api_
 from locft.cli.main import cli
 from locft.config import ModelConfig
 from locft.engine.model_io import LoadedModel, load_base
+from locft.errors import NotFoundError, error_code
 from locft.home import DaemonInfo, Home, write_daemon_info
 from tests.cli.test_console_script import CHECK_IMPORTS, HEAVY
 from tests.round_helpers import FACTS
@@ -52,7 +53,7 @@ def test_ask_loads_the_model_itself_when_no_server_runs(served_home: Home) -> No
     code, out = run(served_home, "ask", PROMPT, "--compare", "--max-tokens", "6")
     assert code == 0 and f"locft-v1 (raw): {ANSWER}" in out and "locft-v0 (raw): " in out
     code, out = run(served_home, "ask", PROMPT, "--version", "7")
-    assert code == 1 and "no version 7" in out
+    assert code == error_code(NotFoundError)[1] and "no version 7" in out
 
 
 def test_ask_goes_through_a_running_server(served_home: Home, loaded: LoadedModel) -> None:
