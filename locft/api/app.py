@@ -563,7 +563,7 @@ def _openai_router(state: AppState) -> APIRouter:
 # ---- operator endpoints (through the store library, like the CLI) --------------------------------
 
 
-class _Body(oa._Strict):
+class _Body(oa.StrictModel):
     author: Optional[str] = Field(None, description="who, for the audit log (default: api)")
 
 
@@ -578,7 +578,7 @@ class FactBody(_Body):
     replace: bool = False
 
 
-class ProbeBody(oa._Strict):
+class ProbeBody(oa.StrictModel):
     prompt: str
     answer: Optional[str] = None
 
@@ -604,7 +604,7 @@ class RollbackBody(_Body):
     reason: Optional[str] = None
 
 
-class AskBody(oa._Strict):
+class AskBody(oa.StrictModel):
     prompt: Optional[str] = None
     version: Optional[VersionRef] = None
     chat: Optional[bool] = None

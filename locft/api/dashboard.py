@@ -87,12 +87,12 @@ class LiveRound:
                 log.debug("live round sampling failed", exc_info=True)
 
 
-class RetractBody(oa._Strict):
+class RetractBody(oa.StrictModel):
     reason: Optional[str] = None
     author: Optional[str] = None
 
 
-class EditBody(oa._Strict):
+class EditBody(oa.StrictModel):
     answer: Optional[str] = None
     prompt: Optional[str] = None
     note: Optional[str] = Field(None, description="why, for the audit log")

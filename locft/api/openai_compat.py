@@ -27,16 +27,16 @@ CHAT_ROLES = {"system", "developer", "user", "assistant"}
 MAX_TOKENS_CEILING = 1 << 20  # the schema's bound; serve.max_tokens_limit is checked per server
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
     # Unknown fields are ignored (clients send `user`, `metadata`, ...); known ones are typed strictly.
     model_config = ConfigDict(strict=True, extra="ignore")
 
 
-class StreamOptions(_Strict):
+class StreamOptions(StrictModel):
     include_usage: Optional[bool] = None
 
 
-class _Sampling(_Strict):
+class _Sampling(StrictModel):
     model: Optional[str] = Field(None, description="'locft' (the promoted version) or 'locft-v<N>'")
     temperature: Optional[float] = Field(None, ge=0.0, le=2.0, allow_inf_nan=False)
     top_p: Optional[float] = Field(None, ge=0.0, le=1.0, allow_inf_nan=False)
@@ -66,12 +66,12 @@ class CompletionRequest(_Sampling):
     suffix: Optional[Any] = None
 
 
-class TextPart(_Strict):
+class TextPart(StrictModel):
     type: Optional[str] = None
     text: Optional[str] = None
 
 
-class ChatMessage(_Strict):
+class ChatMessage(StrictModel):
     role: Optional[str] = None
     content: Union[str, list[TextPart], None] = None
 
@@ -86,12 +86,12 @@ class ChatRequest(_Sampling):
     top_logprobs: Optional[int] = Field(None, ge=0, le=MAX_LOGPROBS)
 
 
-class TokenizeRequest(_Strict):
+class TokenizeRequest(StrictModel):
     prompt: Optional[str] = None
     add_special_tokens: Optional[bool] = None
 
 
-class DetokenizeRequest(_Strict):
+class DetokenizeRequest(StrictModel):
     tokens: Optional[list[int]] = None
 
 

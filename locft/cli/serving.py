@@ -101,12 +101,16 @@ def _ask_locally(prompt: str, version_id: int | None, chat: bool | None, max_tok
               help="Port (default: [serve] port, 8765; 0 picks a free one).")
 @click.option("--poll", type=click.FloatRange(min=0.1), default=1.0, show_default=True,
               help="Seconds between checks of the promoted version (hot swap).")
-def serve(host: str | None, port: int | None, poll: float) -> None:
+@click.option("--access-log/--no-access-log", default=True, show_default=True,
+              help="Print one line per request on stderr (the `locft.api.access` logger, INFO).")
+def serve(host: str | None, port: int | None, poll: float, access_log: bool) -> None:
     """Serve the promoted version over HTTP until Ctrl-C (without the daemon).
 
     OpenAI-compatible: point any client at http://HOST:PORT/v1 with model "locft" (the promoted
     version) or "locft-v<N>". A promotion or rollback is picked up within a second, without a
-    restart and without failing a request. `locft ask` uses this server while it runs.
+    restart and without failing a request. `locft ask` uses this server while it runs. The
+    dashboard is at http://HOST:PORT/, the API's description at /openapi.json, Prometheus
+    metrics at /metrics.
 
     \b
     Examples:
@@ -118,16 +122,21 @@ def serve(host: str | None, port: int | None, poll: float) -> None:
     from locft.api.client import remove_api_info, write_api_info
     from locft.config import load_config
 
+    import logging
+
     home = resolve_home()
     config = load_config(home.root)
+    access = logging.getLogger("locft.api.access")
+    if access_log and not access.isEnabledFor(logging.INFO):
+        access.setLevel(logging.INFO)  # a foreground server shows its requests, as web servers do
     click.echo("loading the base model...", err=True)
     api = start_api_server(home, config, host=host, port=port, poll_s=poll)
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         write_api_info(home, api.url)
-        click.echo(f"serving {api.model_server.active.name} at {api.url} (OpenAI base URL {api.openai_base_url}); "
-                   "Ctrl-C stops")
+        click.echo(f"serving {api.model_server.active.name} at {api.url} (OpenAI base URL {api.openai_base_url}, "
+                   f"dashboard {api.url}/); Ctrl-C stops")
         try:
             while not stop.wait(0.5):
                 pass

@@ -103,6 +103,7 @@ def test_serve_runs_in_the_foreground_until_sigterm(served_home: Home) -> None:
         out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out
     assert "serving locft-v1 at http://127.0.0.1:" in out and not api_file(served_home).exists()
+    assert '"GET /health" 200' in out and '"POST /locft/ask" 200' in out  # the access log, on by default
 
 
 def test_ask_and_serve_help_never_import_torch(served_home: Home) -> None:
