@@ -154,7 +154,6 @@ def time_loop(loaded: Any, facts: list[Any], cfg: EditConfig, on_event: Callable
         "cache_seconds": round(result.cache_seconds, 3),
         "setup_seconds": round(result.setup_seconds, 3),
         "shared_prefix_tokens": result.shared_prefix_tokens,
-        "packed_rows": result.packed_rows,  # the cached loop's rows in one sequence per pass (CUDA)
         "compute_dtype": result.compute_dtype,
         "peak_memory": _peak(loaded.device),
     }
@@ -281,8 +280,7 @@ def speed_table(record: dict[str, Any]) -> str:
         peak = loop["peak_memory"].get("device_peak_allocated_bytes", loop["peak_memory"]["process_peak_rss_bytes"])
         rows.append((f"{mode} s per edit-epoch", f"{loop['s_per_edit_epoch']:.6f} ({loop['micro_batch_size']} rows / "
                                                  f"{loop['micro_batch_tokens']} tokens per pass, peak "
-                                                 f"{peak / 2**30:.2f} GiB, ran {loop['forward_mode']}"
-                                                 f"{', rows packed' if loop.get('packed_rows') else ''})"))
+                                                 f"{peak / 2**30:.2f} GiB, ran {loop['forward_mode']})"))
     if "ratio" in speed:
         rows.append(("reference / cached", f"{speed['ratio']:.2f}x"))
     gen = record.get("generation")

@@ -72,13 +72,6 @@ _MODE_CHECK_ROWS = 8
 _MIN_SHARED_PREFIX = 4  # shorter common prefixes are not worth a second forward call
 
 
-def _packs_rows(device: torch.device) -> bool:
-    """Whether the cached loop packs a pass's rows into one sequence (no padding) on `device`.
-    On CUDA the padding of a batch of ZsRE rows above the shared prefix was 49% of its tokens
-    (bench/results/gpu/); the CPU keeps its measured padded passes."""
-    return device.type == "cuda"
-
-
 class EditCancelled(LocftError):
     """Training was asked to stop (daemon shutdown); nothing was produced."""
 
@@ -131,7 +124,6 @@ class EditResult:
     # per tuned tensor: input directions its change was kept out of (edit.null_space_energy)
     null_space_ranks: dict[str, int] = field(default_factory=dict)
     device: str = "cpu"  # where training ran (the input device when the model is spread)
-    packed_rows: bool = False  # cached mode ran each pass's rows packed into one sequence (CUDA)
 
     @property
     def edits_x_epochs_per_second(self) -> float:
@@ -161,7 +153,6 @@ class EditResult:
             "replay_pool": self.n_replay,
             "augmented_rows": self.n_augmented,
             "shared_prefix_tokens": self.shared_prefix_tokens,
-            "packed_rows": self.packed_rows,
             "steps": self.steps,
             "cache_seconds": round(self.cache_seconds, 3),
             "setup_seconds": round(self.setup_seconds, 3),
@@ -313,9 +304,6 @@ class _Forward:
         # activation cache and the forward-mode check always run in the model's dtype (exact).
         self.compute_dtype = compute_dtype
         self.projectors: list[torch.Tensor] = []  # per tuned tensor (engine.null_space); empty: off
-        # cached mode: run a pass's rows packed into one sequence (block-diagonal causal mask,
-        # positions restarting per row) instead of padded to the longest; checked on the first batch
-        self.pack = mode == "cached" and _packs_rows(self.device)
 
     def build_cache(self, progress: ProgressCallback | None) -> None:
         """Hidden states entering layer `start`, per example, computed once without grad.
@@ -477,39 +465,6 @@ class _Forward:
                 )
             return out.last_hidden_state
 
-    def _upper_layers_packed(self, hidden_in: torch.Tensor, lengths: Sequence[int], offsets: Sequence[int]) -> torch.Tensor:
-        """Run the layers above the cache on rows packed into one sequence `hidden_in` [1, sum(lengths),
-        hidden]: each row attends causally to its own tokens, and to the shared prefix when its
-        offset is set; positions restart per row (after the prefix for rows that continue it)."""
-        assert self.stack is not None
-        device, total = hidden_in.device, sum(lengths)
-        # per packed token: its row and its position within the row, from one host-to-device copy
-        meta = torch.tensor([lengths, offsets], dtype=torch.long).to(device, non_blocking=True)
-        row = torch.repeat_interleave(torch.arange(len(lengths), device=device), meta[0], output_size=total)
-        index = torch.arange(total, device=device)
-        start = torch.cumsum(meta[0], 0) - meta[0]
-        own = (row[:, None] == row[None, :]) & (index[None, :] <= index[:, None])  # block-diagonal causal
-        positions = (index - start[row] + meta[1][row])[None]
-        with _only_layers_from(self.stack):
-            if not self.prefix_len or not any(offsets):
-                out = self.stack.decoder(inputs_embeds=hidden_in, attention_mask=own[None, None],
-                                         position_ids=positions)
-                return out.last_hidden_state
-            from transformers import DynamicCache
-
-            layers = getattr(self.stack.decoder, self.stack.attr)
-            p = self.prefix_len
-            with _layers_numbered_from_zero(layers):
-                shared = DynamicCache()
-                ones = torch.ones((1, p), dtype=torch.long, device=device)
-                self.stack.decoder(inputs_embeds=self.prefix_hidden, attention_mask=ones, use_cache=True,
-                                   **{self._cache_kw(): shared})
-                sees_prefix = (meta[1][row] > 0)[:, None].expand(total, p)
-                mask = torch.cat([sees_prefix, own], 1)[None, None]
-                out = self.stack.decoder(inputs_embeds=hidden_in, attention_mask=mask, position_ids=positions,
-                                         use_cache=True, **{self._cache_kw(): _per_row(shared, 1)})
-            return out.last_hidden_state
-
     @contextmanager
     def _compute_precision(self) -> Iterator[None]:
         with torch.autocast(self.device.type, dtype=self.compute_dtype or torch.bfloat16,
@@ -524,18 +479,7 @@ class _Forward:
         if mode == "reference":
             logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
             return logits[batch.rows, batch.cols], True, batch
-        if mode == "cached" and self.pack:
-            rows = [self.cache[i] for i in indices]
-            hidden = self._upper_layers_packed(torch.cat(rows)[None], [len(r) for r in rows],
-                                               [self.offsets[i] for i in indices])[0]
-            # row j's own tokens start at starts[j] in the packed sequence; a column counts from the prefix
-            starts = [0]
-            for r in rows[:-1]:
-                starts.append(starts[-1] + len(r))
-            base = torch.tensor([b - self.offsets[i] for b, i in zip(starts, indices)], dtype=torch.long)
-            at = batch.rows.to(hidden.device)
-            selected = hidden[base.to(hidden.device, non_blocking=True)[at] + batch.cols.to(hidden.device)]
-        elif mode == "cached":
+        if mode == "cached":
             rows = [self.cache[i] for i in indices]
             hidden_in = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)
             # lengths and offsets in one host-to-device copy; the mask is built on the device
@@ -631,10 +575,6 @@ class _Forward:
         with torch.no_grad():
             ref = float(self.sample_losses(indices, "reference").mean())
             fast = self._fast_loss(indices)
-            if self.pack and (fast is None or abs(fast - ref) > _MODE_CHECK_RTOL * max(1.0, abs(ref))):
-                log.warning("packed rows give loss %s vs reference %.6f; padding them instead", fast, ref)
-                self.pack = False
-                fast = self._fast_loss(indices)
             if self.prefix_len and (fast is None or abs(fast - ref) > _MODE_CHECK_RTOL * max(1.0, abs(ref))):
                 log.warning("shared-prefix forward gives loss %s vs reference %.6f; running whole sequences", fast, ref)
                 self._drop_shared_prefix()
@@ -743,7 +683,6 @@ def edit(
             forward.check_mode(list(range(min(cfg.batch_size, _MODE_CHECK_ROWS, len(facts)))))
             result.forward_mode = forward.mode
             result.shared_prefix_tokens = forward.prefix_len if forward.mode == "cached" else 0
-            result.packed_rows = forward.mode == "cached" and forward.pack
             if cfg.replay_target == "distribution" and result.n_replay:
                 forward.record_soft_targets(range(len(facts) + n_augmented, len(examples)), cfg.replay_top_k,
                                             cfg.micro_batch_size)
