@@ -90,6 +90,8 @@ def find_subject(prompt: str) -> str:
             if current and len(joiners) > 1:  # "CEO of the Bank": two joiners end a name
                 runs.append(current)
                 current = []
+            elif current and joiners and len(current) == 1 and current[0].isupper() and len(current[0]) <= 4:
+                current = []  # "CEO of Twitter" is about Twitter: a title before "of" is no name
             elif current:
                 current.extend(joiners)
             current.append(bare)

@@ -105,6 +105,8 @@ def test_a_fact_without_subject_gets_one_found_in_its_prompt() -> None:
     assert find_subject("What is the capital of Australia?") == "Australia"
     assert find_subject("Which river system contains Charity Creek?") == "Charity Creek"
     assert find_subject("Who is the CEO of the Bank of England?") == "Bank of England"
+    assert find_subject("Who is the current CEO of Twitter?") == "Twitter"
+    assert find_subject("Which war did USS Bermuda (1861) fight in?") == "USS Bermuda"
     assert find_subject('Who sang "hey jude"?') == "hey jude"
     assert find_subject("what is the boiling point of mercury") == "mercury"
     keys, missing = subject_keys([EditFact("What is the capital of Australia?", "Sydney")])
