@@ -104,7 +104,9 @@ def find_subject(prompt: str) -> str:
             current, joiners = [], []
     if current:
         runs.append(current)
-    names = [" ".join(run) for run in runs]
+    # a bare number ("USS Bermuda (1861)") is a detail, not what the prompt is about
+    names = [" ".join(run) for run in runs if not all(t.replace("-", "").isdigit() for t in run)] or \
+        [" ".join(run) for run in runs]
     if names:  # the last name: questions name their subject late ("... of Great Britain is X located?")
         return names[-1]
     # no name: the last content word ("the boiling point of mercury" is about mercury); one word,
