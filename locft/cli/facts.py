@@ -52,7 +52,8 @@ def _fact_lines(rev: "FactRevisionInfo") -> list[str]:
 @click.command("add-fact")
 @click.argument("prompt")
 @click.argument("answer")
-@click.option("--subject", help="The entity the fact is about (optional).")
+@click.option("--subject", help="The entity the fact is about: versions answer with the edit the prompts that name it "
+              "(its scope). Default: found in the prompt (a quoted or capitalized name).")
 @click.option("--paraphrase", "paraphrases", multiple=True, metavar="TEXT",
               help="Another way to ask; measures generalization. Repeatable.")
 @click.option("--probe", "probes", multiple=True, metavar="PROMPT[=ANSWER]",
