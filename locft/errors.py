@@ -1,8 +1,9 @@
 """One exception hierarchy; every message names the problem and, where there is one, the fix.
 
-`ERROR_CODES` is the automation contract (README, "Errors and exit codes"): the stable `code` a
-caller reads under `--json` and the exit status of each error class. A class that is not listed
-takes its nearest listed base's. Changing a code or a status breaks scripts: add, never renumber.
+`ERROR_CODES` is the automation contract (README, "Automation: JSON, errors and exit codes"):
+the stable `code` a caller reads under `--json` and the exit status of each error class. A class
+that is not listed takes its nearest listed base's. Changing a code or a status breaks scripts:
+add, never renumber.
 """
 
 from __future__ import annotations

@@ -50,8 +50,9 @@ def json_requested(args: Sequence[str]) -> bool:
 
 
 def report_error(code: str, message: str, exit_status: int, details: dict[str, Any] | None = None) -> NoReturn:
-    """The automation contract (README, "Errors and exit codes"): under --json, one JSON object
-    on stdout, where the command's result would have been; otherwise `error: ...` on stderr."""
+    """The automation contract (README, "Automation: JSON, errors and exit codes"): under --json,
+    one JSON object on stdout, where the command's result would have been; otherwise
+    `error: ...` on stderr."""
     if _AS_JSON.get():
         error: dict[str, Any] = {"code": code, "message": message}
         if details is not None:

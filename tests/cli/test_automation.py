@@ -181,3 +181,19 @@ def test_config_check_names_a_missing_database_driver(initialized: Home) -> None
     error = json_error(invoke("config", "check", "--json"), ConfigError)
     messages = [p["message"] for p in error["details"]["problems"]]  # type: ignore[index]
     assert len(messages) == 1 and "unknown database backend" in messages[0]
+
+
+def test_a_bug_under_json_is_still_one_object_with_the_internal_code(initialized: Home,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import locft.checks
+
+    def broken(home: Home) -> list[object]:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(locft.checks, "check_home", broken)
+    result = invoke("config", "check", "--json")
+    assert result.exit_code == INTERNAL[1] == 70
+    assert json.loads(result.stdout) == {"error": {"code": "internal", "message": "RuntimeError: a bug"}}
+    assert "Traceback" in result.stderr  # for the bug report
+    plain = invoke("config", "check")  # without --json: the traceback as before
+    assert isinstance(plain.exception, RuntimeError)
