@@ -187,9 +187,10 @@ def test_ctrl_c_during_cleanup_keeps_the_committed_promotion(
 
 
 def test_capability_gate_runs_lm_eval_and_caches_base_scores(home: Home, store: Store, loaded: LoadedModel) -> None:
+    # scope "always": every item runs through the candidate (a gated scope runs only the items it touches)
     text = home.config_path.read_text().replace(
         "capability_tasks = []", 'capability_tasks = ["arc_easy"]\ncapability_limit = 4\nmax_capability_drop = 1.0'
-    )
+    ) + '\n[serve]\nscope = "always"\n'
     home.config_path.write_text(text)
     add(store, FACTS[:2])
     seen: list[RoundProgress] = []
@@ -212,6 +213,19 @@ def test_capability_gate_runs_lm_eval_and_caches_base_scores(home: Home, store: 
     assert stored.report["capability"]["test"] == "paired"
     cached = list((home.cache_dir / "capability-base").glob("*.json"))
     assert len(cached) == 1 and json.loads(cached[0].read_text())["key"]["task"] == "arc_easy"
+
+
+def test_under_a_scope_the_capability_gate_runs_only_the_items_it_touches(
+        home: Home, store: Store, loaded: LoadedModel) -> None:
+    home.config_path.write_text(home.config_path.read_text().replace(
+        "capability_tasks = []", 'capability_tasks = ["arc_easy"]\ncapability_limit = 4'))
+    add(store, FACTS[:2])  # about Wakanda and Zorblax: no ARC-Easy item names them
+    result = run(home, store, loaded)
+    assert result.outcome == "promoted", result.reason and result.metrics is not None
+    assert result.metrics.capability == result.metrics.base_capability  # the base's answers, by construction
+    report = store.get_version(result.version_id).gate.report  # type: ignore[union-attr,arg-type]
+    assert report["capability"]["scope_items"] == {"items_scored": {"arc_easy": 0}, "items_total": {"arc_easy": 4}}
+    assert report["capability"]["pairs"]["arc_easy"]["n_items"] == 4
 
 
 def test_stop_during_the_capability_gate_interrupts_it(home: Home, store: Store, loaded: LoadedModel) -> None:

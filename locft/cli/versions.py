@@ -285,7 +285,7 @@ def export(version_id: int, out_dir: Path) -> None:
     home = resolve_home()
     config = load_config(home.root)
     with open_store() as store:
-        store.get_version(version_id)  # NotFoundError first, before any heavy import
+        info = store.get_version(version_id)  # NotFoundError first, before any heavy import
         store.verify_version_snapshot(version_id)
         snapshot_dir = store.snapshot_dir(version_id)
     from locft.engine.snapshot import export_checkpoint  # torch: only here
@@ -293,9 +293,7 @@ def export(version_id: int, out_dir: Path) -> None:
     click.echo(f"exporting version {version_id} to {out_dir} (loading the base model)...", err=True)
     written = export_checkpoint(home.root, config.model, snapshot_dir, out_dir)
     click.echo(f"exported version {version_id} to {written}")
-    from locft.engine.snapshot import read_manifest
-
-    if snapshot_dir is not None and read_manifest(snapshot_dir).get("scope"):
+    if isinstance(info.edit_config, dict) and info.edit_config.get("scope"):
         click.echo("note: the checkpoint has the edit merged into its weights and cannot carry the version's "
                    "scope: it answers every prompt with the edit, unrelated ones too (serve.scope = \"always\"). "
                    "`locft serve` keeps unrelated prompts on the base model.", err=True)
