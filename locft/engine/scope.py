@@ -245,22 +245,38 @@ def best_similarity(features: "torch.Tensor", embeddings: "torch.Tensor") -> "to
     return (rows @ keys.T).max(dim=-1).values
 
 
-def subject_keys(facts: Sequence["EditFact"]) -> tuple[list[ScopeKey], int]:
+def usable_key(words: tuple[str, ...]) -> bool:
+    """A key must name something: not only function words ("In", a data error seen in
+    WikiBigEdit, would put every prompt with "in" in scope) and not a lone one- or two-letter word."""
+    content = [w for w in words if w not in _FUNCTION_WORDS]
+    return bool(content) and (len(words) > 1 or len(words[0]) > 2 or words[0].isdigit())
+
+
+def _found_key(fact: "EditFact") -> ScopeKey:
+    """The subject found in the prompt, or, when even that names nothing, the whole prompt."""
+    words = normalize_words(find_subject(fact.prompt))
+    return ScopeKey(words if usable_key(words) else normalize_words(fact.prompt), "found", fact.fact_id)
+
+
+def subject_keys(facts: Sequence["EditFact"]) -> tuple[list[ScopeKey], dict[str, int]]:
     """One key per fact (two when a given subject is missing from the prompt, which also gets the
-    subject found there), and how many given subjects were not in their own prompt."""
+    subject found there; a given subject that names nothing is replaced by the found one), and
+    the counts of given subjects missing from their prompt and of unusable ones."""
     keys: list[ScopeKey] = []
-    missing = 0
+    counts = {"given_subject_not_in_prompt": 0, "given_subject_unusable": 0}
     for fact in facts:
-        prompt_words = normalize_words(fact.prompt)
-        if fact.subject and normalize_words(fact.subject):
-            words = normalize_words(fact.subject)
-            keys.append(ScopeKey(words, "given", fact.fact_id))
-            if not _contains(prompt_words, words):
-                missing += 1
-                keys.append(ScopeKey(normalize_words(find_subject(fact.prompt)), "found", fact.fact_id))
-        else:
-            keys.append(ScopeKey(normalize_words(find_subject(fact.prompt)), "found", fact.fact_id))
-    return keys, missing
+        words = normalize_words(fact.subject) if fact.subject else ()
+        if words and not usable_key(words):
+            counts["given_subject_unusable"] += 1
+            words = ()
+        if not words:
+            keys.append(_found_key(fact))
+            continue
+        keys.append(ScopeKey(words, "given", fact.fact_id))
+        if not _contains(normalize_words(fact.prompt), words):
+            counts["given_subject_not_in_prompt"] += 1
+            keys.append(_found_key(fact))
+    return keys, counts
 
 
 def _contains(words: tuple[str, ...], key: tuple[str, ...]) -> bool:
@@ -360,8 +376,8 @@ def build_scope(
 
     if match not in SCOPE_MATCHES:
         raise ConfigError(f"unknown scope match {match!r}; use one of {', '.join(SCOPE_MATCHES)}")
-    keys, missing = subject_keys(facts)
-    report: dict[str, Any] = {"given_subject_not_in_prompt": missing}
+    keys, counts = subject_keys(facts)
+    report: dict[str, Any] = dict(counts)
     scope = Scope(match, keys, chat_boilerplate(loaded.tokenizer, prompt_format), report=report)
     if match == "subject":
         return scope

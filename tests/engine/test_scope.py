@@ -109,11 +109,23 @@ def test_a_fact_without_subject_gets_one_found_in_its_prompt() -> None:
     assert find_subject("Which war did USS Bermuda (1861) fight in?") == "USS Bermuda"
     assert find_subject('Who sang "hey jude"?') == "hey jude"
     assert find_subject("what is the boiling point of mercury") == "mercury"
-    keys, missing = subject_keys([EditFact("What is the capital of Australia?", "Sydney")])
-    assert keys[0].words == ("australia",) and keys[0].source == "found" and missing == 0
-    keys, missing = subject_keys([EditFact("Where is it?", "x", subject="Narnia")])
-    assert missing == 1 and [k.source for k in keys] == ["given", "found"]
+    keys, counts = subject_keys([EditFact("What is the capital of Australia?", "Sydney")])
+    assert keys[0].words == ("australia",) and keys[0].source == "found" and counts["given_subject_not_in_prompt"] == 0
+    keys, counts = subject_keys([EditFact("Where is it?", "x", subject="Narnia")])
+    assert counts["given_subject_not_in_prompt"] == 1 and [k.source for k in keys] == ["given", "found"]
     assert normalize_words("Ｋｉｓｓ  Me,Kate") == ("kiss", "me", "kate")
+
+
+def test_a_subject_that_names_nothing_is_replaced_by_the_one_found_in_the_prompt() -> None:
+    # WikiBigEdit holds a fact whose subject is "In": taken as given, every prompt with "in" would be in scope
+    facts = [EditFact('In which country is the TV Drama "Lipstick" set?', "x", subject="In"),
+             EditFact("Where is it?", "y", subject="it")]
+    keys, counts = subject_keys(facts)
+    assert counts["given_subject_unusable"] == 2 and all(k.source == "found" for k in keys)
+    scope = Scope("subject", keys)
+    assert scope.names_a_subject("Where was Lipstick filmed?")
+    assert not scope.names_a_subject("In which county is Harewood House situated?")
+    assert scope.names_a_subject("where is it") and not scope.names_a_subject("is it raining?")  # the whole prompt
 
 
 def test_the_chat_system_prompt_is_never_a_reason_to_be_in_scope(tiny: LoadedModel) -> None:
