@@ -21,6 +21,7 @@ whose tensors sit elsewhere is refused with a clear error.
 from __future__ import annotations
 
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
@@ -32,6 +33,22 @@ from locft.errors import SnapshotError
 if TYPE_CHECKING:
     from locft.engine.model_io import LoadedModel
     from locft.engine.scope import Scope
+
+
+# Per row of the next forwards: decide the scope on the first N real tokens only (the prompt of a
+# teacher-forced prompt + continuation), as generation decides on the prompt before it continues.
+_PROMPT_LENGTHS: ContextVar[Sequence[int] | None] = ContextVar("locft_scope_prompt_lengths", default=None)
+
+
+@contextmanager
+def deciding_on_prompts(lengths: Sequence[int]) -> Iterator[None]:
+    """Within the block, a scoped model decides each row's scope on its first `lengths[i]` tokens:
+    a probe's base continuation fed back (token locality) must not put the probe in scope."""
+    token = _PROMPT_LENGTHS.set(list(lengths))
+    try:
+        yield
+    finally:
+        _PROMPT_LENGTHS.reset(token)
 
 
 def decoder_layers(model: torch.nn.Module) -> Sequence[torch.nn.Module]:
@@ -122,6 +139,12 @@ class ScopedModel:
         attention_mask = kwargs.get("attention_mask")
         if not (isinstance(attention_mask, torch.Tensor) and attention_mask.shape == input_ids.shape):
             attention_mask = _unpadded(input_ids, self.loaded.tokenizer.pad_token_id)
+        lengths = _PROMPT_LENGTHS.get()
+        if lengths is not None and len(lengths) == input_ids.shape[0]:
+            # only each row's first lengths[i] real tokens count, for the similarity pool too
+            real = attention_mask.bool()
+            attention_mask = (real & (real.long().cumsum(dim=1) <= torch.tensor(
+                lengths, device=real.device).unsqueeze(1))).long()
         keep = attention_mask.bool().tolist()
         rows = [[t for t, k in zip(row, ks) if k] for row, ks in zip(input_ids.tolist(), keep)]
         tok = self.loaded.tokenizer

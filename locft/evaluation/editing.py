@@ -18,6 +18,7 @@ import torch
 from locft.engine.data import collate, encode_prompt, example_from_ids
 from locft.engine.generate import Generation, greedy_generate
 from locft.engine.model_io import LoadedModel
+from locft.engine.scoped import deciding_on_prompts
 from locft.facts import EditFact
 from locft.text import exact_match, normalize_answer
 
@@ -78,7 +79,9 @@ def token_agreement(
         for b in range(0, len(order), batch_size):
             idx = order[b : b + batch_size]
             batch = collate([examples[i] for i in idx], tok.pad_token_id, loaded.device)
-            logits = loaded.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+            # a scoped version decides on the probe alone, as when it generated the continuation
+            with deciding_on_prompts([examples[i].prompt_len for i in idx]):
+                logits = loaded.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
             hits = (logits[batch.rows, batch.cols].argmax(-1) == batch.labels).float()
             per = torch.zeros(len(idx), device=hits.device).index_add_(0, batch.rows, hits)
             for j, i in enumerate(idx):

@@ -190,3 +190,22 @@ def test_a_snapshot_without_scope_loads_as_every_prompt(tmp_path, tiny: LoadedMo
 
     info = save_snapshot(tmp_path, "v0", _edit_tensors(tiny), tiny.fingerprint)
     assert load_snapshot(info.path).scope is None
+
+
+def test_token_locality_decides_on_the_probe_not_on_its_fed_back_continuation(tiny: LoadedModel) -> None:
+    from locft.engine.generate import Generation
+    from locft.evaluation.editing import token_agreement
+
+    tok = tiny.tokenizer
+    probe = "Who painted the Mona Lisa?"
+    continuation = tuple(tok(" It hangs in Australia", add_special_tokens=False).input_ids)  # names a subject
+    fed_back = [Generation("", "", continuation)]
+    tensors = _edit_tensors(tiny)
+    base = token_agreement(tiny, [probe], fed_back, "raw")
+    with answering(tiny, tensors, _scope(FACTS)) as stats:
+        scoped = token_agreement(tiny, [probe], fed_back, "raw")
+    assert scoped == base and stats.in_scope == 0  # as when the version generated it: the base answered
+    with answering(tiny, tensors, _scope(FACTS)) as stats:  # asked as one text, it is about Australia
+        ids = encode_prompt(tok, probe, "raw") + list(continuation)
+        tiny.model(input_ids=torch.tensor([ids]))
+    assert stats.in_scope == 1
