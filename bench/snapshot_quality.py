@@ -31,6 +31,9 @@ def main() -> None:
                         help="generalization and locality on this seeded sample, as `locft bench --eval-sample`")
     parser.add_argument("--seed", type=int, default=None,
                         help="the seed of the bench run to compare with (`--seed`): it draws the sample")
+    parser.add_argument("--rebuild-scope", action="store_true",
+                        help="build the scope from the facts with this tree's code (subject match) instead of "
+                             "the one stored in the snapshot")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--home", type=Path, default=Path(os.environ.get("LOCFT_HOME", ".locft-home")))
     parser.add_argument("--out", type=Path, required=True)
@@ -58,14 +61,23 @@ def main() -> None:
     probes = [p.prompt for f in sampled for p in f.probes]
     t = time.perf_counter()
     base = base_probe_generations(loaded, probes, cfg.prompt_format, cfg.max_new_tokens)
-    with answering(loaded, snapshot.tensors, snapshot.scope):  # as `locft serve` answers the version
+    scope = snapshot.scope
+    if args.rebuild_scope:  # from the facts' prompts and subjects only, as a round builds it
+        from locft.engine.scope import scope_for_facts
+        from locft.engine.scoped import tuned_layer_indices
+
+        scope = scope_for_facts(loaded, facts, cfg.prompt_format, "subject",
+                                tuned_layers=tuned_layer_indices(loaded.model, list(snapshot.tensors)),
+                                exclude=[p for f in sampled for p in f.paraphrases] + probes)
+    with answering(loaded, snapshot.tensors, scope):  # as `locft serve` answers the version
         evaluation = evaluate_edits(loaded, facts, cfg.prompt_format, probes, base, cfg.max_new_tokens,
                                     paraphrase_facts=sampled, progress=_progress)
     print(file=sys.stderr)
     record = {
         "snapshot": str(args.snapshot), "parameters": sorted(snapshot.tensors), "data": str(args.data),
         "n": len(facts), "eval_sample": len(sampled) if args.eval_sample else None, "seed": cfg.seed,
-        "metrics": evaluation.metrics(), "scope": snapshot.scope.summary() if snapshot.scope else None,
+        "metrics": evaluation.metrics(), "scope": scope.summary() if scope else None,
+        "scope_rebuilt": args.rebuild_scope,
         "seconds": round(time.perf_counter() - t, 1), "threads": args.threads,
         "items": evaluation.items(),
     }
