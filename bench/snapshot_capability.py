@@ -71,7 +71,8 @@ def main() -> None:
     from locft.engine.model_io import load_base
     from locft.engine.snapshot import check_base, load_snapshot
     from locft.engine.scoped import answering
-    from locft.evaluation.capability import base_capability, item_scores, measure_capability
+    from locft.evaluation.capability import (ScopeOnly, TaskScore, base_capability, item_scores, measure_capability,
+                                             task_scores)
 
     torch.set_num_threads(args.threads)
     tasks = [t for t in args.tasks.split(",") if t]
@@ -95,9 +96,13 @@ def main() -> None:
     base_s = time.perf_counter() - t
     t = time.perf_counter()
     scope = None if args.unscoped else snapshot.scope  # the version as `locft serve` answers
+    # as a round scores it: under a subject scope only the items it touches run through the version
+    only = (ScopeOnly(scope.names_a_subject, {k: TaskScore(base[k], tuple(v)) for k, v in base_items.items()})
+            if args.paired and scope is not None and scope.match == "subject" else None)
     with answering(loaded, snapshot.tensors, scope) as rows:
         if args.paired:
-            candidate_items = item_scores(loaded.model, loaded.tokenizer, tasks, args.limit, cache)
+            scored = task_scores(loaded.model, loaded.tokenizer, tasks, args.limit, cache, only_in_scope=only)
+            candidate_items = {k: list(v.items or ()) for k, v in scored.items()}
             candidate = {k: sum(v) / len(v) for k, v in candidate_items.items()}
         else:
             candidate = measure_capability(loaded.model, loaded.tokenizer, tasks, args.limit, cache)
@@ -112,6 +117,7 @@ def main() -> None:
         "scope": snapshot.scope.summary() if scope is not None else None,
         # forward rows (answer choices) sent to the edit; the rest got the base model exactly
         "scope_rows": rows.to_dict() if scope is not None else None,
+        "scope_items": only.to_dict() if only is not None else None,  # items run; the rest kept the base's
     }
     if args.paired:
         record["paired"] = paired_by_task(base_items, candidate_items, tasks)
