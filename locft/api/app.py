@@ -17,16 +17,14 @@ import logging
 import re
 import time
 from concurrent.futures import Future
-from datetime import datetime, timezone
 from email.message import Message
-from typing import Any, AsyncIterator, Callable, Mapping, Optional, Union
+from typing import Any, AsyncIterator, Callable, Mapping
 
-from fastapi import APIRouter, Body, FastAPI, Query, Request, Response
+from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from fastapi.routing import APIRoute
-from pydantic import Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message as AsgiMessage, Receive, Scope, Send
 
@@ -37,7 +35,7 @@ from locft.api.metrics import Metrics
 from locft.api.watcher import PromotionWatcher
 from locft.config import ServeConfig
 from locft.errors import LocftError, NotFoundError
-from locft.home import Home, read_daemon_info
+from locft.home import Home
 from locft.serving import GenerationRequest, GenerationResult, ModelServer, ServingError, model_name, request_id
 
 log = logging.getLogger("locft.api.server")
@@ -299,7 +297,7 @@ class Guard:
 
 
 def create_app(state: AppState) -> ASGIApp:
-    from locft.api import dashboard
+    from locft.api import dashboard, operator
 
     app = FastAPI(
         title="locft", version=__version__, docs_url=None, redoc_url=None,  # Swagger UI would load from a CDN
@@ -310,7 +308,7 @@ def create_app(state: AppState) -> ASGIApp:
     )
     app.state.locft = state
     app.include_router(_openai_router(state))
-    app.include_router(_operator_router(state))
+    app.include_router(operator.router(state))
     app.include_router(dashboard.router(state))
     dashboard.mount_static(app)
 
@@ -350,7 +348,7 @@ def create_app(state: AppState) -> ASGIApp:
     return Guard(app, state)
 
 
-def _router() -> APIRouter:
+def json_router() -> APIRouter:
     return APIRouter(route_class=JsonRoute, responses={400: {"model": oa.ErrorResponse}, 401: {"model": oa.ErrorResponse}})
 
 
@@ -476,7 +474,7 @@ def _stream(state: AppState, req: oa.Completion, rid: str) -> StreamingResponse:
 
 
 def _openai_router(state: AppState) -> APIRouter:
-    r = _router()
+    r = json_router()
 
     def entry(name: str, created: int, locft_state: str | None = None) -> oa.ModelEntry:
         return oa.ModelEntry(id=name, created=created, locft_state=locft_state)
@@ -558,199 +556,3 @@ def _openai_router(state: AppState) -> APIRouter:
         return oa.DetokenizeResponse(prompt=state.server.loaded.tokenizer.decode(body.tokens))
 
     return r
-
-
-# ---- operator endpoints (through the store library, like the CLI) --------------------------------
-
-
-class _Body(oa.StrictModel):
-    author: Optional[str] = Field(None, description="who, for the audit log (default: api)")
-
-
-class FactBody(_Body):
-    prompt: str
-    answer: str
-    subject: Optional[str] = None
-    paraphrases: list[str] = []
-    probes: list[Union[str, "ProbeBody"]] = []
-    tags: list[str] = []
-    source: Optional[str] = None
-    replace: bool = False
-
-
-class ProbeBody(oa.StrictModel):
-    prompt: str
-    answer: Optional[str] = None
-
-
-FactBody.model_rebuild()
-
-
-class RoundBody(_Body):
-    reason: Optional[str] = None
-
-
-VersionRef = Union[int, str]
-
-
-class PromoteBody(_Body):
-    version: Optional[VersionRef] = Field(None, description="a version id (or 'locft-v<N>')")
-    force: bool = False
-    reason: Optional[str] = None
-
-
-class RollbackBody(_Body):
-    to: Optional[VersionRef] = None
-    reason: Optional[str] = None
-
-
-class AskBody(oa.StrictModel):
-    prompt: Optional[str] = None
-    version: Optional[VersionRef] = None
-    chat: Optional[bool] = None
-    max_tokens: Optional[int] = Field(None, ge=1, le=oa.MAX_TOKENS_CEILING)
-    compare: bool = False
-
-
-def version_ref(value: VersionRef | None, name: str, required: bool) -> int | None:
-    if value is None:
-        if required:
-            raise bad_request(f"{name} (a version id) is required", name, "missing")
-        return None
-    if isinstance(value, str) and value.startswith("locft-v"):
-        value = value[len("locft-v"):]
-    if isinstance(value, str) and value.isascii() and value.isdigit():  # not '²', which int() refuses
-        value = int(value)
-    if not isinstance(value, int) or value < 0:
-        raise bad_request(f"{name} must be a version id", name, "invalid_type")
-    return value
-
-
-def served(state: AppState) -> dict[str, Any]:
-    server = state.server
-    active = server.active
-    return {
-        "version": active.id, "model": active.name, "system_fingerprint": active.fingerprint,
-        "prompt_format": active.prompt_format,
-        "since": datetime.fromtimestamp(active.loaded_at, timezone.utc).isoformat(timespec="seconds"),
-        "loaded_versions": server.loaded_versions(), "queue": server.queue_length(),
-        "batches_run": server.batches_run, "requests_run": server.requests_run,
-        "max_batch_seen": server.max_batch_seen, "tokens_generated": server.tokens_generated,
-        "busy_s": round(server.busy_s, 3), "torch_threads": _torch_threads(),
-        "swap_error": state.watcher.last_error if state.watcher else None,
-        "base_model": server.loaded.source, "started_at": state.started_at,
-    }
-
-
-def _torch_threads() -> int:
-    import torch
-
-    return int(torch.get_num_threads())
-
-
-def version_brief(v: Any) -> dict[str, Any]:
-    """A version without its (large) gate report: id, state, facts, snapshot, gate verdict."""
-    d = v.to_dict()
-    gate = d.pop("gate")
-    d["gate"] = None if gate is None else {"passed": gate["passed"], "metrics": gate["metrics"],
-                                           "reasons": (gate.get("report") or {}).get("reasons"),
-                                           "created_at": gate["created_at"]}
-    return d
-
-
-def after_move(state: AppState, move: Any) -> dict[str, Any]:
-    if state.watcher is not None:
-        state.watcher.check()  # swap now, so the response already describes what is served
-    return move.to_dict() | {"served_version": state.server.active.id,
-                             "swap_error": state.watcher.last_error if state.watcher else None}
-
-
-def _operator_router(state: AppState) -> APIRouter:
-    r = _router()
-    store = state.store
-
-    @r.get("/health", tags=["operator"])
-    def health() -> dict[str, Any]:
-        return {"status": "ok", "version": state.server.active.id}
-
-    @r.get("/locft/status", tags=["operator"])
-    def status() -> dict[str, Any]:
-        summary = store.summary().to_dict()
-        summary["promoted"] = version_brief(store.promoted_version())
-        data: dict[str, Any] = {"served": served(state), **summary}
-        daemon = read_daemon_info(state.home)
-        data["next_round_at"] = daemon.next_round_at if daemon else None
-        if state.status_extra is not None:
-            data.update(state.status_extra())
-        return data
-
-    @r.get("/locft/versions", tags=["operator"])
-    def versions(wanted: Optional[str] = Query(None, alias="state",
-                                               description="candidate, promoted, rejected or retired")
-                 ) -> dict[str, Any]:
-        if wanted is not None and wanted not in ("candidate", "promoted", "rejected", "retired"):
-            raise bad_request("state must be candidate, promoted, rejected or retired", "state")
-        return {"object": "list", "data": [version_brief(v) for v in store.list_versions(state=wanted)]}  # type: ignore[arg-type]
-
-    @r.get("/locft/versions/{ident}", tags=["operator"])
-    def version_one(ident: str) -> dict[str, Any]:
-        if not (ident.isascii() and ident.isdigit()):  # '²'.isdigit() is True too
-            raise ApiError(404, f"no version {ident!r}", code="not_found")
-        return store.get_version(int(ident)).to_dict()
-
-    @r.post("/locft/facts", status_code=201, tags=["operator"])
-    def add_fact(body: FactBody, response: Response) -> dict[str, Any]:
-        from locft.facts import EditFact, Probe
-
-        probes = [Probe(p) if isinstance(p, str) else Probe(p.prompt, p.answer) for p in body.probes]
-        fact = EditFact(body.prompt, body.answer, subject=body.subject, paraphrases=tuple(body.paraphrases),
-                        probes=tuple(probes))
-        result = store.add_fact(fact, source=body.source or "api", tags=body.tags, author=body.author or "api",
-                                replace=body.replace)
-        if result.status == "duplicate":
-            response.status_code = 200
-        return result.to_dict()
-
-    @r.post("/locft/rounds", status_code=202, tags=["operator"])
-    def request_round(body: Optional[RoundBody] = Body(None)) -> dict[str, Any]:
-        body = body or RoundBody()
-        return store.request_round(actor=body.author or "api", reason=body.reason).to_dict()
-
-    @r.post("/locft/promote", tags=["operator"])
-    def promote(body: PromoteBody) -> dict[str, Any]:
-        version = version_ref(body.version, "version", True)
-        assert version is not None
-        move = store.promote(version, force=body.force, actor=body.author or "api", reason=body.reason)
-        return after_move(state, move)
-
-    @r.post("/locft/rollback", tags=["operator"])
-    def rollback(body: Optional[RollbackBody] = Body(None)) -> dict[str, Any]:
-        body = body or RollbackBody()
-        move = store.rollback(version_ref(body.to, "to", False), actor=body.author or "api", reason=body.reason)
-        return after_move(state, move)
-
-    @r.post("/locft/ask", tags=["operator"])
-    def ask(body: AskBody) -> dict[str, Any]:
-        """What `locft ask` calls: the server picks the prompt format of the version (or `chat`)."""
-        if body.prompt is None:
-            raise bad_request("prompt is required", "prompt", "missing")
-        if not body.prompt.strip():
-            raise bad_request("prompt must not be empty", "prompt", "invalid_value")
-        if len(body.prompt) > state.serve.max_prompt_chars:
-            raise bad_request("prompt is too long", "prompt", "prompt_too_long")
-        version = version_ref(body.version, "version", False)
-        limit = state.serve.max_tokens_limit
-        max_tokens = 32 if body.max_tokens is None else body.max_tokens
-        if max_tokens > limit:
-            raise bad_request(f"max_tokens must be between 1 and {limit}, got {max_tokens}", "max_tokens",
-                              "out_of_range")
-        server = state.server
-        answer = server.ask(body.prompt, version_id=version, chat=body.chat, max_tokens=max_tokens)
-        out = answer.to_dict()
-        if body.compare:
-            out["base"] = server.ask(body.prompt, version_id=0, chat=answer.prompt_format == "chat",
-                                     max_tokens=max_tokens).to_dict()
-        return out
-
-    return r
-

@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import time
 from pathlib import Path
 from typing import Any, Iterator
 
