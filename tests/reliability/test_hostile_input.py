@@ -159,7 +159,10 @@ def run_cli(home: Home, args: list[str]) -> Any:
     # 0, a usage error (2), or the status of a documented error class (locft.errors.ERROR_CODES)
     assert result.exit_code in {0, 2} | {status for _, status in ERROR_CODES.values()}, (result.exit_code, result.output)
     assert "Traceback" not in result.output
-    if result.exit_code not in (0, 2):  # one clear line last (a progress bar may come before it)
+    if result.exit_code not in (0, 2) and "--json" in args:  # the contract: one JSON object on stdout
+        error = json.loads(result.stdout)["error"]
+        assert error["code"] and error["message"], result.stdout
+    elif result.exit_code not in (0, 2):  # one clear line last (a progress bar may come before it)
         last = result.stderr.strip().splitlines()[-1]
         assert last.startswith("error: ") and last != "error:", result.stderr
     return result
