@@ -111,7 +111,16 @@ def http(api: ApiServer, method: str, target: str, body: bytes | None = None,
         while chunk := sock.recv(1 << 16):
             data += chunk
     status_line, _, rest = data.partition(b"\r\n")
-    _, _, payload = rest.partition(b"\r\n\r\n")
+    head_bytes, _, payload = rest.partition(b"\r\n\r\n")
+    if b"transfer-encoding: chunked" in head_bytes.lower():  # a stream (SSE): undo the chunking
+        body, rest = b"", payload
+        while rest:
+            size_line, _, rest = rest.partition(b"\r\n")
+            size = int(size_line.split(b";")[0] or b"0", 16)
+            if size == 0:
+                break
+            body, rest = body + rest[:size], rest[size + 2:]
+        payload = body
     return int(status_line.split()[1]), payload
 
 
