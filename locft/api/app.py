@@ -227,6 +227,11 @@ class Guard:
             await send(message)
 
         try:
+            if any(ord(ch) < 32 or ord(ch) == 127 for ch in path):
+                # never routed: the routes' regexes end in `$`, which also matches before a final
+                # newline, so "/health\n" would be /health and "/\n" the dashboard
+                await _send_error(sending, ApiError(404, f"no such path: {path!r}", code="not_found"))
+                return
             headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
             if path not in OPEN_PATHS and not path.startswith(OPEN_PREFIXES) and \
                     not authorized(headers, self.state.serve.api_token):

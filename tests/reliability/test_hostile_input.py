@@ -125,6 +125,7 @@ segments = st.one_of(strings, numbers.map(str)).map(
 @example(prefix="/locft/versions/", segment="\xb2", method="GET")  # a latin-1 superscript two in the path
 @example(prefix="/v1/models/", segment="locft-v\xb2", method="GET")
 @example(prefix="/locft/versions/", segment="99999999999999999999999", method="GET")
+@example(prefix="/", segment="%0A", method="GET")  # "/\n" once matched the dashboard's route (regex `$`)
 def test_every_path_and_method_gets_an_answer_not_a_crash(api: ApiServer, prefix: str, segment: str,
                                                           method: str) -> None:
     tried("paths")
