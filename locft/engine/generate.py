@@ -67,6 +67,18 @@ class _StopAtNewlineOrEos:
         return torch.isin(generated, self.stop_ids.to(generated.device)).any(dim=1)
 
 
+def left_padded(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows padded on the left (generation continues every row at the same position):
+    (input ids, attention mask)."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for j, seq in enumerate(rows):
+        ids[j, width - len(seq):] = torch.tensor(list(seq), dtype=torch.long)
+        mask[j, width - len(seq):] = 1
+    return ids, mask
+
+
 def greedy_generate(
     loaded: LoadedModel,
     prompts: Sequence[str],
@@ -96,13 +108,8 @@ def greedy_generate(
     try:
         for b in range(0, len(order), batch_size):
             idx = order[b : b + batch_size]
-            width = max(len(encoded[i]) for i in idx)
-            ids = torch.full((len(idx), width), tok.pad_token_id, dtype=torch.long)
-            mask = torch.zeros((len(idx), width), dtype=torch.long)
-            for j, i in enumerate(idx):
-                seq = encoded[i]
-                ids[j, width - len(seq) :] = torch.tensor(seq)
-                mask[j, width - len(seq) :] = 1
+            ids, mask = left_padded([encoded[i] for i in idx], tok.pad_token_id)
+            width = ids.shape[1]
             stopper = _StopAtNewlineOrEos(stop_tensor, width)
             with torch.no_grad():
                 generated = model.generate(

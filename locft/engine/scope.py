@@ -312,6 +312,7 @@ def pooled_features(loaded: "LoadedModel", prompts: Sequence[str], prompt_format
     import torch
 
     from locft.engine.data import encode_prompt
+    from locft.engine.generate import left_padded
     from locft.engine.scoped import decoder_layers
 
     tok = loaded.tokenizer
@@ -334,12 +335,7 @@ def pooled_features(loaded: "LoadedModel", prompts: Sequence[str], prompt_format
         with torch.no_grad():
             for b in range(0, len(order), batch_size):
                 idx = order[b:b + batch_size]
-                width = max(len(encoded[i]) for i in idx)
-                ids = torch.full((len(idx), width), tok.pad_token_id, dtype=torch.long)
-                mask = torch.zeros((len(idx), width), dtype=torch.long)
-                for j, i in enumerate(idx):
-                    ids[j, width - len(encoded[i]):] = torch.tensor(encoded[i])
-                    mask[j, width - len(encoded[i]):] = 1
+                ids, mask = left_padded([encoded[i] for i in idx], tok.pad_token_id)
                 captured.clear()
                 try:
                     loaded.model(input_ids=ids.to(loaded.device), attention_mask=mask.to(loaded.device))
