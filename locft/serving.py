@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     import torch
 
     from locft.engine.model_io import LoadedModel
+    from locft.engine.scope import Scope
     from locft.store import Store, VersionInfo
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ class ServedVersion:
     loaded_at: float = field(default_factory=time.time)
     # which prompts its tensors answer (engine.scope); None: every prompt (serve.scope = "always",
     # or a snapshot built without a scope)
-    scope: Any = None
+    scope: "Scope | None" = None
 
     @property
     def name(self) -> str:

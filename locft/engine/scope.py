@@ -34,6 +34,7 @@ from locft.errors import ConfigError, SnapshotError
 if TYPE_CHECKING:
     import torch
 
+    from locft.config import EditConfig
     from locft.engine.model_io import LoadedModel
     from locft.facts import EditFact
 
@@ -450,7 +451,7 @@ def coverage_share(flags: Sequence[bool]) -> float | None:
     return sum(flags) / len(flags) if flags else None
 
 
-def scoped_edit_defaults(cfg: Any, scoped: bool) -> Any:
+def scoped_edit_defaults(cfg: "EditConfig", scoped: bool) -> "EditConfig":
     """Under a gated scope the locality-preserving replay is off unless set: out-of-scope prompts
     get the base model exactly, which replay only approximated at most of a round's training time."""
     from dataclasses import replace

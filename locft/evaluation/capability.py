@@ -690,7 +690,8 @@ def _evaluate(
             keep_items = per_item and has_item_scores(spec.name)
             base_items = only_in_scope.base.get(spec.name) if only_in_scope is not None else None
             restrict = keep_items and base_items is not None and base_items.items is not None
-            lm = _InScopeOnly(full_lm, only_in_scope.in_scope) if restrict and only_in_scope else full_lm
+            scoped_lm = _InScopeOnly(full_lm, only_in_scope.in_scope) if restrict and only_in_scope else None
+            lm = scoped_lm or full_lm
             with contextlib.ExitStack() as counting:
                 if request_progress is not None:
                     counting.enter_context(_counted_requests(request_progress, spec.name))
@@ -702,9 +703,10 @@ def _evaluate(
             if keep_items:
                 samples = sorted((results or {}).get("samples", {}).get(spec.name, []), key=lambda s: s["doc_id"])
                 items = [float(s[spec.metric]) for s in samples]
-                if restrict and only_in_scope is not None and base_items is not None and base_items.items is not None:
+                if scoped_lm is not None and only_in_scope is not None and base_items is not None \
+                        and base_items.items is not None:
                     # an item none of whose requests is in scope is the base model's answer by construction
-                    scored = [any(only_in_scope.in_scope(str(c) + str(x)) for c, x in s["arguments"]) for s in samples]
+                    scored = [s["doc_id"] in scoped_lm.ran for s in samples]
                     if len(base_items.items) != len(items):
                         raise ConfigError(f"capability {spec.name}: {len(items)} items, the base has "
                                           f"{len(base_items.items)}; measure the base again")
@@ -727,14 +729,17 @@ class _InScopeOnly:
     def __init__(self, lm: Any, in_scope: Callable[[str], bool]) -> None:
         self._lm = lm
         self._in_scope = in_scope
+        self.ran: set[int] = set()  # the items (doc ids) whose requests reached the model
 
     def __getattr__(self, name: str) -> Any:  # everything else is the wrapped HFLM's
         return getattr(self._lm, name)
 
     def loglikelihood(self, requests: list[Any], disable_tqdm: bool = False) -> list[tuple[float, bool]]:
         # by item: one answer choice in scope runs all of the item's choices (they are compared)
-        docs = {(r.task_name, r.doc_id) for r in requests if self._in_scope(str(r.args[0]) + str(r.args[1]))}
-        keep = [i for i, r in enumerate(requests) if (r.task_name, r.doc_id) in docs]
+        # one task per evaluation (capability._evaluate), so a doc id names an item
+        docs = {r.doc_id for r in requests if self._in_scope(str(r.args[0]) + str(r.args[1]))}
+        self.ran |= docs
+        keep = [i for i, r in enumerate(requests) if r.doc_id in docs]
         out: list[tuple[float, bool]] = [(0.0, False)] * len(requests)
         if keep:
             for i, result in zip(keep, self._lm.loglikelihood([requests[i] for i in keep], disable_tqdm=disable_tqdm)):
