@@ -101,6 +101,17 @@ def _table(record: dict[str, Any]) -> str:
 @click.option("--save-snapshot", type=click.Path(path_type=Path), default=None, metavar="DIR",
               help="Keep the trained tensors as a snapshot in this new directory (to ask, serve, export or "
                    "compare them later, e.g. with bench/snapshot_capability.py --paired).")
+@click.option("--random-init", "random_init", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              default=None, metavar="CONFIG_JSON",
+              help="Speed only: random weights of this Hugging Face config.json's shape on the configured device "
+                   "(no weights needed; the embedded model's tokenizer). Epochs default to 3, the first is warm-up.")
+@click.option("--compare-reference", is_flag=True, default=False,
+              help="Speed only: the cached loop and the reference loop (the paper's) in one run; seconds per "
+                   "edit-epoch of each, their ratio and peak memory (speed.* in the JSON).")
+@click.option("--tokenizer", "tokenizer_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="With --random-init: an HF tokenizer directory instead of the embedded model's.")
+@click.option("--time-generation", "generate_prompts", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Speed only: also time warm greedy generation of N prompts at the device's default batch and at 32.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Write the result record as JSON here.")
 def bench(data: Path, n: int, offset: int, data_format: str, pipeline: str | None, location: str | None,
           layers: tuple[int, ...], lr: float | None, batch_size: int | None, max_epochs: int | None,
@@ -108,7 +119,9 @@ def bench(data: Path, n: int, offset: int, data_format: str, pipeline: str | Non
           replay_weight: float | None, compute_dtype: str | None, seed: int | None, settings: tuple[str, ...],
           eval_sample: int | None, capability: str | None, capability_limit: int,
           threads: int | None, save_snapshot: Path | None, out: Path | None, scope: str | None = None,
-          scope_subjects: str = "given") -> None:
+          scope_subjects: str = "given", random_init: Path | None = None,
+          compare_reference: bool = False, tokenizer_dir: Path | None = None,
+          generate_prompts: int | None = None) -> None:
     """Edit N facts of a benchmark file into the base model and measure the result.
 
     Prints reliability, generalization and locality (by greedy generation and normalized exact
@@ -117,11 +130,13 @@ def bench(data: Path, n: int, offset: int, data_format: str, pipeline: str | Non
 
     \b
     Examples:
-      locft bench --data ../shared/data/zsre_dev.json --n 100
-      locft bench --data ../shared/data/zsre_dev.json --n 100 --pipeline depth-first
-      locft bench --data facts.jsonl --n 50 --layer 8 --lr 5e-3 --out results.json
-      locft bench --data ../shared/data/zsre_dev.json --n 1000 --set replay_pool_size=1000
-      locft bench --data ../shared/data/zsre_dev.json --n 200 --capability arc_easy,piqa
+      locft bench --data examples/facts.jsonl --n 10
+      locft bench --data examples/facts.jsonl --n 10 --pipeline depth-first
+      locft bench --data examples/facts.jsonl --n 10 --layer 8 --lr 5e-3 --out results.json
+      locft bench --data zsre_dev.json --n 1000 --scope always       # a ZsRE file of yours
+      locft bench --data zsre_dev.json --n 1000 --scope-subjects found --set replay_pool_size=1000
+      locft bench --data zsre_dev.json --n 200 --capability arc_easy,piqa
+      locft bench --data zsre_dev.json --n 2000 --random-init bench/configs/llama3_8b.json --compare-reference
     """
     import dataclasses
 
@@ -145,6 +160,10 @@ def bench(data: Path, n: int, offset: int, data_format: str, pipeline: str | Non
         import torch
 
         torch.set_num_threads(threads)
+    if random_init is not None or compare_reference or generate_prompts:
+        _speed(data, n, offset, data_format, edit_cfg, config.model, home, random_init, compare_reference,
+               tokenizer_dir, generate_prompts, max_epochs, out)
+        return
     bar: tqdm | None = None
 
     def on_event(kind: str, payload: Any) -> None:
@@ -181,6 +200,27 @@ def bench(data: Path, n: int, offset: int, data_format: str, pipeline: str | Non
     if bar is not None:
         bar.close()
     click.echo(_table(record))
+    if out is not None:
+        from locft.atomic import atomic_write_text
+
+        atomic_write_text(out, json.dumps(record, indent=2) + "\n")
+        click.echo(f"wrote {out}", err=True)
+
+
+def _speed(data: Path, n: int, offset: int, data_format: str, edit_cfg: EditConfig, model: ModelConfig, home: Path,
+           random_init: Path | None, compare_reference: bool, tokenizer_dir: Path | None,
+           generate_prompts: int | None, max_epochs: int | None, out: Path | None) -> None:
+    """The speed-only run (locft.speed): no evaluation; 3 epochs unless --epochs says otherwise."""
+    import dataclasses
+
+    from locft.speed import DEFAULT_SPEED_EPOCHS, SpeedSpec, run_speed, speed_table
+
+    spec = SpeedSpec(data=data, n=n, offset=offset, data_format=data_format, model=model, home=home,
+                     edit=dataclasses.replace(edit_cfg, max_epochs=max_epochs or DEFAULT_SPEED_EPOCHS),
+                     random_init=random_init, tokenizer=tokenizer_dir, compare_reference=compare_reference,
+                     generate_prompts=generate_prompts, seed=edit_cfg.seed)
+    record = run_speed(spec, lambda kind, payload: click.echo(f"- {payload}", err=True) if kind == "phase" else None)
+    click.echo(speed_table(record))
     if out is not None:
         from locft.atomic import atomic_write_text
 
