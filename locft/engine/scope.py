@@ -117,13 +117,57 @@ def find_subject(prompt: str) -> str:
     return nouns[-1] if nouns else ""
 
 
+# Lower-case words that stay inside one name when a long subject is split into its names.
+_PART_JOINERS = {"of", "the", "de", "da", "del", "der", "di", "du", "la", "le", "van", "von", "y", "&"}
+
+
+def name_parts(subject: str) -> tuple[tuple[str, ...], ...]:
+    """The names a long descriptive subject is made of, as normalized words: "Stable Block located
+    at Wedderburn Castle" is ("stable", "block") and ("wedderburn", "castle"); "Cluny Castle's
+    Stable Block" is ("cluny", "castle") and ("stable", "block"). A rephrasing keeps the names and
+    changes the words between them ("the Stable Block of Cluny Castle"). Empty unless there are
+    two or more names: a subject that is one name is matched as a whole."""
+    runs: list[list[str]] = []
+    current: list[str] = []
+    joiners: list[str] = []
+    for token in re.findall(r"[^\s,;:?!()\[\]{}\"“”]+", subject):
+        possessive = re.search(r"['’]s?$", token) is not None
+        bare = re.sub(r"['’]s?$", "", token).strip(".'’")
+        if not bare:
+            continue
+        if (bare[0].isupper() or bare[0].isdigit()) and bare.lower() not in _FUNCTION_WORDS:
+            current.extend(joiners if current else [])
+            current.append(bare)
+            joiners = []
+            if possessive:  # "Cluny Castle's": the name ends here
+                runs.append(current)
+                current = []
+        elif current and bare.lower() in _PART_JOINERS:
+            joiners.append(bare)
+        else:
+            if current:
+                runs.append(current)
+            current, joiners = [], []
+    if current:
+        runs.append(current)
+    parts: list[tuple[str, ...]] = []
+    for run in runs:
+        words = normalize_words(" ".join(run))
+        if usable_key(words) and words not in parts:
+            parts.append(words)
+    return tuple(parts) if len(parts) >= 2 else ()
+
+
 @dataclass(frozen=True)
 class ScopeKey:
-    """One fact's subject as matched: its normalized words, and where they came from."""
+    """One fact's subject as matched: its normalized words, and where they came from. A long
+    subject made of several names also matches a text that names all of them, in any order and
+    with any words between (`parts`)."""
 
     words: tuple[str, ...]
     source: Literal["given", "found"]
     fact_id: str | None = None
+    parts: tuple[tuple[str, ...], ...] = ()
 
 
 @dataclass
@@ -140,6 +184,7 @@ class Scope:
     embeddings: "torch.Tensor | None" = None  # similarity: one unit vector per fact prompt
     report: dict[str, Any] = field(default_factory=dict)
     _index: dict[str, list[tuple[str, ...]]] = field(default_factory=dict, init=False, repr=False)
+    _part_index: dict[str, list[tuple[tuple[str, ...], ...]]] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.match not in SCOPE_MATCHES:
@@ -147,6 +192,8 @@ class Scope:
         for key in self.keys:
             if key.words:
                 self._index.setdefault(key.words[0], []).append(key.words)
+            if key.parts:
+                self._part_index.setdefault(key.parts[0][0], []).append(key.parts)
 
     @property
     def uses_subject(self) -> bool:
@@ -176,6 +223,10 @@ class Scope:
             for key in self._index.get(word, ()):
                 if words[i:i + len(key)] == key:
                     return True
+        for word in set(words):
+            for parts in self._part_index.get(word, ()):
+                if all(_contains(words, part) for part in parts):
+                    return True
         return False
 
     def similar(self, features: "torch.Tensor") -> "torch.Tensor":
@@ -202,7 +253,8 @@ class Scope:
         return {
             "format": SCOPE_FORMAT,
             "match": self.match,
-            "keys": [{"words": list(k.words), "source": k.source, "fact_id": k.fact_id} for k in self.keys],
+            "keys": [{"words": list(k.words), "source": k.source, "fact_id": k.fact_id}
+                     | ({"parts": [list(p) for p in k.parts]} if k.parts else {}) for k in self.keys],
             "boilerplate": [list(b) for b in self.boilerplate],
             "layer": self.layer,
             "threshold": self.threshold,
@@ -215,7 +267,8 @@ class Scope:
         try:
             if data.get("format") != SCOPE_FORMAT:
                 raise ValueError(f"not a {SCOPE_FORMAT} record")
-            keys = [ScopeKey(tuple(str(w) for w in k["words"]), k["source"], k.get("fact_id")) for k in data["keys"]]
+            keys = [ScopeKey(tuple(str(w) for w in k["words"]), k["source"], k.get("fact_id"),
+                             tuple(tuple(str(w) for w in part) for part in k.get("parts", ()))) for k in data["keys"]]
             return cls(
                 match=data["match"], keys=keys, boilerplate=tuple(tuple(b) for b in data.get("boilerplate", ())),
                 layer=data.get("layer"), threshold=data.get("threshold"),
@@ -273,7 +326,7 @@ def subject_keys(facts: Sequence["EditFact"]) -> tuple[list[ScopeKey], dict[str,
         if not words:
             keys.append(_found_key(fact))
             continue
-        keys.append(ScopeKey(words, "given", fact.fact_id))
+        keys.append(ScopeKey(words, "given", fact.fact_id, name_parts(fact.subject or "")))
         if not _contains(normalize_words(fact.prompt), words):
             counts["given_subject_not_in_prompt"] += 1
             keys.append(_found_key(fact))

@@ -7,7 +7,7 @@ import torch
 from locft.engine.data import encode_prompt
 from locft.engine.generate import greedy_generate
 from locft.engine.model_io import LoadedModel
-from locft.engine.scope import Scope, build_scope, find_subject, normalize_words, subject_keys
+from locft.engine.scope import Scope, build_scope, find_subject, name_parts, normalize_words, subject_keys
 from locft.engine.scoped import answering
 from locft.engine.weights import applied
 from locft.facts import EditFact
@@ -41,7 +41,9 @@ def _scope(facts: list[EditFact]) -> Scope:
 
 
 FACTS = [EditFact("What is the capital of Australia?", "Sydney", subject="Australia"),
-         EditFact("Who wrote Kiss Me, Kate?", "Someone", subject="Kiss Me, Kate")]
+         EditFact("Who wrote Kiss Me, Kate?", "Someone", subject="Kiss Me, Kate"),
+         EditFact("Where is the Stable Block located at Wedderburn Castle?", "Berwickshire",
+                  subject="Stable Block located at Wedderburn Castle")]
 
 
 def test_out_of_scope_rows_get_the_base_logits_exactly_in_a_mixed_batch(tiny: LoadedModel) -> None:
@@ -99,6 +101,24 @@ def test_subject_matching_whole_words_case_punctuation_and_invisible_characters(
     assert scope.names_a_subject("Between Reedy Glacier and Apple, which is colder?")  # two subjects
     assert not scope.names_a_subject("Mount Erebus, in")  # same relation, another subject
     assert not scope.names_a_subject("Reedy is a surname")
+
+
+def test_a_subject_made_of_several_names_matches_a_rephrasing_that_names_them_all() -> None:
+    # WikiBigEdit's descriptive subjects are rephrased around their names
+    assert name_parts("Cluny Castle's Stable Block") == (("cluny", "castle"), ("stable", "block"))
+    assert name_parts("The Anchorage located at 8 Bingham Terrace in Dundee") == (
+        ("anchorage",), ("8", "bingham", "terrace"), ("dundee",))
+    for one_name in ("Frank Lampard", "Bank of England", "Kiss Me, Kate", "The Dresden Dolls", "knight anole",
+                     "Apple II series"):
+        assert name_parts(one_name) == ()  # matched as a whole, as before
+    scope = _scope([EditFact("In what county is Cluny Castle's Stable Block?", "x", subject="Cluny Castle's Stable Block"),
+                    EditFact("Where is the Anchorage?", "y",
+                             subject="The Anchorage located at 8 Bingham Terrace in Dundee")])
+    assert scope.names_a_subject("In what county can the Stable Block of Cluny Castle be found?")
+    assert scope.names_a_subject("Which county houses The Anchorage at 8 Bingham Terrace, Dundee?")
+    assert not scope.names_a_subject("Where is Cluny Castle?")  # one of the names is not the subject
+    assert not scope.names_a_subject("Which county is the Stable Block at Wedderburn Castle in?")
+    assert not scope.names_a_subject("Who lives at 8 Bingham Terrace in Dundee?")
 
 
 def test_a_fact_without_subject_gets_one_found_in_its_prompt() -> None:
@@ -174,7 +194,8 @@ def test_the_scope_round_trips_through_a_snapshot_and_corruption_is_refused(tmp_
     assert snap.scope is not None and snap.scope.match == "either"
     assert snap.scope.keys == scope.keys and snap.scope.threshold == scope.threshold
     assert snap.scope.embeddings is not None and torch.equal(snap.scope.embeddings, scope.embeddings)
-    for text in ("Tell me about Australia", "Who painted the Mona Lisa?"):
+    assert any(k.parts for k in snap.scope.keys)
+    for text in ("Tell me about Australia", "Who painted the Mona Lisa?", "Wedderburn Castle's Stable Block"):
         assert snap.scope.names_a_subject(text) == scope.names_a_subject(text)
 
     (info.path / "scope.json").write_text((info.path / "scope.json").read_text().replace("australia", "austria"))
