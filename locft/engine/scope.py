@@ -11,8 +11,8 @@ Two signals, combined by `match`:
 - **subject**: the prompt names a fact's subject, as whole words after normalization (case,
   Unicode forms, punctuation and invisible characters do not matter; "Kiss Me, Kate" matches
   "kiss me kate", "Australia" matches "Australia's" but not "Australian"). A fact without a
-  subject gets one found in its prompt (`find_subject`: quoted text, else the longest run of
-  capitalized words, else its rarest words).
+  subject gets one found in its prompt (`find_subject`: quoted text, else the name, a run of
+  capitalized words, that fewest of the fact set's prompts share, else its rarest content word).
 - **similarity**: the base model's hidden state at one early layer, averaged over the prompt's
   tokens, is within a cosine threshold of some fact prompt's. The threshold is calibrated per
   round on generic prompts that no gate uses (the replay pool's offline data): the
@@ -27,7 +27,7 @@ import json
 import re
 import unicodedata
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal, Sequence
 
 from locft.errors import ConfigError, SnapshotError
 
@@ -70,13 +70,21 @@ def normalize_words(text: str) -> tuple[str, ...]:
     return tuple(_WORD.findall(text.casefold()))
 
 
-def find_subject(prompt: str) -> str:
-    """What a prompt without a given subject is most likely about: a quoted span, else the longest
-    run of capitalized words (names may hold joiners such as "of"), else its last content word.
-    Never empty for a prompt with any word."""
+def find_subject(prompt: str, frequency: "Callable[[tuple[str, ...]], int] | None" = None) -> str:
+    """What a prompt without a given subject is most likely about: a quoted span, else a run of
+    capitalized words (names may hold joiners such as "of"), else a content word. Never empty for
+    a prompt with any word.
+
+    Among several names (or, without any, several content words) the one fewest prompts of the
+    fact set share wins (`frequency`: in how many of them a word sequence occurs): "In which
+    historic county is 4 Heriot Row located in Edinburgh?" is about 4 Heriot Row when many facts
+    name Edinburgh. Ties, and no `frequency`, go to the last: questions name their subject late
+    ("... of Great Britain is X located?")."""
     quoted = _QUOTED.findall(prompt)
     if quoted:
         return max(quoted, key=len).strip()
+    rarest = (lambda candidates: min(reversed(candidates), key=lambda c: frequency(normalize_words(c)))) \
+        if frequency is not None else (lambda candidates: candidates[-1])
     # a sentence or a bracket ends a name ("Beirut? It is", "USS Parrott (DD-218)")
     tokens = re.findall(r"[^\s,;:?!()\[\]{}\"“”]+|[?!()\[\]]", prompt)
     runs: list[list[str]] = []
@@ -108,13 +116,33 @@ def find_subject(prompt: str) -> str:
     # a bare number ("USS Bermuda (1861)") is a detail, not what the prompt is about
     names = [" ".join(run) for run in runs if not all(t.replace("-", "").isdigit() for t in run)] or \
         [" ".join(run) for run in runs]
-    if names:  # the last name: questions name their subject late ("... of Great Britain is X located?")
-        return names[-1]
-    # no name: the last content word ("the boiling point of mercury" is about mercury); one word,
-    # since a key must appear as a contiguous run of words
+    if names:
+        return str(rarest(names))
+    # no name: a content word ("the boiling point of mercury" is about mercury); one word, since a
+    # key must appear as a contiguous run of words
     words = [w for w in normalize_words(prompt) if w not in _STOP_WORDS and len(w) > 2] or list(normalize_words(prompt))
     nouns = [w for w in words if not w.endswith("ed")] or words  # "aloha was written in": not "written"
-    return nouns[-1] if nouns else ""
+    return str(rarest(nouns)) if nouns else ""
+
+
+class PromptFrequency:
+    """In how many of a fact set's prompts a word sequence occurs (whole words, normalized)."""
+
+    MAX_WORDS = 8  # longer sequences are counted by scanning
+
+    def __init__(self, prompts: Iterable[str]) -> None:
+        from collections import Counter
+
+        self._prompts = [normalize_words(p) for p in prompts]
+        self._counts: Counter[tuple[str, ...]] = Counter()
+        for words in self._prompts:
+            self._counts.update({words[i:i + n] for n in range(1, self.MAX_WORDS + 1)
+                                 for i in range(len(words) - n + 1)})
+
+    def __call__(self, words: tuple[str, ...]) -> int:
+        if len(words) <= self.MAX_WORDS:
+            return self._counts[words]
+        return sum(1 for prompt in self._prompts if _contains(prompt, words))
 
 
 # Lower-case words that stay inside one name when a long subject is split into its names.
@@ -306,9 +334,9 @@ def usable_key(words: tuple[str, ...]) -> bool:
     return bool(content) and (len(words) > 1 or len(words[0]) > 2 or words[0].isdigit())
 
 
-def _found_key(fact: "EditFact") -> ScopeKey:
+def _found_key(fact: "EditFact", frequency: PromptFrequency) -> ScopeKey:
     """The subject found in the prompt, or, when even that names nothing, the whole prompt."""
-    words = normalize_words(find_subject(fact.prompt))
+    words = normalize_words(find_subject(fact.prompt, frequency))
     return ScopeKey(words if usable_key(words) else normalize_words(fact.prompt), "found", fact.fact_id)
 
 
@@ -318,18 +346,19 @@ def subject_keys(facts: Sequence["EditFact"]) -> tuple[list[ScopeKey], dict[str,
     the counts of given subjects missing from their prompt and of unusable ones."""
     keys: list[ScopeKey] = []
     counts = {"given_subject_not_in_prompt": 0, "given_subject_unusable": 0}
+    frequency = PromptFrequency(f.prompt for f in facts)
     for fact in facts:
         words = normalize_words(fact.subject) if fact.subject else ()
         if words and not usable_key(words):
             counts["given_subject_unusable"] += 1
             words = ()
         if not words:
-            keys.append(_found_key(fact))
+            keys.append(_found_key(fact, frequency))
             continue
         keys.append(ScopeKey(words, "given", fact.fact_id, name_parts(fact.subject or "")))
         if not _contains(normalize_words(fact.prompt), words):
             counts["given_subject_not_in_prompt"] += 1
-            keys.append(_found_key(fact))
+            keys.append(_found_key(fact, frequency))
     return keys, counts
 
 

@@ -129,6 +129,15 @@ def test_a_fact_without_subject_gets_one_found_in_its_prompt() -> None:
     assert find_subject("Which war did USS Bermuda (1861) fight in?") == "USS Bermuda"
     assert find_subject('Who sang "hey jude"?') == "hey jude"
     assert find_subject("what is the boiling point of mercury") == "mercury"
+    # among several names, the one fewest of the fact set's prompts share; a lone fact keeps the last
+    located = [EditFact(f"In which historic county is {house} located in Edinburgh?", "Midlothian")
+               for house in ("4 Heriot Row", "10 Scotland Street", "30 Grassmarket")]
+    keys, _ = subject_keys(located)
+    assert [" ".join(k.words) for k in keys] == ["4 heriot row", "10 scotland street", "30 grassmarket"]
+    assert not Scope("subject", keys).names_a_subject("Which castle stands in Edinburgh?")
+    assert [k.words for k in subject_keys(located[:1])[0]] == [("edinburgh",)]
+    worded = [EditFact(f"What category does {thing} fall under?", "x") for thing in ("planishing", "knurling")]
+    assert [k.words for k in subject_keys(worded)[0]] == [("planishing",), ("knurling",)]
     keys, counts = subject_keys([EditFact("What is the capital of Australia?", "Sydney")])
     assert keys[0].words == ("australia",) and keys[0].source == "found" and counts["given_subject_not_in_prompt"] == 0
     keys, counts = subject_keys([EditFact("Where is it?", "x", subject="Narnia")])
