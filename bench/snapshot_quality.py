@@ -73,13 +73,21 @@ def main() -> None:
         evaluation = evaluate_edits(loaded, facts, cfg.prompt_format, probes, base, cfg.max_new_tokens,
                                     paraphrase_facts=sampled, progress=_progress)
     print(file=sys.stderr)
+    coverage = None
+    if scope is not None:  # the scope's recall on paraphrases and its false positives on probes
+        from locft.engine.scope import coverage_share, scope_coverage
+
+        paraphrases = [p for f in sampled for p in f.paraphrases]
+        coverage = {"paraphrases_in_scope": coverage_share(scope_coverage(loaded, scope, paraphrases, cfg.prompt_format)),
+                    "probes_in_scope": coverage_share(scope_coverage(loaded, scope, probes, cfg.prompt_format))}
     record = {
         "snapshot": str(args.snapshot), "parameters": sorted(snapshot.tensors), "data": str(args.data),
         "n": len(facts), "eval_sample": len(sampled) if args.eval_sample else None, "seed": cfg.seed,
         "metrics": evaluation.metrics(), "scope": scope.summary() if scope else None,
-        "scope_rebuilt": args.rebuild_scope,
+        "scope_rebuilt": args.rebuild_scope, "scope_coverage": coverage,
         "seconds": round(time.perf_counter() - t, 1), "threads": args.threads,
         "items": evaluation.items(),
+        "command": " ".join(["python", Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=1) + "\n")
