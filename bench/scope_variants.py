@@ -35,6 +35,9 @@ def main() -> None:
     parser.add_argument("--home", type=Path, default=Path(os.environ.get("LOCFT_HOME", ".locft-home")))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--false-positive-rate", type=float, default=0.01)
+    parser.add_argument("--variants", default=None,
+                        help="run only these, comma-separated: subject-given, subject-found, similarity, "
+                             "either-given, either-found (default: all)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
 
@@ -76,6 +79,11 @@ def main() -> None:
         "either, given": ("either", facts),
         "either, found": ("either", no_subjects),
     }
+    if args.variants:
+        wanted = {w.strip() for w in args.variants.split(",")}
+        variants = {label: v for label, v in variants.items() if label.replace(", ", "-") in wanted}
+        if len(variants) != len(wanted):
+            parser.error(f"unknown variant in --variants {args.variants!r}")
     base_rel: dict[int, int] = {}  # base reliability of edit prompts some variant leaves out
     out: dict[str, Any] = {}
     for label, (match, scoped_facts) in variants.items():
