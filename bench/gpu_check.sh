@@ -11,7 +11,7 @@
 set -euo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-bench/results/tmp/gpu}
-DATA=${DATA:-../shared/data/zsre_dev.json}
+DATA=${DATA:-${LOCFT_BENCH_DATA:-.}/zsre_dev.json}
 CONFIG=${CONFIG:-bench/configs/llama3_8b.json}
 N=${N:-2000}
 EPOCHS=${EPOCHS:-4}

@@ -4,7 +4,7 @@ Reads two records that carry per-item scores (`locft bench --out`, or `bench/sna
 --out`) made on the same benchmark file, the same N, and the same seeded evaluation sample (same
 `--eval-sample` and `--seed`), and compares them paraphrase by paraphrase and probe by probe:
 
-    python bench/paired_quality.py first.json second.json --out bench/results/quality/paired.json
+    python bench/paired_quality.py first.json second.json --out paired.json
 
 Two generalization figures of 0.495 and 0.535 on 200 paraphrases are one standard error apart
 as independent shares; paired, the answers both runs got right or both got wrong cancel out. For

@@ -2,19 +2,20 @@
 # The daemon end to end on the embedded model, as a new user would run it from the README:
 #   locft init -> locftd start -> locft import (N ZsRE facts) -> locft round request -> wait ->
 #   locft versions show -> locftd stop
-# Writes bench/results/daemon_e2e.md (summary: wall time, each phase's share, gate report with the
-# lm-eval capability scores) and bench/results/daemon_e2e/ (the raw JSON and logs).
+# Writes $OUT/daemon_e2e.md (summary: wall time, each phase's share, gate report with the
+# lm-eval capability scores) and $OUT/daemon_e2e/ (the raw JSON and logs); OUT defaults to
+# bench/results/rounds/round_n<N>_<date>_<commit>, the naming of bench/results_table.py.
 #
 # Run from the repository root with the venv active:   bash bench/run_daemon_e2e.sh
-# Knobs (environment): N (facts, default 200), DATA (default ../shared/data), WORK (scratch dir;
+# Knobs (environment): N (facts, default 200), DATA (a directory holding zsre_dev.json; default $LOCFT_BENCH_DATA, else .), WORK (scratch dir;
 # its home/ is created fresh), SET (config overrides, "section.key=value;..." e.g.
 # SET='edit.batch_size=32;gates.min_locality=0.6'); every override is written into the results.
 # CACHE: a home's cache/ directory to copy into the fresh home (the converted model, cached replay
 # answers), so a rerun skips that one-time work; recorded in commands.txt. OUT: where the results go.
 set -euo pipefail
 N=${N:-200}
-DATA=${DATA:-../shared/data}
-OUT=${OUT:-bench/results}
+DATA=${DATA:-${LOCFT_BENCH_DATA:-.}}
+OUT=${OUT:-bench/results/rounds/round_n${N}_$(date +%F)_$(git rev-parse --short HEAD)}
 RAW="$OUT/daemon_e2e"
 WORK=${WORK:-$(mktemp -d /tmp/locft-e2e.XXXXXX)}
 SET=${SET:-}

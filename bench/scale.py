@@ -10,7 +10,7 @@ is printed beside it.
 The ZsRE, COUNTERFACT and WikiBigEdit files hold 6,000 facts together; larger N adds each
 item's paraphrases as facts of their own (same answer), which is how a store accumulates them.
 
-    python bench/scale.py --out bench/results/quality/scale     # writes .json and .md
+    python bench/scale.py --out /tmp/scale     # writes /tmp/scale.json and .md
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="100,1000,10000")
     ap.add_argument("--epochs", type=int, default=1)
-    ap.add_argument("--data-dir", default="../shared/data")
+    ap.add_argument("--data-dir", default=os.environ.get("LOCFT_BENCH_DATA", "."))
     ap.add_argument("--home", default=os.environ.get("LOCFT_HOME", str(Path.home() / ".locft")))
     ap.add_argument("--out", help="path without suffix: writes .json and .md (driver mode)")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)  # child mode: measure one N, print JSON

