@@ -24,7 +24,7 @@ import torch
 from locft.config import validate_device
 from locft.errors import ModelLoadError
 
-CPU_MICRO_BATCH_SIZE = 32  # measured on the embedded model (bench/results/quality/phase_memory.jsonl)
+CPU_MICRO_BATCH_SIZE = 32  # measured on the embedded model (docs/experiments/quality/phase_memory.jsonl)
 CPU_MICRO_BATCH_TOKENS = 1024
 CPU_GENERATION_BATCH = 32
 _FREE_SHARE = 0.25  # of the free device memory, per pass: the rest is headroom for the allocator

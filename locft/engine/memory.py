@@ -8,8 +8,8 @@ after 64 facts x 20 epochs, 2.5 GiB resident where 1.3 GiB is left once freed pa
 (the daemon, a server) that trains and then does other work; and after every epoch, which
 lowers training's own peak a little (2,619 against 2,804-2,847 MiB) for 0.1-0.2 s an epoch.
 Serving large blocks from mmap (`mmap_large_allocations`) lowers it most (2,134 MiB) but
-nearly doubles the seconds per epoch, so the library does not do it (bench/epoch_memory.py,
-bench/results/quality/epoch_memory.jsonl). Other C libraries (musl, macOS) have no such calls,
+nearly doubles the seconds per epoch, so the library does not do it (docs/experiments/scripts/epoch_memory.py,
+docs/experiments/quality/epoch_memory.jsonl). Other C libraries (musl, macOS) have no such calls,
 and there these are no-ops.
 """
 
@@ -43,7 +43,7 @@ def mmap_large_allocations(threshold_bytes: int = 128 * 1024) -> bool:
     glibc raises its mmap threshold as large blocks are freed (up to 32 MiB), after which
     activation-sized tensors are carved out of the heap and leave holes behind; a fixed threshold
     keeps them out of it, at the price of page faults on every such allocation. Process-wide;
-    used by bench/epoch_memory.py, not by training. False where there is no glibc (nothing done).
+    used by docs/experiments/scripts/epoch_memory.py, not by training. False where there is no glibc (nothing done).
     """
     if _MALLOC_TRIM is None:  # not glibc
         return False

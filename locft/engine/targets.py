@@ -22,8 +22,8 @@ DOWN_PROJ = "model.layers.{L}.mlp.down_proj.weight"
 # choices for its 7-8B models, and the measured default of the embedded SmolLM2-135M: the
 # down_proj of layers 21 and 22 together (at 1,000 ZsRE facts: generalization 0.56 against 0.41
 # for layer 22 alone, locality no worse, converged in 15 epochs instead of 25;
-# bench/results/quality/README.md). `locft locate` on 30 facts prefers layer 3 for capability
-# (bench/results/quality/locate_embedded.md).
+# docs/experiments/quality/README.md). `locft locate` on 30 facts prefers layer 3 for capability
+# (docs/experiments/quality/locate_embedded.md).
 MEASURED_DEFAULTS: dict[tuple[str, int, int], tuple[str, tuple[int, ...]]] = {
     ("llama", 32, 4096): (DOWN_PROJ, (22,)),  # Llama-3-8B
     ("qwen2", 28, 3584): (DOWN_PROJ, (6,)),  # Qwen2.5-7B
@@ -47,7 +47,7 @@ class LargeFactSetDefault:
 # two-layer default, item by item on two seeds: generalization +0.07 (p 0.02) and +0.05, token
 # locality +0.005 and +0.000, ARC-Easy +1.1 and -0.4 points against the base where two layers
 # lost 1.9 and 1.6. At 100 facts the same setting cost ARC-Easy (-2.8 and -2.1 against -1.1 and
-# -0.9), so smaller fact sets keep two layers (bench/results/quality/README.md, "A default
+# -0.9), so smaller fact sets keep two layers (docs/experiments/quality/README.md, "A default
 # that grows with the facts").
 MEASURED_LARGE_FACT_SETS: dict[tuple[str, int, int], LargeFactSetDefault] = {
     ("llama", 30, 576): LargeFactSetDefault(min_facts=1000, layers=(20, 21, 22), replay_weight=2.0),
@@ -57,16 +57,16 @@ DEFAULT_REPLAY_WEIGHT = 1.0
 MEASURED_LR: dict[tuple[str, int, int], float] = {("llama", 30, 576): 5e-3}
 PAPER_LR = 5e-4
 # Batch 100 gives 100 facts one step per epoch: too few steps for the small model to learn
-# them in 25 epochs (reliability 0.51 vs 0.98 at batch 32, bench/results/engine/).
+# them in 25 epochs (reliability 0.51 vs 0.98 at batch 32, docs/experiments/engine/).
 MEASURED_BATCH_SIZE: dict[tuple[str, int, int], int] = {("llama", 30, 576): 32}
 PAPER_BATCH_SIZE = 100
 # Locality-preserving replay (not in the paper): measured on the embedded model only
-# (bench/results/quality/); other models get the paper's recipe until someone measures them.
+# (docs/experiments/quality/); other models get the paper's recipe until someone measures them.
 # On the embedded model, a third of the pool is reference question-answer pairs in plain text
 # (edit.replay_qa_share), added on top of one prompt per fact: 1.5 replay rows per fact keep one
 # training-format prompt per fact, as before. At 100 facts this halved the ARC-Easy loss the
 # capability gate rejected (-0.9 / -1.4 points against -2.3 / -2.6, same seeds) at the same
-# generalization and locality, for about 35% more time an epoch (bench/results/quality/).
+# generalization and locality, for about 35% more time an epoch (docs/experiments/quality/).
 MEASURED_REPLAY_RATIO: dict[tuple[str, int, int], float] = {("llama", 30, 576): 1.5}
 MEASURED_REPLAY_QA_SHARE: dict[tuple[str, int, int], float] = {("llama", 30, 576): 1 / 3}
 

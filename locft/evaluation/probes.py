@@ -3,7 +3,7 @@ answers to them, generated once per base model and cached under $LOCFT_HOME/cach
 
 Why a fixed built-in set: the facts' own probes cover only what their authors thought of, and
 measured on the embedded model, edits mostly damage *formats* the fact set does not show
-(bench/results/quality/README.md: "question -> short answer" spreads to every question). So the set mixes plain
+(docs/experiments/quality/README.md: "question -> short answer" spreads to every question). So the set mixes plain
 questions, lowercase search-style questions, sentence completions and short instructions.
 Measures only; the gate decides.
 """

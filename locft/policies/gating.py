@@ -20,7 +20,7 @@ Rules (thresholds from `locft.config.GatePolicy`):
   gives p < capability_alpha. Why: an edited 135M model changes about 1 in 10 ARC-Easy answers
   in both directions, so a candidate with no real loss shows a drop over 0.02 on 200 items about
   one round in seven; the sign test holds that chance under alpha. Tasks without per-item scores
-  fall back to the point rule and say so (bench/results/quality/capability_gate_rules.md).
+  fall back to the point rule and say so (docs/experiments/quality/capability_gate_rules.md).
 
 `None` means "not measured" (an optional gate is then skipped and says so); NaN means the
 measurement broke and never passes. A value exactly at its threshold passes.

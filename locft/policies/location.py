@@ -41,12 +41,12 @@ class LocateTolerances:
     reliability: float = 0.10
     # Capability drop vs the base model, in the gate's units (base - candidate for accuracies,
     # candidate - base for bits per byte; the worst task counts). 0.01 is 1% of the embedded
-    # model's ~1.04 bits per byte (bench/results/quality/locate_embedded.md), far above the
+    # model's ~1.04 bits per byte (docs/experiments/quality/locate_embedded.md), far above the
     # paired noise of 50 passages (an earlier run, not kept, put a +0.3% change at ~6 standard
     # errors), and half an item at 50 accuracy items.
     capability: float = 0.01
     # Token-level locality on the probe prompts. Layers of the embedded model differed by up to
-    # 0.17 here (bench/results/quality/locate_embedded.md: 0.56 at layer 15 to 0.73 at layer
+    # 0.17 here (docs/experiments/quality/locate_embedded.md: 0.56 at layer 15 to 0.73 at layer
     # 22), so 0.02 only merges near-ties, which generalization then breaks.
     locality: float = 0.02
 

@@ -31,7 +31,7 @@ def locft(home: Home, *args: str | bytes) -> subprocess.CompletedProcess[bytes]:
 
 def test_console_script_end_to_end(home: Home, tmp_path: Path) -> None:
     assert locft(home, "init").returncode == 0
-    # (how fast add-fact answers is measured in bench/results/import_zsre.md, not asserted here)
+    # (how fast add-fact answers is measured in docs/experiments/import_zsre.md, not asserted here)
     for i in range(3):
         done = locft(home, "add-fact", f"Question {i}?", f"Answer {i}")
         assert done.returncode == 0 and done.stdout.decode().strip() == f"added fact {i + 1}", done.stderr

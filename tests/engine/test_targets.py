@@ -86,7 +86,7 @@ def _embedded_shape() -> LlamaForCausalLM:
 
 
 def test_embedded_default_tunes_two_down_projections() -> None:
-    # SmolLM2-135M's measured default (bench/results/quality/README.md, levers at N=1000)
+    # SmolLM2-135M's measured default (docs/experiments/quality/README.md, levers at N=1000)
     model = _embedded_shape()
     location = default_location(model)
     assert location == EditLocation("model.layers.{L}.mlp.down_proj.weight", (21, 22))
@@ -94,7 +94,7 @@ def test_embedded_default_tunes_two_down_projections() -> None:
 
 
 def test_embedded_default_adds_a_third_layer_and_weights_replay_from_1000_facts() -> None:
-    # measured: bench/results/quality/README.md, "A default that grows with the facts"
+    # measured: docs/experiments/quality/README.md, "A default that grows with the facts"
     model = _embedded_shape()
     small, large = (21, 22), (20, 21, 22)
     assert location_from_config(model, EditConfig(), 999) == EditLocation(DOWN_PROJ, small)
