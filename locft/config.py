@@ -95,11 +95,11 @@ class EditConfig:
     delta_decay: float = 0.0
     # keep the change out of the input directions that hold this share of the replay prompts'
     # input energy (engine.null_space; AlphaEdit's projection); needs replay; 0 = off. At 100
-    # facts 0.5 moved nothing beyond noise and 0.9 stopped edits landing (bench/results/quality/)
+    # facts 0.5 moved nothing beyond noise and 0.9 stopped edits landing (docs/experiments/quality/)
     null_space_energy: float = 0.0
     # distinct replay prompts (base answers cached per base model); None: one per fact, at least
     # 400 and at most 2000 (engine.replay.replay_pool_size: a pool that grows with the facts kept
-    # more locality at N=1000, bench/results/quality/)
+    # more locality at N=1000, docs/experiments/quality/)
     replay_pool_size: int | None = None
     replay_max_tokens: int = 16  # length of the base continuations used as replay targets
     replay_pool: str = "mixed"  # "questions" (NQ-open, TriviaQA) or "mixed" (four prompt styles)
@@ -127,12 +127,12 @@ class EditConfig:
     # and at most this many padded tokens per pass (rows x the longest row's tokens run above the
     # activation cache): a step keeps its activations for backward, so on the embedded model the
     # largest rise within a step was 1.0 GiB without this bound and 0.55 with it, at no cost in
-    # speed (bench/results/quality/phase_memory.jsonl)
+    # speed (docs/experiments/quality/phase_memory.jsonl)
     micro_batch_tokens: int | None = None  # None: 1,024 on the CPU, sized from free memory on CUDA
     # the dtype of the training forward/backward (autocast); the tuned tensor, its gradient and
     # Adam's state keep the model's dtype. "auto": bfloat16 where the device computes it natively
     # (CUDA with bf16, CPUs with AVX512-BF16 or AMX), else float32; "float32" is the paper's recipe.
-    # Measured on the embedded model (bench/results/quality/): the same metrics, 1.8x faster on CPU
+    # Measured on the embedded model (docs/experiments/quality/): the same metrics, 1.8x faster on CPU
     compute_dtype: str = "auto"
     # which prompts a version's edits apply to (engine.scope), built in each round from the facts'
     # prompts and subjects: "subject" (the prompt names a fact's subject), "similarity" (the base
@@ -209,7 +209,7 @@ class GatePolicy:
     max_capability_drop: float = 0.02  # lm-eval score drop vs the base model (absolute)
     capability_tasks: tuple[str, ...] = ("arc_easy", "piqa")
     # first N items per task; None = whole split. 2000 covers ARC-Easy (570) and PIQA (1,838)
-    # whole: 200 items cannot resolve a 2-point drop (bench/results/quality/capability_gate_rules.md)
+    # whole: 200 items cannot resolve a 2-point drop (docs/experiments/quality/capability_gate_rules.md)
     capability_limit: int | None = 2000
     # paired: a drop over max_capability_drop fails only when it is also significant (one-sided
     # exact sign test on the items that changed answer, p < capability_alpha); point: any drop

@@ -6,7 +6,7 @@ base weights each time (the [edit] recipe, with the batch shrunk so that an epoc
 steps), and the edited model is measured:
 
 - general capability: lm-eval tasks (default wiki_bpb, bits per byte on 50 Wikipedia
-  passages: the most sensitive of the offline suite, bench/results/quality/locate_embedded.md),
+  passages: the most sensitive of the offline suite, docs/experiments/quality/locate_embedded.md),
   candidate vs the base model's score (computed once, cached per base fingerprint); the worst
   task's drop counts;
 - locality: token agreement with the base model's own answers on the fixed probe set plus
