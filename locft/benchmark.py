@@ -105,7 +105,8 @@ def run_benchmark(spec: BenchSpec, on_event: Callable[[str, Any], None] | None =
     from locft.engine.replay import replay_for, replay_pool_size
     from locft.engine.scope import scope_for_facts, scoped_edit_defaults
     from locft.engine.scoped import answering, tuned_layer_indices
-    from locft.engine.train import edit, resolve_edit_config
+    from locft.engine.resolve import resolve_edit_config
+    from locft.engine.train import edit
     from locft.evaluation.editing import base_probe_generations, evaluate_edits, scope_report
 
     emit = on_event or (lambda kind, payload: None)

@@ -331,7 +331,8 @@ def locate(
     from locft.engine.targets import resolve_location
     from locft.engine.scope import scope_for_facts, scoped_edit_defaults
     from locft.engine.scoped import answering, tuned_layer_indices
-    from locft.engine.train import EditCancelled, edit, resolve_edit_config
+    from locft.engine.resolve import resolve_edit_config
+    from locft.engine.train import EditCancelled, edit
     from locft.evaluation.capability import base_capability, lower_is_better, measure_capability, resolve_tasks
     from locft.evaluation.editing import evaluate_edits, token_agreement
     from locft.evaluation.probes import base_answers, fixed_probe_prompts

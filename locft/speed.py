@@ -206,7 +206,7 @@ def run_speed(spec: SpeedSpec, on_event: Callable[[str, Any], None] | None = Non
     """Measure training speed (and optionally generation) and return the JSON-ready record."""
     from locft.benchmark import environment
     from locft.engine.model_io import load_base
-    from locft.engine.train import resolve_edit_config
+    from locft.engine.resolve import resolve_edit_config
     from locft.readers import load_edit_facts
 
     emit = on_event or (lambda kind, payload: None)

@@ -6,70 +6,40 @@ whose loss is already below `skip_loss` is skipped; training stops when an epoch
 is below `stop_loss`. Depth-first (each fact alone to convergence, one after another) exists
 only as the benchmark's baseline.
 
-Forward modes give the same loss (checked on the first batch, else we fall back):
-- cached: the hidden states entering the lowest tuned layer are constant (everything below is
-  frozen, the texts do not change), so they are computed once (into one buffer) and each step
-  runs only the layers above; the loss is taken at target positions only, through the frozen
-  output head a few rows at a time (engine.token_loss); when every sequence starts with the same
-  tokens (a chat template's system prompt: about half of each short fact), that shared prefix
-  runs once per step with batch 1 and the batch attends to its keys and values;
-- full: every step runs from the embeddings, the loss as in cached mode;
-- reference: the paper's loop: full forward, logits at every position.
+The loss of a batch comes from engine.forward (cached, full or reference forward), the
+compute dtype from engine.precision, the per-model defaults from engine.resolve.
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
 from locft.config import EditConfig
-from locft.engine.data import (
-    Batch,
-    Example,
-    build_example,
-    collate,
-    encode_prompt,
-    example_from_ids,
-    per_sample_mean,
-    resolve_prompt_format,
-)
 from locft.engine.augment import augmented_prompts
-from locft.engine.device import module_device, training_pass_sizes
+from locft.engine.data import Example, build_example, encode_prompt, example_from_ids
+from locft.engine.forward import Forward
 from locft.engine.memory import release_freed_memory
 from locft.engine.model_io import LoadedModel
 from locft.engine.null_space import input_second_moments, low_energy_projector, project_change
+from locft.engine.precision import autocast_dtype
 from locft.engine.replay import ReplayItem, replay_for
-from locft.engine.token_loss import head_token_losses, is_frozen_linear, logits_token_losses
-from locft.engine.targets import (
-    EditLocation,
-    default_batch_size,
-    default_replay_qa_share,
-    default_replay_ratio,
-    default_replay_weight,
-    default_lr,
-    layer_index,
-    location_from_config,
-    resolve_location,
-)
+from locft.engine.resolve import resolve_edit_config
+from locft.engine.targets import EditLocation, location_from_config, resolve_location
 from locft.engine.weights import applied, parameters_by_name
 from locft.errors import ConfigError, LocftError
 from locft.facts import EditFact
 
 log = logging.getLogger(__name__)
 
-_CAPTURE_BATCH = 64
-_MODE_CHECK_RTOL = 1e-3
 # rows of the forward-mode check: the reference loop computes logits at every position (a few
 # hundred MiB for a full batch of chat-formatted rows), and a few rows tell the paths apart
 _MODE_CHECK_ROWS = 8
-_MIN_SHARED_PREFIX = 4  # shorter common prefixes are not worth a second forward call
 
 
 class EditCancelled(LocftError):
@@ -166,461 +136,6 @@ class EditResult:
 ProgressCallback = Callable[[TrainProgress], None]
 
 
-class _Captured(Exception):
-    """Raised from a pre-hook to stop a forward pass once the wanted activations are captured."""
-
-
-@dataclass
-class _LayerStack:
-    decoder: torch.nn.Module  # e.g. LlamaModel
-    attr: str  # its ModuleList attribute, e.g. "layers"
-    start: int  # lowest tuned layer
-
-
-def _layer_stack(model: torch.nn.Module, names: Sequence[str]) -> _LayerStack | None:
-    """Where the tuned tensors sit in the decoder's layer list, if they all do."""
-    get_decoder = getattr(model, "get_decoder", None)
-    decoder = get_decoder() if callable(get_decoder) else None
-    if decoder is None or decoder is model:
-        return None
-    prefix = next((n for n, m in model.named_modules() if m is decoder), None)
-    if not prefix:
-        return None
-    attrs = {name[len(prefix) + 1 :].split(".", 1)[0] for name in names if name.startswith(prefix + ".")}
-    if len(attrs) != 1:
-        return None
-    attr = attrs.pop()
-    if not isinstance(getattr(decoder, attr, None), torch.nn.ModuleList):
-        return None
-    layers = [layer_index(n, f"{prefix}.{attr}") for n in names]
-    if any(layer is None for layer in layers):
-        return None
-    return _LayerStack(decoder, attr, min(layers))  # type: ignore[type-var]
-
-
-class _NoSharedPrefix(Exception):
-    """This architecture's layers cannot be renumbered for a partial KV cache."""
-
-
-@contextmanager
-def _layers_numbered_from_zero(layers: Sequence[torch.nn.Module]) -> Iterator[None]:
-    """Give the running slice of layers cache indices 0.. so that a fresh KV cache fits it."""
-    saved = []
-    try:
-        for i, layer in enumerate(layers):
-            attn = getattr(layer, "self_attn", None)
-            if attn is None or not isinstance(getattr(attn, "layer_idx", None), int):
-                raise _NoSharedPrefix
-            saved.append((attn, attn.layer_idx))
-            attn.layer_idx = i
-        yield
-    finally:
-        for attn, index in saved:
-            attn.layer_idx = index
-
-
-def _common_prefix_len(examples: Sequence[Example]) -> int:
-    """Tokens every example starts with, leaving each at least the prompt token whose logit
-    predicts its first target token."""
-    if not examples:
-        return 0
-    first = examples[0].input_ids
-    limit = min(e.prompt_len for e in examples) - 1
-    n = 0
-    while n < limit and all(e.input_ids[n] == first[n] for e in examples):
-        n += 1
-    return n
-
-
-def _shared_prefix(examples: Sequence[Example]) -> tuple[int, list[bool]]:
-    """The prompt prefix run once per pass, and which examples start with it: those that begin
-    like the first example (the facts' format; chat prompts share the template's system turn),
-    when they are at least half of all. Other rows (replay asked as plain text) run whole."""
-    if not examples:
-        return 0, []
-    head = examples[0].input_ids[:_MIN_SHARED_PREFIX]
-    shares = [e.prompt_len > _MIN_SHARED_PREFIX and e.input_ids[:_MIN_SHARED_PREFIX] == head for e in examples]
-    if 2 * sum(shares) < len(examples):
-        return 0, [False] * len(examples)
-    prefix = _common_prefix_len([e for e, s in zip(examples, shares) if s])
-    if prefix < _MIN_SHARED_PREFIX:
-        return 0, [False] * len(examples)
-    return prefix, shares
-
-
-def _packed_rows(lengths: Sequence[int], width: int, dtype: torch.dtype, device: torch.device) -> list[torch.Tensor]:
-    """Views [length, width] into one new buffer, one per length, in order."""
-    buffer = torch.empty((sum(lengths), width), dtype=dtype, device=device)
-    return list(buffer.split(list(lengths)))
-
-
-def _per_row(shared: Any, rows: int) -> Any:
-    """A fresh KV cache holding the shared prefix's keys and values once per row (expanded views:
-    the batch's own tokens are appended to new tensors, `shared` stays as it is)."""
-    from transformers import DynamicCache
-
-    cache = DynamicCache()
-    for i, layer in enumerate(shared.layers):
-        cache.update(layer.keys.expand(rows, -1, -1, -1), layer.values.expand(rows, -1, -1, -1), i)
-    return cache
-
-
-@contextmanager
-def _only_layers_from(stack: _LayerStack) -> Iterator[None]:
-    """Run the decoder's own forward over layers[start:] only (same module objects)."""
-    full = getattr(stack.decoder, stack.attr)
-    setattr(stack.decoder, stack.attr, torch.nn.ModuleList(list(full)[stack.start :]))
-    try:
-        yield
-    finally:
-        setattr(stack.decoder, stack.attr, full)
-
-
-class _Forward:
-    """Computes the training loss of a batch of example indices in one of the three modes."""
-
-    def __init__(self, loaded: LoadedModel, examples: Sequence[Example], names: Sequence[str], mode: str,
-                 compute_dtype: torch.dtype | None = None):
-        self.model = loaded.model
-        self.device = loaded.device
-        self.pad_id = loaded.tokenizer.pad_token_id
-        self.examples = examples
-        self.head = self.model.get_output_embeddings()
-        # where the loss is taken: the head's device (all one device unless accelerate spread the model)
-        self.loss_device = module_device(self.head) if self.head is not None else self.device
-        self.stack = _layer_stack(self.model, names)
-        self.mode = mode
-        if mode == "cached" and self.stack is None:
-            log.warning("cached forward is not possible for these parameters; using full forward")
-            self.mode = "full"
-        self.cache: list[torch.Tensor] = []  # per example, from position offsets[i] on
-        self.prefix_len = 0
-        self.offsets: list[int] = [0] * len(examples)  # prefix_len for rows that share the prefix, else 0
-        self.prefix_hidden: torch.Tensor | None = None  # [1, prefix_len, hidden]
-        # per example index: (top-k token ids, their renormalized probabilities, sum p log p), one
-        # row per target position; examples listed here train towards a distribution (KL)
-        self.soft: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
-        # autocast dtype of the training forward/backward; None: the model's own dtype. The
-        # activation cache and the forward-mode check always run in the model's dtype (exact).
-        self.compute_dtype = compute_dtype
-        self.projectors: list[torch.Tensor] = []  # per tuned tensor (engine.null_space); empty: off
-
-    def build_cache(self, progress: ProgressCallback | None) -> None:
-        """Hidden states entering layer `start`, per example, computed once without grad.
-
-        All rows live in one buffer allocated up front (self.cache holds views into it), not
-        in one heap block per row between the capture batches' freed activations. The shared
-        prefix runs once here too: rows that start with it run only their own tokens, attending
-        to the prefix's keys and values."""
-        assert self.stack is not None
-        # the shared prefix depends only on token ids: known before capture, so each example keeps
-        # only its own part (never two copies of the whole cache at once)
-        keep_from, shares = _shared_prefix(self.examples)
-        offsets = [keep_from if s else 0 for s in shares]
-        by_length = sorted(range(len(self.examples)), key=lambda i: len(self.examples[i].input_ids))
-        groups = [[i for i in by_length if offsets[i]], [i for i in by_length if not offsets[i]]]
-        self.cache, self.prefix_hidden = [], None
-        with torch.no_grad(), self._capturing() as captured:
-            prefix_kv = self._capture_prefix(captured, self.examples[groups[0][0]].input_ids[:keep_from]) \
-                if keep_from else None
-            done = 0
-            for group, kv in ((groups[0], prefix_kv), (groups[1], None)):
-                for b in range(0, len(group), _CAPTURE_BATCH):
-                    idx = group[b : b + _CAPTURE_BATCH]
-                    hidden, skipped, kv = self._capture_batch(captured, idx, offsets, kv)
-                    if not self.cache:
-                        self.cache = _packed_rows([len(e.input_ids) - o for e, o in zip(self.examples, offsets)],
-                                                  hidden.shape[-1], hidden.dtype, self._cache_device())
-                    for j, i in enumerate(idx):
-                        own = len(self.examples[i].input_ids) - offsets[i]
-                        self.cache[i].copy_(hidden[j, skipped[j] : skipped[j] + own])
-                    done += len(idx)
-                    if progress:
-                        progress(TrainProgress("cache", 0, 0, done, len(by_length), None, 0.0))
-        self.prefix_len, self.offsets = keep_from, offsets
-
-    def _cache_device(self) -> torch.device:
-        """The lowest tuned layer's device: its input lives there (differs from self.device only
-        when accelerate spread the model over several GPUs)."""
-        assert self.stack is not None
-        return module_device(getattr(self.stack.decoder, self.stack.attr)[self.stack.start])
-
-    def _capture_batch(self, captured: list[torch.Tensor], idx: Sequence[int], offsets: Sequence[int],
-                       prefix_kv: Any) -> tuple[torch.Tensor, list[int], Any]:
-        """One capture batch: the hidden states, how many leading positions of each row they leave
-        out, and the prefix keys and values for the next batch (None once they have failed)."""
-        if prefix_kv is not None:
-            try:
-                return self._capture_after_prefix(captured, idx, offsets[idx[0]], prefix_kv), [0] * len(idx), prefix_kv
-            except (TypeError, ValueError, RuntimeError, AttributeError) as exc:
-                log.warning("shared-prefix capture failed (%s); capturing whole rows", exc)
-        hidden = self._capture_whole(captured, idx)
-        if offsets[idx[0]] and self.prefix_hidden is None:
-            self.prefix_hidden = hidden[:1, : offsets[idx[0]]].clone()
-        return hidden, [offsets[i] for i in idx], None
-
-    @contextmanager
-    def _capturing(self) -> Iterator[list[torch.Tensor]]:
-        """A pre-hook on layer `start` that records its input and stops the forward pass there."""
-        assert self.stack is not None
-        layers = getattr(self.stack.decoder, self.stack.attr)
-        captured: list[torch.Tensor] = []
-
-        def hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-            captured.append((args[0] if args else kwargs["hidden_states"]).detach())
-            raise _Captured
-
-        handle = layers[self.stack.start].register_forward_pre_hook(hook, with_kwargs=True)
-        try:
-            yield captured
-        finally:
-            handle.remove()
-
-    def _run_to_start(self, captured: list[torch.Tensor], **inputs: Any) -> torch.Tensor:
-        captured.clear()
-        try:
-            self.stack.decoder(**inputs)  # type: ignore[union-attr]
-        except _Captured:
-            pass
-        return captured[0]
-
-    def _capture_prefix(self, captured: list[torch.Tensor], prefix_ids: Sequence[int]) -> Any:
-        """Run the shared prefix once; keep its hidden state and return its keys and values in
-        the layers below `start` (None where this architecture does not take a KV cache)."""
-        from transformers import DynamicCache
-
-        ids = torch.tensor([list(prefix_ids)], dtype=torch.long, device=self.device)
-        kv = DynamicCache()
-        try:
-            self.prefix_hidden = self._run_to_start(captured, input_ids=ids, attention_mask=torch.ones_like(ids),
-                                                    use_cache=True, **{self._cache_kw(): kv}).clone()
-        except (TypeError, ValueError, RuntimeError, AttributeError) as exc:  # an architecture we cannot slice
-            log.warning("shared-prefix capture failed (%s); capturing whole rows", exc)
-            return None
-        # below layer 0 there is nothing to attend to: rows then run whole
-        return kv if self.stack.start and len(kv.layers) == self.stack.start else None  # type: ignore[union-attr]
-
-    def _cache_kw(self) -> str:
-        params = inspect.signature(self.stack.decoder.forward).parameters  # type: ignore[union-attr]
-        return "cache" if "cache" in params else "past_key_values"
-
-    def _capture_after_prefix(self, captured: list[torch.Tensor], idx: Sequence[int], prefix_len: int,
-                              prefix_kv: Any) -> torch.Tensor:
-        """Hidden states entering layer `start` at the own tokens of rows `idx` (which all start
-        with the shared prefix), attending to the prefix's keys and values."""
-        own = [torch.tensor(self.examples[i].input_ids[prefix_len:], dtype=torch.long) for i in idx]
-        ids = torch.nn.utils.rnn.pad_sequence(own, batch_first=True, padding_value=self.pad_id).to(self.device)
-        mask = torch.zeros(ids.shape, dtype=torch.long, device=self.device)
-        for j, row in enumerate(own):
-            mask[j, : len(row)] = 1
-        positions = torch.arange(prefix_len, prefix_len + ids.shape[1], device=self.device).expand(len(idx), -1)
-        mask = torch.cat([mask.new_ones((len(idx), prefix_len)), mask], 1)
-        return self._run_to_start(captured, input_ids=ids, attention_mask=mask, position_ids=positions,
-                                  use_cache=True, **{self._cache_kw(): _per_row(prefix_kv, len(idx))})
-
-    def _capture_whole(self, captured: list[torch.Tensor], idx: Sequence[int]) -> torch.Tensor:
-        batch = collate([self.examples[i] for i in idx], self.pad_id, self.device)
-        return self._run_to_start(captured, input_ids=batch.input_ids, attention_mask=batch.attention_mask)
-
-    def row_tokens(self, index: int) -> int:
-        """Positions example `index` runs through the trained layers in this mode."""
-        n = len(self.examples[index].input_ids)
-        return n - self.offsets[index] if self.mode == "cached" else n
-
-    def _drop_shared_prefix(self) -> None:
-        assert self.prefix_hidden is not None
-        prefix = self.prefix_hidden[0]
-        cache = _packed_rows([o + len(c) for o, c in zip(self.offsets, self.cache)], prefix.shape[-1],
-                             prefix.dtype, prefix.device)
-        for whole, own, offset in zip(cache, self.cache, self.offsets):
-            whole[:offset].copy_(prefix[:offset])
-            whole[offset:].copy_(own)
-        self.cache, self.prefix_len, self.prefix_hidden = cache, 0, None
-        self.offsets = [0] * len(self.examples)
-
-    def _upper_layers(self, hidden_in: torch.Tensor, attention_mask: torch.Tensor, shares: torch.Tensor,
-                      any_shares: bool) -> torch.Tensor:
-        """Run the layers above the cache on `hidden_in` (each row's cached part); rows where
-        `shares` is set continue the shared prefix, the others see it masked out (rotary
-        positions are relative, so shifting a whole row by the prefix length changes nothing)."""
-        assert self.stack is not None
-        with _only_layers_from(self.stack):
-            if not self.prefix_len or not any_shares:  # known on the host: no device sync
-                out = self.stack.decoder(inputs_embeds=hidden_in, attention_mask=attention_mask)
-                return out.last_hidden_state
-            from transformers import DynamicCache
-
-            layers = getattr(self.stack.decoder, self.stack.attr)
-            p, b = self.prefix_len, hidden_in.shape[0]
-            with _layers_numbered_from_zero(layers):
-                shared = DynamicCache()
-                ones = torch.ones((1, p), dtype=attention_mask.dtype, device=attention_mask.device)
-                self.stack.decoder(inputs_embeds=self.prefix_hidden, attention_mask=ones, use_cache=True,
-                                   **{self._cache_kw(): shared})
-                prefix_mask = shares.to(attention_mask.dtype)[:, None].expand(b, p)
-                positions = torch.arange(p, p + hidden_in.shape[1], device=hidden_in.device).expand(b, -1)
-                out = self.stack.decoder(
-                    inputs_embeds=hidden_in, attention_mask=torch.cat([prefix_mask, attention_mask], 1),
-                    position_ids=positions, use_cache=True, **{self._cache_kw(): _per_row(shared, b)},
-                )
-            return out.last_hidden_state
-
-    @contextmanager
-    def _compute_precision(self) -> Iterator[None]:
-        with torch.autocast(self.device.type, dtype=self.compute_dtype or torch.bfloat16,
-                            enabled=self.compute_dtype is not None):
-            yield
-
-    def _at_targets(self, indices: Sequence[int], mode: str) -> tuple[torch.Tensor, bool, Batch]:
-        """At the batch's target positions (flattened as batch.rows/cols): the final hidden states
-        (is_logits False), or the logits where the head is not applied separately (the reference
-        loop, a head that trains); and the batch."""
-        batch = collate([self.examples[i] for i in indices], self.pad_id, self.device)
-        if mode == "reference":
-            logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-            return logits[batch.rows, batch.cols], True, batch
-        if mode == "cached":
-            rows = [self.cache[i] for i in indices]
-            hidden_in = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)
-            # lengths and offsets in one host-to-device copy; the mask is built on the device
-            lengths_offsets = torch.tensor([[len(r) for r in rows], [self.offsets[i] for i in indices]],
-                                           dtype=torch.long).to(hidden_in.device, non_blocking=True)
-            own_mask = (torch.arange(hidden_in.shape[1], device=hidden_in.device)[None, :]
-                        < lengths_offsets[0][:, None]).to(batch.attention_mask.dtype)
-            offsets = lengths_offsets[1]
-            hidden = self._upper_layers(hidden_in, own_mask, offsets > 0,
-                                        any(self.offsets[i] for i in indices))
-            at = batch.rows.to(hidden.device)
-            selected = hidden[at, batch.cols.to(hidden.device) - offsets.to(hidden.device)[at]]
-        else:
-            decoder = self.stack.decoder if self.stack else self.model.get_decoder()
-            hidden = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
-            selected = hidden[batch.rows, batch.cols]
-        if is_frozen_linear(self.head):
-            return selected, False, batch
-        return self.head(selected), True, batch
-
-    def record_soft_targets(self, indices: Sequence[int], top_k: int, rows_per_pass: int) -> None:
-        """Keep the current (base) model's top-k next-token distribution at each target position of
-        `indices`; sample_losses then trains those examples towards it (KL) instead of their tokens.
-        `rows_per_pass` bounds the full-vocabulary logits held at once, as in training."""
-        by_length = sorted(indices, key=self.row_tokens)  # each pass pads only to its own longest row
-        with torch.no_grad(), self._compute_precision():
-            for b in range(0, len(by_length), rows_per_pass):
-                idx = by_length[b : b + rows_per_pass]
-                selected, is_logits, batch = self._at_targets(idx, self.mode)
-                logits = selected if is_logits else self.head(selected)
-                logp, top = logits.float().log_softmax(-1).topk(min(top_k, logits.shape[-1]), dim=-1)
-                p = logp.softmax(-1)  # renormalized over the top k
-                neg_entropy = (p * p.clamp_min(1e-30).log()).sum(-1)
-                for j, i in enumerate(idx):
-                    rows = batch.rows == j
-                    self.soft[i] = (top[rows].clone(), p[rows].clone(), neg_entropy[rows].clone())
-
-    def _target_distributions(self, indices: Sequence[int], batch: Batch) -> tuple[torch.Tensor, ...]:
-        """Per target position: token ids, their weights and the constant of the loss
-        (engine.token_loss): one-hot on the label, or the recorded distribution (soft targets)."""
-        soft = [self.soft.get(i) for i in indices]
-        k = max([s[0].shape[1] for s in soft if s is not None], default=1)
-        device = batch.labels.device
-        targets = torch.zeros((len(batch.labels), k), dtype=torch.long, device=device)
-        weights = torch.zeros((len(batch.labels), k), dtype=torch.float32, device=device)
-        constant = torch.zeros(len(batch.labels), dtype=torch.float32, device=device)
-        targets[:, 0], weights[:, 0] = batch.labels, 1.0  # hard rows: one-hot on the label
-        for j, s in enumerate(soft):
-            if s is not None:
-                rows = (batch.rows == j).nonzero().squeeze(1)
-                targets[rows, : s[0].shape[1]], weights[rows] = s[0], 0.0
-                weights[rows, : s[1].shape[1]] = s[1]
-                constant[rows] = s[2]
-        return targets, weights, constant
-
-    def sample_losses(self, indices: Sequence[int], mode: str | None = None) -> torch.Tensor:
-        """Per-sample mean target-token loss, shape [len(indices)]: cross-entropy on the target
-        tokens, or KL to the recorded distribution for examples with soft targets."""
-        with self._compute_precision():
-            selected, is_logits, batch = self._at_targets(indices, mode or self.mode)
-            targets, weights, constant = self._target_distributions(indices, batch)
-            if is_logits:
-                targets, weights, constant = (t.to(selected.device) for t in (targets, weights, constant))
-                token_losses = logits_token_losses(selected, targets, weights, constant)
-            else:  # .to() is a no-op unless the model is spread over several GPUs
-                targets, weights, constant = (t.to(self.loss_device) for t in (targets, weights, constant))
-                token_losses = head_token_losses(selected.to(self.loss_device), self.head, targets, weights, constant)
-        return per_sample_mean(token_losses.to(batch.rows.device), batch)
-
-    def _fast_loss(self, indices: Sequence[int]) -> float | None:
-        try:
-            return float(self.sample_losses(indices).mean())
-        except _NoSharedPrefix:
-            return None
-        except (TypeError, ValueError, RuntimeError, AttributeError) as exc:  # an architecture we cannot slice
-            log.warning("%s forward failed (%s)", self.mode, exc)
-            return None
-
-    def check_mode(self, indices: Sequence[int]) -> None:
-        """Fall back to the reference loop if this architecture's fast path disagrees with it.
-        Rows that run whole beside the shared prefix are checked too, in the same pass."""
-        if self.mode == "reference":
-            return
-        if self.prefix_len:
-            indices = list(indices) + [i for i, o in enumerate(self.offsets) if not o][:2]
-        compute_dtype, self.compute_dtype = self.compute_dtype, None  # compare the paths exactly
-        try:
-            self._check_mode(indices)
-        finally:
-            self.compute_dtype = compute_dtype
-
-    def _check_mode(self, indices: Sequence[int]) -> None:
-        with torch.no_grad():
-            ref = float(self.sample_losses(indices, "reference").mean())
-            fast = self._fast_loss(indices)
-            if self.prefix_len and (fast is None or abs(fast - ref) > _MODE_CHECK_RTOL * max(1.0, abs(ref))):
-                log.warning("shared-prefix forward gives loss %s vs reference %.6f; running whole sequences", fast, ref)
-                self._drop_shared_prefix()
-                fast = self._fast_loss(indices)
-        if fast is None or abs(fast - ref) > _MODE_CHECK_RTOL * max(1.0, abs(ref)):
-            log.warning("%s forward gives loss %s vs reference %.6f; using the reference loop", self.mode, fast, ref)
-            self.mode = "reference"
-
-
-def resolve_edit_config(loaded: LoadedModel, cfg: EditConfig, n_facts: int) -> EditConfig:
-    """Fill the per-model defaults (location, layers, prompt format, lr, batch size, replay) for
-    a round over `n_facts` facts: some models have a measured large-fact-set setting."""
-    location = location_from_config(loaded.model, cfg, n_facts)
-    resolved = replace(
-        cfg,
-        location=location.template,
-        layers=location.layers or None,
-        prompt_format=resolve_prompt_format(cfg.prompt_format, loaded.tokenizer),
-        lr=cfg.lr if cfg.lr is not None else default_lr(loaded.config),
-        batch_size=cfg.batch_size if cfg.batch_size is not None else default_batch_size(loaded.config),
-        replay_ratio=cfg.replay_ratio if cfg.replay_ratio is not None else default_replay_ratio(loaded.config),
-        replay_weight=(cfg.replay_weight if cfg.replay_weight is not None
-                       else default_replay_weight(loaded.model, cfg, n_facts)),
-        replay_qa_share=(cfg.replay_qa_share if cfg.replay_qa_share is not None
-                         else default_replay_qa_share(loaded.config) if cfg.replay_target == "distribution" else 0.0),
-        compute_dtype=resolve_compute_dtype(cfg.compute_dtype, loaded),
-    )
-    if resolved.micro_batch_size is None or resolved.micro_batch_tokens is None:
-        resolved = _with_pass_sizes(loaded, resolved, location)
-    return resolved
-
-
-def _with_pass_sizes(loaded: LoadedModel, resolved: EditConfig, location: EditLocation) -> EditConfig:
-    """`resolved` with the pass sizes it leaves out filled for this device (engine.device): the
-    CPU's 32 rows / 1,024 tokens, or what a quarter of a GPU's free memory holds."""
-    names = resolve_location(loaded.model, location)
-    stack = _layer_stack(loaded.model, names)
-    n_layers = int(getattr(loaded.config, "num_hidden_layers", 0) or 0)
-    above = n_layers - stack.start if stack is not None and resolved.forward_mode == "cached" else n_layers
-    element = 4 if resolved.compute_dtype == "float32" else 2
-    sizes = training_pass_sizes(loaded.model, loaded.device, above, element,
-                                vocab_logits=resolved.forward_mode == "reference")
-    log.info("passes of at most %d rows / %d tokens (%s)", sizes.rows, sizes.tokens, sizes.basis)
-    return replace(resolved, micro_batch_size=resolved.micro_batch_size or sizes.rows,
-                   micro_batch_tokens=resolved.micro_batch_tokens or sizes.tokens)
-
 
 def edit(
     loaded: LoadedModel,
@@ -675,10 +190,10 @@ def edit(
         try:
             compute_dtype = autocast_dtype(cfg.compute_dtype, loaded)
             result.compute_dtype = str(compute_dtype or loaded.dtype).removeprefix("torch.")
-            forward = _Forward(loaded, examples, names, cfg.forward_mode, compute_dtype)
+            forward = Forward(loaded, examples, names, cfg.forward_mode, compute_dtype)
             t0 = time.perf_counter()
             if forward.mode == "cached":
-                forward.build_cache(progress)
+                forward.build_cache(_cache_progress(progress))
             result.cache_seconds = time.perf_counter() - t0
             forward.check_mode(list(range(min(cfg.batch_size, _MODE_CHECK_ROWS, len(facts)))))
             result.forward_mode = forward.mode
@@ -687,13 +202,16 @@ def edit(
                 forward.record_soft_targets(range(len(facts) + n_augmented, len(examples)), cfg.replay_top_k,
                                             cfg.micro_batch_size)
             loaded.model.train(False)  # dropout off: training is deterministic
+            projectors: list[torch.Tensor] = []  # per tuned tensor (engine.null_space); empty: off
             if cfg.null_space_energy and cfg.pipeline == "breadth-first":
-                forward.projectors = _null_space_projectors(loaded, examples[len(facts) + n_augmented :], names,
-                                                            cfg.null_space_energy, result)
-            run = _breadth_first if cfg.pipeline == "breadth-first" else _depth_first
+                projectors = _null_space_projectors(loaded, examples[len(facts) + n_augmented :], names,
+                                                    cfg.null_space_energy, result)
             t1 = time.perf_counter()
             result.setup_seconds = t1 - t0 - result.cache_seconds
-            run(forward, params, cfg, lr, result, progress, should_stop)
+            if cfg.pipeline == "breadth-first":
+                _breadth_first(forward, params, projectors, cfg, lr, result, progress, should_stop)
+            else:
+                _depth_first(forward, params, cfg, lr, result, progress, should_stop)
             result.train_seconds = time.perf_counter() - t1
         finally:
             for p in params:
@@ -705,34 +223,10 @@ def edit(
     return result
 
 
-def resolve_compute_dtype(compute_dtype: str, loaded: LoadedModel) -> str:
-    """edit.compute_dtype with "auto" decided for this model and device."""
-    if compute_dtype != "auto":
-        return compute_dtype
-    if loaded.dtype != torch.float32:
-        return str(loaded.dtype).removeprefix("torch.")  # a half-precision model computes in its own dtype
-    return "bfloat16" if native_bf16(loaded.device) else "float32"
-
-
-def autocast_dtype(compute_dtype: str, loaded: LoadedModel) -> torch.dtype | None:
-    """The autocast dtype for edit.compute_dtype on this model and device; None = no autocast."""
-    compute_dtype = resolve_compute_dtype(compute_dtype, loaded)
-    if compute_dtype == "float32" or loaded.dtype != torch.float32:
-        return None  # float32, or a half-precision model that already computes in its own dtype
-    if compute_dtype == "float16":
-        raise ConfigError("edit.compute_dtype = 'float16' on a float32 model would need loss scaling; "
-                          "use 'bfloat16' or 'float32'")
-    return torch.bfloat16
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether `device` computes bfloat16 matmuls natively (faster than float32, not emulated)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    try:  # private helpers, present in torch >= 2.1; any failure means "not known to be native"
-        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-    except AttributeError:
-        return False
+def _cache_progress(progress: ProgressCallback | None) -> Callable[[int, int], None] | None:
+    if progress is None:
+        return None
+    return lambda done, total: progress(TrainProgress("cache", 0, 0, done, total, None, 0.0))
 
 
 def _check_stop(should_stop: Callable[[], bool] | None) -> None:
@@ -741,7 +235,7 @@ def _check_stop(should_stop: Callable[[], bool] | None) -> None:
 
 
 def _accumulate_gradients(
-    forward: _Forward, indices: Sequence[int], extra: Sequence[int], cfg: EditConfig
+    forward: Forward, indices: Sequence[int], extra: Sequence[int], cfg: EditConfig
 ) -> tuple[float, float | None]:
     """Backward of (mean edit loss + replay_weight * mean replay loss) over one batch, run in
     passes of at most cfg.micro_batch_size rows and cfg.micro_batch_tokens padded tokens so that
@@ -811,8 +305,9 @@ def _null_space_projectors(loaded: LoadedModel, replay: Sequence[Example], names
 
 
 def _breadth_first(
-    forward: _Forward,
+    forward: Forward,
     params: list[torch.nn.Parameter],
+    projectors: list[torch.Tensor],
     cfg: EditConfig,
     lr: float,
     result: EditResult,
@@ -823,7 +318,7 @@ def _breadth_first(
     k_aug = result.n_augmented // n
     replay_ids = list(range(n + result.n_augmented, len(forward.examples)))
     optimizer = torch.optim.Adam(params, lr=lr)
-    origins = [p.detach().clone() for p in params] if cfg.delta_decay or forward.projectors else []
+    origins = [p.detach().clone() for p in params] if cfg.delta_decay or projectors else []
     generator = torch.Generator().manual_seed(cfg.seed)
     steps_per_epoch = (n + cfg.batch_size - 1) // cfg.batch_size
     replay_queue: list[int] = []
@@ -855,8 +350,8 @@ def _breadth_first(
             else:
                 optimizer.step()
                 _decay_towards(params, origins, lr * cfg.delta_decay)
-                if forward.projectors:
-                    project_change(params, origins, forward.projectors)
+                if projectors:
+                    project_change(params, origins, projectors)
                 result.steps += 1
             if progress:
                 done = (epoch - 1) * n + min((step + 1) * cfg.batch_size, n)
@@ -873,7 +368,7 @@ def _breadth_first(
 
 
 def _depth_first(
-    forward: _Forward,
+    forward: Forward,
     params: list[torch.nn.Parameter],
     cfg: EditConfig,
     lr: float,

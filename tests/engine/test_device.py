@@ -16,7 +16,7 @@ import torch
 from locft.config import EditConfig, LocftConfig, ModelConfig, from_dict
 from locft.engine import device as dev
 from locft.engine.model_io import LoadedModel, load_base, local_model_path
-from locft.engine.train import resolve_edit_config
+from locft.engine.resolve import resolve_edit_config
 from locft.errors import ConfigError, ModelLoadError
 
 # Llama-3-8B's shape, for the sizing arithmetic (no weights)

@@ -98,7 +98,7 @@ def test_default_pool_grows_with_the_facts_within_bounds(n_facts: int, expected:
 def test_qa_share_resolves_per_model_and_never_with_token_targets(tiny: LoadedModel,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     from locft.engine import targets
-    from locft.engine.train import resolve_edit_config
+    from locft.engine.resolve import resolve_edit_config
 
     # the tiny model is no measured architecture: off, like replay itself
     assert resolve_edit_config(tiny, EditConfig(), 10).replay_qa_share == 0.0

@@ -9,7 +9,8 @@ import torch
 from locft.config import EditConfig
 from locft.engine.model_io import LoadedModel
 from locft.engine.data import build_example
-from locft.engine.train import EditCancelled, _Forward, _passes, edit
+from locft.engine.forward import Forward
+from locft.engine.train import EditCancelled, _passes, edit
 from locft.engine.weights import applied
 from locft.errors import ConfigError
 from locft.evaluation.editing import evaluate_edits
@@ -167,7 +168,8 @@ def test_bfloat16_autocast_learns_the_facts_and_keeps_the_cached_forward(tiny: L
 
 
 def test_compute_dtype_resolution(tiny: LoadedModel) -> None:
-    from locft.engine.train import autocast_dtype, native_bf16, resolve_edit_config
+    from locft.engine.precision import autocast_dtype, native_bf16
+    from locft.engine.resolve import resolve_edit_config
 
     assert autocast_dtype("float32", tiny) is None
     assert autocast_dtype("bfloat16", tiny) is torch.bfloat16
@@ -260,9 +262,9 @@ def test_freed_memory_is_released_after_every_epoch_and_at_the_end(
     assert len(calls) == 3 + 1
 
 
-def _chat_forward(tiny: LoadedModel) -> _Forward:
+def _chat_forward(tiny: LoadedModel) -> Forward:
     examples = [build_example(tiny.tokenizer, f.prompt, f.answer, "chat") for f in FACTS]
-    forward = _Forward(tiny, examples, [TARGET], "cached")
+    forward = Forward(tiny, examples, [TARGET], "cached")
     forward.build_cache(None)
     return forward
 
@@ -284,8 +286,8 @@ def test_activation_cache_runs_the_shared_prefix_once(tiny: LoadedModel, monkeyp
     # and values; the rows must equal a capture of whole rows (also the fallback when an
     # architecture cannot take the prefix's keys and values)
     whole_calls: list[list[int]] = []
-    real_whole = _Forward._capture_whole
-    monkeypatch.setattr(_Forward, "_capture_whole",
+    real_whole = Forward._capture_whole
+    monkeypatch.setattr(Forward, "_capture_whole",
                         lambda self, c, idx: whole_calls.append(list(idx)) or real_whole(self, c, idx))
     shared = _chat_forward(tiny)
     assert whole_calls == [] and shared.prefix_len >= 4
@@ -293,7 +295,7 @@ def test_activation_cache_runs_the_shared_prefix_once(tiny: LoadedModel, monkeyp
     def cannot(*args: object, **kwargs: object) -> torch.Tensor:
         raise RuntimeError("no KV cache here")
 
-    monkeypatch.setattr(_Forward, "_capture_after_prefix", cannot)
+    monkeypatch.setattr(Forward, "_capture_after_prefix", cannot)
     whole = _chat_forward(tiny)
     assert sorted(i for idx in whole_calls for i in idx) == list(range(len(FACTS)))
     assert "shared-prefix capture failed" in caplog.text
