@@ -50,7 +50,8 @@ def measure(n: int, epochs: int, data_dir: Path, home: Path) -> dict:
     from locft.config import EditConfig, ModelConfig
     from locft.engine.model_io import load_base
     from locft.engine.replay import replay_for
-    from locft.engine.train import TrainProgress, edit, resolve_edit_config
+    from locft.engine.resolve import resolve_edit_config
+    from locft.engine.train import TrainProgress, edit
 
     phases: dict[str, dict[str, float]] = {}
     t = time.perf_counter()

@@ -71,7 +71,7 @@ def main() -> None:
     from locft.engine.generate import greedy_generate
     from locft.engine.model_io import load_base
     from locft.engine.snapshot import check_base, load_snapshot
-    from locft.engine.train import resolve_edit_config
+    from locft.engine.resolve import resolve_edit_config
     from locft.engine.weights import applied
     from locft.locate import sample_facts
     from locft.readers import load_edit_facts

@@ -76,7 +76,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from locft.config import EditConfig, load_config, parse_setting, with_settings
     from locft.engine.model_io import load_base
     from locft.engine.replay import replay_for
-    from locft.engine.train import edit, resolve_edit_config
+    from locft.engine.resolve import resolve_edit_config
+    from locft.engine.train import edit
     from locft.engine.weights import applied, parameters_by_name
     from locft.evaluation.editing import base_probe_generations
     from locft.home import Home

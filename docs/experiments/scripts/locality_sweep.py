@@ -28,7 +28,8 @@ from locft.engine.data import resolve_prompt_format
 from locft.engine.generate import greedy_generate
 from locft.engine.model_io import load_base
 from locft.engine.replay import replay_for
-from locft.engine.train import edit, resolve_edit_config
+from locft.engine.resolve import resolve_edit_config
+from locft.engine.train import edit
 from locft.engine.weights import applied
 from locft.evaluation.editing import token_agreement
 from locft.evaluation.probes import FIXED_PROBE_PROMPTS

@@ -42,6 +42,7 @@ def measure(overrides: dict[str, Any], n: int, epochs: int, threads: int, data: 
     import torch
 
     import locft.engine.train as train
+    from locft.engine.forward import Forward
     from locft.config import EditConfig, ModelConfig
     from locft.engine.model_io import load_base
     from locft.readers import load_edit_facts
@@ -60,7 +61,7 @@ def measure(overrides: dict[str, Any], n: int, epochs: int, threads: int, data: 
         return run
 
     for method in ("build_cache", "check_mode", "record_soft_targets"):
-        setattr(train._Forward, method, watched(method, getattr(train._Forward, method)))
+        setattr(Forward, method, watched(method, getattr(Forward, method)))
     train._accumulate_gradients = watched("step", train._accumulate_gradients)
 
     loaded = load_base(ModelConfig(), home)

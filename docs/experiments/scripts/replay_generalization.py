@@ -32,7 +32,8 @@ from locft.engine.data import collate, encode_prompt, example_from_ids, resolve_
 from locft.engine.generate import greedy_generate
 from locft.engine.model_io import LoadedModel, load_base
 from locft.engine.replay import default_replay_prompts, replay_for, replay_pool_size
-from locft.engine.train import edit, resolve_edit_config
+from locft.engine.resolve import resolve_edit_config
+from locft.engine.train import edit
 from locft.engine.weights import applied
 from locft.evaluation.probes import FIXED_PROBE_PROMPTS
 from locft.readers import load_edit_facts

@@ -14,7 +14,8 @@ from pathlib import Path
 from locft.config import EditConfig, ModelConfig
 from locft.engine.model_io import load_base
 from locft.engine.replay import replay_for
-from locft.engine.train import edit, resolve_edit_config
+from locft.engine.resolve import resolve_edit_config
+from locft.engine.train import edit
 from locft.readers import load_edit_facts
 
 
