@@ -111,6 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"no preset {', '.join(unknown)}; --list names them")
     stamp = results_table.stamp()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "locft"], cwd=REPO,
+                           capture_output=True, text=True).stdout
+    if dirty and not args.dry_run:
+        print(f"warning: locft/ has uncommitted changes; the records' commit ({stamp}) is not what runs",
+              file=sys.stderr)
     data_dir = Path(args.data_dir).expanduser() if args.data_dir else None
     for name in args.presets:
         preset = suite[name]
