@@ -21,15 +21,15 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 
 from locft.config import EditConfig
-from locft.engine.augment import augmented_prompts
-from locft.engine.data import Example, build_example, encode_prompt, example_from_ids
+from locft.engine.data import Example
 from locft.engine.forward import Forward
 from locft.engine.memory import release_freed_memory
 from locft.engine.model_io import LoadedModel
 from locft.engine.null_space import input_second_moments, low_energy_projector, project_change
 from locft.engine.precision import autocast_dtype
-from locft.engine.replay import ReplayItem, replay_for
+from locft.engine.replay import ReplayItem
 from locft.engine.resolve import resolve_edit_config
+from locft.engine.rows import RowLayout, training_rows
 from locft.engine.targets import EditLocation, location_from_config, resolve_location
 from locft.engine.weights import applied, parameters_by_name
 from locft.errors import ConfigError, LocftError
@@ -159,24 +159,9 @@ def edit(
     names = resolve_location(loaded.model, location)
     prompt_format, lr = cfg.prompt_format, cfg.lr
     assert lr is not None and cfg.batch_size is not None
-    tok = loaded.tokenizer
-    examples = [build_example(tok, f.prompt, f.answer, prompt_format) for f in facts]
-    n_augmented = 0
-    if cfg.augment_prefixes and cfg.pipeline == "breadth-first":
-        # rows [n, n + n*k): fact i's k prefixed copies at n + i*k ... (see _breadth_first)
-        for fact, prompts in zip(facts, augmented_prompts(facts, cfg.augment_prefixes, cfg.seed)):
-            examples += [build_example(tok, p, fact.answer, prompt_format) for p in prompts]
-        n_augmented = len(examples) - len(facts)
-    if cfg.replay_ratio and cfg.pipeline == "breadth-first":
-        if replay is None:
-            trained_on = [f.prompt for f in facts] + [p for f in facts for p in f.paraphrases]
-            replay = replay_for(loaded, cfg, prompt_format, len(facts), exclude=trained_on,
-                                cache_dir=cache_dir)
-        examples += [example_from_ids(encode_prompt(tok, r.prompt, r.prompt_format or prompt_format), r.token_ids)
-                     for r in replay]
-    result = EditResult({}, location, prompt_format, lr, cfg.forward_mode, n_facts=len(facts))
-    result.n_augmented = n_augmented
-    result.n_replay = len(examples) - len(facts) - n_augmented
+    examples, layout = training_rows(loaded, facts, cfg, replay, cache_dir)
+    result = EditResult({}, location, prompt_format, lr, cfg.forward_mode, n_facts=layout.n_facts,
+                        n_replay=layout.n_replay, n_augmented=layout.n_augmented)
     result.config = cfg
     result.device = str(loaded.device)
     torch.manual_seed(cfg.seed)
@@ -195,23 +180,22 @@ def edit(
             if forward.mode == "cached":
                 forward.build_cache(_cache_progress(progress))
             result.cache_seconds = time.perf_counter() - t0
-            forward.check_mode(list(range(min(cfg.batch_size, _MODE_CHECK_ROWS, len(facts)))))
+            forward.check_mode(list(layout.facts[: min(cfg.batch_size, _MODE_CHECK_ROWS)]))
             result.forward_mode = forward.mode
             result.shared_prefix_tokens = forward.prefix_len if forward.mode == "cached" else 0
-            if cfg.replay_target == "distribution" and result.n_replay:
-                forward.record_soft_targets(range(len(facts) + n_augmented, len(examples)), cfg.replay_top_k,
-                                            cfg.micro_batch_size)
+            if cfg.replay_target == "distribution" and layout.n_replay:
+                forward.record_soft_targets(layout.replay, cfg.replay_top_k, cfg.micro_batch_size)
             loaded.model.train(False)  # dropout off: training is deterministic
             projectors: list[torch.Tensor] = []  # per tuned tensor (engine.null_space); empty: off
             if cfg.null_space_energy and cfg.pipeline == "breadth-first":
-                projectors = _null_space_projectors(loaded, examples[len(facts) + n_augmented :], names,
+                projectors = _null_space_projectors(loaded, [examples[i] for i in layout.replay], names,
                                                     cfg.null_space_energy, result)
             t1 = time.perf_counter()
             result.setup_seconds = t1 - t0 - result.cache_seconds
             if cfg.pipeline == "breadth-first":
-                _breadth_first(forward, params, projectors, cfg, lr, result, progress, should_stop)
+                _breadth_first(forward, layout, params, projectors, cfg, lr, result, progress, should_stop)
             else:
-                _depth_first(forward, params, cfg, lr, result, progress, should_stop)
+                _depth_first(forward, layout, params, cfg, lr, result, progress, should_stop)
             result.train_seconds = time.perf_counter() - t1
         finally:
             for p in params:
@@ -306,6 +290,7 @@ def _null_space_projectors(loaded: LoadedModel, replay: Sequence[Example], names
 
 def _breadth_first(
     forward: Forward,
+    layout: RowLayout,
     params: list[torch.nn.Parameter],
     projectors: list[torch.Tensor],
     cfg: EditConfig,
@@ -314,9 +299,8 @@ def _breadth_first(
     progress: ProgressCallback | None,
     should_stop: Callable[[], bool] | None,
 ) -> None:
-    n = result.n_facts  # examples [0, n) are facts, then n*k prefixed copies, then replay
-    k_aug = result.n_augmented // n
-    replay_ids = list(range(n + result.n_augmented, len(forward.examples)))
+    n = layout.n_facts
+    replay_ids = list(layout.replay)
     optimizer = torch.optim.Adam(params, lr=lr)
     origins = [p.detach().clone() for p in params] if cfg.delta_decay or projectors else []
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -332,7 +316,7 @@ def _breadth_first(
         for step in range(steps_per_epoch):
             _check_stop(should_stop)
             indices = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-            edit_rows = indices + [n + i * k_aug + j for i in indices for j in range(k_aug)]
+            edit_rows = layout.edit_rows(indices)
             extra: list[int] = []
             if replay_ids:
                 k = max(1, round(len(indices) * cfg.replay_ratio))
@@ -369,6 +353,7 @@ def _breadth_first(
 
 def _depth_first(
     forward: Forward,
+    layout: RowLayout,
     params: list[torch.nn.Parameter],
     cfg: EditConfig,
     lr: float,
@@ -378,7 +363,7 @@ def _depth_first(
 ) -> None:
     """Baseline: each fact alone, fresh Adam, up to max_epochs steps (the same per-fact step
     budget as breadth-first), stopping once its loss is below stop_loss; edits accumulate."""
-    n = len(forward.examples)
+    n = layout.n_facts
     started = time.perf_counter()
     all_converged = True
     for i in range(n):

@@ -108,12 +108,12 @@ def test_plain_text_replay_beside_chat_facts_keeps_the_shared_prefix(tiny: Loade
     # Replay asked as plain text (edit.replay_raw_share) does not start with the chat template: those
     # rows run whole with the shared prefix masked out, while the chat rows keep it. Losses (edit
     # and KL replay) and the learned tensor must match the paper's loop, which runs every row whole.
-    import locft.engine.train as train
+    import locft.engine.rows as rows
     from locft.engine.replay import ReplayItem
 
     asked: list[tuple[str, str]] = []
-    real = train.encode_prompt
-    monkeypatch.setattr(train, "encode_prompt", lambda tok, p, fmt: asked.append((p, fmt)) or real(tok, p, fmt))
+    real = rows.encode_prompt
+    monkeypatch.setattr(rows, "encode_prompt", lambda tok, p, fmt: asked.append((p, fmt)) or real(tok, p, fmt))
     replay = [ReplayItem("Some question?", (42, 43, 44), "raw"), ReplayItem("Another one:", (7, 8), "raw"),
               ReplayItem("Asked in chat?", (9, 10))]
     cfg = EditConfig(lr=1e-2, batch_size=4, max_epochs=3, prompt_format="chat", skip_loss=0.0,
