@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -9,8 +11,13 @@ from locft.engine.targets import (
     DOWN_PROJ,
     EditLocation,
     candidate_templates,
+    default_batch_size,
     default_location,
+    default_lr,
+    default_replay_qa_share,
+    default_replay_ratio,
     default_replay_weight,
+    large_fact_set_default,
     location_from_config,
     resolve_location,
 )
@@ -121,3 +128,47 @@ def test_configured_layers_or_template_keep_the_large_fact_set_setting_out() -> 
 def test_unmeasured_models_have_no_large_fact_set_setting(twelve_layers: LlamaForCausalLM) -> None:
     assert location_from_config(twelve_layers, EditConfig(), 100_000) == default_location(twelve_layers)
     assert default_replay_weight(twelve_layers, EditConfig(), 100_000) == 1.0
+
+
+# Today's per-architecture presets, pinned value by value: (model_type, layers, hidden) ->
+# (template, layers, lr, batch size, replay ratio, replay qa share, large-fact-set setting as
+# (min facts, layers, replay weight) or None). A changed preset must change this table too.
+PINNED_PRESETS = {
+    ("llama", 32, 4096): (DOWN_PROJ, (22,), 5e-4, 100, 0.0, 0.0, None),  # Llama-3-8B
+    ("qwen2", 28, 3584): (DOWN_PROJ, (6,), 5e-4, 100, 0.0, 0.0, None),  # Qwen2.5-7B
+    ("mistral", 32, 4096): ("model.layers.{L}", (23,), 5e-4, 100, 0.0, 0.0, None),  # Mistral-7B
+    ("llama", 30, 576): (DOWN_PROJ, (21, 22), 5e-3, 32, 1.5, 1 / 3, (1000, (20, 21, 22), 2.0)),  # SmolLM2-135M
+}
+
+
+def _shaped(model_type: str, layers: int, hidden: int) -> SimpleNamespace:
+    """What the preset lookups read of a model: its config (no weights)."""
+    return SimpleNamespace(config=SimpleNamespace(model_type=model_type, num_hidden_layers=layers, hidden_size=hidden))
+
+
+@pytest.mark.parametrize("key", list(PINNED_PRESETS))
+def test_presets_keep_their_values(key: tuple[str, int, int]) -> None:
+    template, layers, lr, batch, ratio, qa, large = PINNED_PRESETS[key]
+    model = _shaped(*key)
+    assert default_location(model) == EditLocation(template, layers)  # type: ignore[arg-type]
+    assert default_lr(model.config) == lr and default_batch_size(model.config) == batch
+    assert default_replay_ratio(model.config) == ratio and default_replay_qa_share(model.config) == qa
+    few = large[0] - 1 if large else 100_000
+    assert location_from_config(model, EditConfig(), few) == EditLocation(template, layers)  # type: ignore[arg-type]
+    assert default_replay_weight(model, EditConfig(), few) == 1.0  # type: ignore[arg-type]
+    if large is None:
+        assert large_fact_set_default(model, EditConfig(), 10**9) is None  # type: ignore[arg-type]
+        return
+    min_facts, large_layers, weight = large
+    setting = large_fact_set_default(model, EditConfig(), min_facts)  # type: ignore[arg-type]
+    assert setting is not None and (setting.min_facts, setting.layers, setting.replay_weight) == large
+    assert location_from_config(model, EditConfig(), min_facts) == EditLocation(template, large_layers)  # type: ignore[arg-type]
+    assert default_replay_weight(model, EditConfig(), min_facts) == weight  # type: ignore[arg-type]
+
+
+def test_unmeasured_architectures_get_the_paper_recipe() -> None:
+    model = _shaped("gpt2", 12, 768)
+    assert default_lr(model.config) == 5e-4 and default_batch_size(model.config) == 100
+    assert default_replay_ratio(model.config) == 0.0 and default_replay_qa_share(model.config) == 0.0
+    assert large_fact_set_default(model, EditConfig(), 10**9) is None  # type: ignore[arg-type]
+    assert default_replay_weight(model, EditConfig(), 10**9) == 1.0  # type: ignore[arg-type]
