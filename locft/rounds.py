@@ -411,7 +411,8 @@ def _run(
         else:
             outcome = "candidate"
             reason = f"version {version.id} passed its gates; `locft promote {version.id}` serves it"
-        error = reason if outcome == "rejected" else None
+        # the round's note: why it was rejected, or how to serve a candidate
+        error = reason if outcome in ("rejected", "candidate") else None
         state.decided = (outcome, error)
     log.info("round %d: %s", state.round_id, reason)
 
@@ -604,20 +605,8 @@ def _finish(
     store: Store, round_id: int, outcome: str, *, version_id: int | None = None, timings: dict[str, float],
     loss: list[float], error: str | None = None, actor: str | None = None,
 ) -> None:
-    stored = outcome
-    if outcome == "candidate" and "candidate" not in _store_outcomes():
-        # The store's round outcomes lack 'candidate' (gates passed, manual promotion): the
-        # version's own state says candidate; the round is recorded as skipped with the reason.
-        stored = "skipped"
-        error = error or f"gates passed; version {version_id} waits for `locft promote {version_id}`"
-    store.finish_round(round_id, stored, version_id=version_id, error=error, timings=timings,  # type: ignore[arg-type]
+    store.finish_round(round_id, outcome, version_id=version_id, error=error, timings=timings,  # type: ignore[arg-type]
                        loss_history=loss, actor=actor)
-
-
-def _store_outcomes() -> tuple[str, ...]:
-    from locft.store.rounds import FINAL_OUTCOMES
-
-    return FINAL_OUTCOMES
 
 
 def _reject_ungated(store: Store, version_id: int, round_id: int, why: str, actor: str | None) -> None:

@@ -134,6 +134,9 @@ def test_manual_policy_leaves_a_candidate(home: Home, store: Store, loaded: Load
     add(store, FACTS[:2])
     result = run(home, store, loaded)
     assert result.outcome == "candidate"
+    stored = store.get_round(result.round_id)  # type: ignore[arg-type]
+    assert (stored.outcome, stored.version_id) == ("candidate", result.version_id)
+    assert f"locft promote {result.version_id}" in (stored.error or "")
     assert store.promoted_version().id == 0
     assert store.get_version(result.version_id).state == "candidate"  # type: ignore[arg-type]
     store.promote(result.version_id)  # type: ignore[arg-type]  # passed its gates: no --force needed

@@ -485,7 +485,7 @@ class Daemon:
                          f", version {last.version_id}" if last.version_id is not None else "", seconds)
                 if last.outcome == "failed" and worker.trigger in ("cron", "pending"):
                     self._failed_digest = worker.digest
-                elif last.outcome in ("promoted", "rejected"):
+                elif last.outcome in ("promoted", "candidate", "rejected"):
                     self._failed_digest = None
                 if last.outcome == "promoted" and self._api is not None and self._api.app.watcher is not None:
                     self._api.app.watcher.poke()  # serve the new version now, not at the next poll

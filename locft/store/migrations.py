@@ -231,6 +231,17 @@ def _0004_postgres_append_only_triggers(conn: Connection) -> None:
            "a recorded base fingerprint never changes", "WHEN (OLD.base_fingerprint IS NOT NULL)")
 
 
+def _0005_candidate_round_outcome(conn: Connection) -> None:
+    """A round whose version passed its gates and waits for manual promotion now ends as
+    'candidate'. Before, such rounds were stored as 'skipped' with their version: a round that
+    really skipped (nothing to train) never records a version, so the version tells them apart.
+    Their note (the promote hint) stays; their round.finished events are history and stay too."""
+    rounds = sa.table("round", sa.column("outcome", sa.String), sa.column("version_id", sa.Integer))
+    conn.execute(rounds.update()
+                 .where(rounds.c.outcome == "skipped", rounds.c.version_id.is_not(None))
+                 .values(outcome="candidate"))
+
+
 @dataclass(frozen=True)
 class Migration:
     name: str
@@ -242,4 +253,5 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("0002_rounds", _0002_rounds),
     Migration("0003_append_only_triggers", _0003_append_only_triggers),
     Migration("0004_postgres_append_only_triggers", _0004_postgres_append_only_triggers),
+    Migration("0005_candidate_round_outcome", _0005_candidate_round_outcome),
 )

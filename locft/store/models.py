@@ -160,7 +160,7 @@ class Round(SQLModel, table=True):
     actor: Optional[str] = None
     started_at: datetime
     finished_at: Optional[datetime] = None
-    outcome: str = "running"  # running / promoted / rejected / skipped / failed / interrupted
+    outcome: str = "running"  # running / promoted / candidate / rejected / skipped / failed / interrupted
     version_id: Optional[int] = None
     error: Optional[str] = None
     timings: dict[str, Any] = _json(nullable=True)

@@ -16,9 +16,11 @@ from locft.store.events import append_event
 from locft.store.models import GateResult, Promotion, Round, RoundRequest, Version
 
 RoundTrigger = Literal["cron", "pending", "request", "manual"]
-RoundOutcome = Literal["running", "promoted", "rejected", "skipped", "failed", "interrupted"]
+# 'candidate': its version passed the gates and waits for `locft promote` (manual promotion);
+# 'skipped': the round decided not to train (it records no version).
+RoundOutcome = Literal["running", "promoted", "candidate", "rejected", "skipped", "failed", "interrupted"]
 TRIGGERS: tuple[str, ...] = ("cron", "pending", "request", "manual")
-FINAL_OUTCOMES: tuple[str, ...] = ("promoted", "rejected", "skipped", "failed", "interrupted")
+FINAL_OUTCOMES: tuple[str, ...] = ("promoted", "candidate", "rejected", "skipped", "failed", "interrupted")
 
 
 @dataclass(frozen=True)

@@ -80,6 +80,30 @@ def test_opening_an_older_store_migrates_it_and_keeps_its_data(home: Home) -> No
         assert len(store.active_facts()) == 2
 
 
+def test_rounds_stored_as_skipped_with_a_version_become_candidates(home: Home) -> None:
+    """Before 0005 a round whose version waited for manual promotion was stored as 'skipped'."""
+    url = url_of(home)
+    engine = store_db.create_db_engine(url)
+    upto = [m.name for m in MIGRATIONS].index("0005_candidate_round_outcome")
+    store_db.migrate(engine, url, upto=upto)
+    waits = "gates passed; version 0 waits for `locft promote 0`"
+    with engine.begin() as conn:  # the old code's rows: a candidate, a real skip, a rejection, one still running
+        for outcome, version_id, error in (("skipped", 0, waits), ("skipped", None, "no change since version 0"),
+                                           ("rejected", 0, "rejected: reliability"), ("running", None, None)):
+            conn.execute(sa.text(
+                "INSERT INTO round (trigger, started_at, outcome, version_id, error) "
+                "VALUES ('manual', '2024-01-01 00:00:00', :outcome, :version_id, :error)"
+            ), {"outcome": outcome, "version_id": version_id, "error": error})
+    engine.dispose()
+
+    with Store.open(home) as store:
+        assert store.applied_migrations == ("0005_candidate_round_outcome",) + tuple(m.name for m in MIGRATIONS[upto + 1:])
+        rounds = [(r.outcome, r.version_id, r.error) for r in reversed(store.list_rounds())]
+        assert rounds == [("candidate", 0, waits), ("skipped", None, "no change since version 0"),
+                          ("rejected", 0, "rejected: reliability"), ("running", None, None)]
+        assert store.finish_round(4, "candidate", version_id=0).outcome == "candidate"
+
+
 def test_a_newer_store_is_refused_with_a_clear_message(store: Store, home: Home) -> None:
     with store._engine.begin() as conn:
         conn.exec_driver_sql(
