@@ -1,4 +1,5 @@
-"""`locft config check`: what a round and the daemon need, validated without running either."""
+"""`locft config`: check the configuration of $LOCFT_HOME without running anything, and print the
+commented template every locft.toml starts from."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import click
 from locft.cli.common import echo_json, json_option, resolve_home
 
 
-@click.group("config", short_help="Check the configuration of $LOCFT_HOME.")
+@click.group("config", short_help="Check the configuration of $LOCFT_HOME; print its template.")
 def config_group() -> None:
     """The configuration of $LOCFT_HOME (locft.toml)."""
 
@@ -45,3 +46,20 @@ def check(as_json: bool) -> None:
         echo_json(report)
         return
     click.echo(f"ok: {home.config_path} (cron, capability tasks, model, database)")
+
+
+@config_group.command("template")
+def template() -> None:
+    """Print the commented locft.toml: every key, what it takes, its default and what it does.
+
+    It is what `locft init` writes into a new home, rendered from the same schemas the loader
+    validates with, so it also lists keys added since an older locft.toml was written.
+
+    \b
+    Examples:
+      locft config template | less
+      diff <(locft config template) "$LOCFT_HOME/locft.toml"
+    """
+    from locft.config_docs import config_template
+
+    click.echo(config_template(), nl=False)
