@@ -17,19 +17,20 @@ from locft.config import EditConfig
 from locft.errors import LocationError
 
 DOWN_PROJ = "model.layers.{L}.mlp.down_proj.weight"
+# The paper's recipe, for what a preset leaves out and for architectures without one.
+PAPER_LR = 5e-4
+PAPER_BATCH_SIZE = 100
+DEFAULT_REPLAY_WEIGHT = 1.0
 
-# (model_type, num_hidden_layers, hidden_size) -> (template, layers): the LocFT-BF paper's
-# choices for its 7-8B models, and the measured default of the embedded SmolLM2-135M: the
-# down_proj of layers 21 and 22 together (at 1,000 ZsRE facts: generalization 0.56 against 0.41
-# for layer 22 alone, locality no worse, converged in 15 epochs instead of 25;
-# docs/experiments/quality/README.md). `locft locate` on 30 facts prefers layer 3 for capability
-# (docs/experiments/quality/locate_embedded.md).
-MEASURED_DEFAULTS: dict[tuple[str, int, int], tuple[str, tuple[int, ...]]] = {
-    ("llama", 32, 4096): (DOWN_PROJ, (22,)),  # Llama-3-8B
-    ("qwen2", 28, 3584): (DOWN_PROJ, (6,)),  # Qwen2.5-7B
-    ("mistral", 32, 4096): ("model.layers.{L}", (23,)),  # Mistral-7B: the whole layer
-    ("llama", 30, 576): (DOWN_PROJ, (21, 22)),  # SmolLM2-135M (embedded default)
-}
+
+@dataclass(frozen=True)
+class EditLocation:
+    template: str
+    layers: tuple[int, ...]
+
+    def describe(self) -> str:
+        layers = ",".join(map(str, self.layers))
+        return self.template.replace("{L}", layers) if "{L}" in self.template else self.template
 
 
 @dataclass(frozen=True)
@@ -43,48 +44,62 @@ class LargeFactSetDefault:
     replay_weight: float
 
 
-# On the embedded model at 1,000 ZsRE facts, layers 20-22 with the replay weighted 2 against the
-# two-layer default, item by item on two seeds: generalization +0.07 (p 0.02) and +0.05, token
-# locality +0.005 and +0.000, ARC-Easy +1.1 and -0.4 points against the base where two layers
-# lost 1.9 and 1.6. At 100 facts the same setting cost ARC-Easy (-2.8 and -2.1 against -1.1 and
-# -0.9), so smaller fact sets keep two layers (docs/experiments/quality/README.md, "A default
-# that grows with the facts").
-MEASURED_LARGE_FACT_SETS: dict[tuple[str, int, int], LargeFactSetDefault] = {
-    ("llama", 30, 576): LargeFactSetDefault(min_facts=1000, layers=(20, 21, 22), replay_weight=2.0),
+@dataclass(frozen=True)
+class Preset:
+    """The measured defaults of one architecture and size; what was not measured keeps the
+    paper's recipe (no replay: locality-preserving replay is not in the paper)."""
+
+    location: EditLocation | None  # None: the MLP output projection at proportional depth
+    lr: float = PAPER_LR
+    batch_size: int = PAPER_BATCH_SIZE
+    replay_ratio: float = 0.0
+    replay_qa_share: float = 0.0
+    large_fact_set: LargeFactSetDefault | None = None
+
+
+PAPER_RECIPE = Preset(location=None)
+
+# (model_type, num_hidden_layers, hidden_size) -> preset. The locations of the 7-8B models are
+# the LocFT-BF paper's choices. The embedded SmolLM2-135M's are measured:
+# - location: the down_proj of layers 21 and 22 together (at 1,000 ZsRE facts: generalization
+#   0.56 against 0.41 for layer 22 alone, locality no worse, converged in 15 epochs instead of
+#   25; docs/experiments/quality/README.md). `locft locate` on 30 facts prefers layer 3 for
+#   capability (docs/experiments/quality/locate_embedded.md).
+# - lr: measured; other models start from the paper's 5e-4.
+# - batch size: batch 100 gives 100 facts one step per epoch: too few steps for the small model
+#   to learn them in 25 epochs (reliability 0.51 vs 0.98 at batch 32, docs/experiments/engine/).
+# - replay (measured on the embedded model only, docs/experiments/quality/; other models get
+#   the paper's recipe until someone measures them): a third of the pool is reference
+#   question-answer pairs in plain text (edit.replay_qa_share), added on top of one prompt per
+#   fact: 1.5 replay rows per fact keep one training-format prompt per fact, as before. At 100
+#   facts this halved the ARC-Easy loss the capability gate rejected (-0.9 / -1.4 points against
+#   -2.3 / -2.6, same seeds) at the same generalization and locality, for about 35% more time an
+#   epoch (docs/experiments/quality/).
+# - large fact sets: at 1,000 ZsRE facts, layers 20-22 with the replay weighted 2 against the
+#   two-layer default, item by item on two seeds: generalization +0.07 (p 0.02) and +0.05, token
+#   locality +0.005 and +0.000, ARC-Easy +1.1 and -0.4 points against the base where two layers
+#   lost 1.9 and 1.6. At 100 facts the same setting cost ARC-Easy (-2.8 and -2.1 against -1.1
+#   and -0.9), so smaller fact sets keep two layers (docs/experiments/quality/README.md, "A
+#   default that grows with the facts").
+PRESETS: dict[tuple[str, int, int], Preset] = {
+    ("llama", 32, 4096): Preset(EditLocation(DOWN_PROJ, (22,))),  # Llama-3-8B
+    ("qwen2", 28, 3584): Preset(EditLocation(DOWN_PROJ, (6,))),  # Qwen2.5-7B
+    ("mistral", 32, 4096): Preset(EditLocation("model.layers.{L}", (23,))),  # Mistral-7B: the whole layer
+    ("llama", 30, 576): Preset(  # SmolLM2-135M (the embedded model)
+        EditLocation(DOWN_PROJ, (21, 22)),
+        lr=5e-3,
+        batch_size=32,
+        replay_ratio=1.5,
+        replay_qa_share=1 / 3,
+        large_fact_set=LargeFactSetDefault(min_facts=1000, layers=(20, 21, 22), replay_weight=2.0),
+    ),
 }
-DEFAULT_REPLAY_WEIGHT = 1.0
-# Measured learning rates; other models start from the paper's 5e-4.
-MEASURED_LR: dict[tuple[str, int, int], float] = {("llama", 30, 576): 5e-3}
-PAPER_LR = 5e-4
-# Batch 100 gives 100 facts one step per epoch: too few steps for the small model to learn
-# them in 25 epochs (reliability 0.51 vs 0.98 at batch 32, docs/experiments/engine/).
-MEASURED_BATCH_SIZE: dict[tuple[str, int, int], int] = {("llama", 30, 576): 32}
-PAPER_BATCH_SIZE = 100
-# Locality-preserving replay (not in the paper): measured on the embedded model only
-# (docs/experiments/quality/); other models get the paper's recipe until someone measures them.
-# On the embedded model, a third of the pool is reference question-answer pairs in plain text
-# (edit.replay_qa_share), added on top of one prompt per fact: 1.5 replay rows per fact keep one
-# training-format prompt per fact, as before. At 100 facts this halved the ARC-Easy loss the
-# capability gate rejected (-0.9 / -1.4 points against -2.3 / -2.6, same seeds) at the same
-# generalization and locality, for about 35% more time an epoch (docs/experiments/quality/).
-MEASURED_REPLAY_RATIO: dict[tuple[str, int, int], float] = {("llama", 30, 576): 1.5}
-MEASURED_REPLAY_QA_SHARE: dict[tuple[str, int, int], float] = {("llama", 30, 576): 1 / 3}
 
 # MLP output projections by naming family, for the proportional-depth fallback.
 _MLP_OUT = re.compile(
     r"^(?P<prefix>.*?)\.(?P<layer>\d+)\.(?P<suffix>mlp\.down_proj|mlp\.c_proj|mlp\.dense_4h_to_h|fc2|mlp\.fc2)\.weight$"
 )
 _LAYER_INDEX = re.compile(r"\.(\d+)(?=\.|$)")
-
-
-@dataclass(frozen=True)
-class EditLocation:
-    template: str
-    layers: tuple[int, ...]
-
-    def describe(self) -> str:
-        layers = ",".join(map(str, self.layers))
-        return self.template.replace("{L}", layers) if "{L}" in self.template else self.template
 
 
 def _arch_key(config: Any) -> tuple[str, int, int]:
@@ -95,39 +110,44 @@ def _arch_key(config: Any) -> tuple[str, int, int]:
     )
 
 
+def preset(config: Any) -> Preset:
+    """The preset of this model's architecture and size (a model config), else the paper's recipe."""
+    return PRESETS.get(_arch_key(config), PAPER_RECIPE)
+
+
 def default_lr(config: Any) -> float:
-    return MEASURED_LR.get(_arch_key(config), PAPER_LR)
+    return preset(config).lr
 
 
 def default_batch_size(config: Any) -> int:
-    return MEASURED_BATCH_SIZE.get(_arch_key(config), PAPER_BATCH_SIZE)
+    return preset(config).batch_size
 
 
 def default_replay_ratio(config: Any) -> float:
-    return MEASURED_REPLAY_RATIO.get(_arch_key(config), 0.0)
+    return preset(config).replay_ratio
 
 
 def default_replay_qa_share(config: Any) -> float:
-    return MEASURED_REPLAY_QA_SHARE.get(_arch_key(config), 0.0)
+    return preset(config).replay_qa_share
 
 
 def large_fact_set_default(model: torch.nn.Module, cfg: EditConfig, n_facts: int) -> LargeFactSetDefault | None:
     """The measured large-fact-set setting, when this architecture has one, `n_facts` reaches
     it and the config leaves the location to the default (it was measured with that template)."""
-    key = _arch_key(model.config)
-    large = MEASURED_LARGE_FACT_SETS.get(key)
+    measured = preset(model.config)
+    large = measured.large_fact_set
     if large is None or n_facts < large.min_facts or cfg.layers:
         return None
-    return large if cfg.location in (None, MEASURED_DEFAULTS[key][0]) else None
+    default_template = measured.location.template if measured.location is not None else None
+    return large if cfg.location in (None, default_template) else None
 
 
 def default_location(model: torch.nn.Module) -> EditLocation:
     """The paper's / measured choice when known; else the MLP output projection at ~69% depth
     (layer 22 of Llama-3-8B's 32, the paper's default, scaled to this model's depth)."""
-    key = _arch_key(model.config)
-    if key in MEASURED_DEFAULTS:
-        template, layers = MEASURED_DEFAULTS[key]
-        return EditLocation(template, layers)
+    measured = preset(model.config).location
+    if measured is not None:
+        return measured
     families: dict[tuple[str, str], set[int]] = {}
     for name, _ in model.named_parameters():
         m = _MLP_OUT.match(name)
@@ -135,7 +155,7 @@ def default_location(model: torch.nn.Module) -> EditLocation:
             families.setdefault((m["prefix"], m["suffix"]), set()).add(int(m["layer"]))
     if not families:
         raise LocationError(
-            f"no default edit location for model_type {key[0]!r}: set [edit] location, e.g. "
+            f"no default edit location for model_type {_arch_key(model.config)[0]!r}: set [edit] location, e.g. "
             f"one of {', '.join(candidate_templates(model)[:8])}"
         )
     (prefix, suffix), layers = max(families.items(), key=lambda kv: len(kv[1]))

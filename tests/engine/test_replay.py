@@ -103,7 +103,7 @@ def test_qa_share_resolves_per_model_and_never_with_token_targets(tiny: LoadedMo
     # the tiny model is no measured architecture: off, like replay itself
     assert resolve_edit_config(tiny, EditConfig(), 10).replay_qa_share == 0.0
     assert resolve_edit_config(tiny, EditConfig(replay_qa_share=0.25), 10).replay_qa_share == 0.25
-    monkeypatch.setattr(targets, "MEASURED_REPLAY_QA_SHARE", {targets._arch_key(tiny.config): 0.5})
+    monkeypatch.setitem(targets.PRESETS, targets._arch_key(tiny.config), targets.Preset(None, replay_qa_share=0.5))
     assert resolve_edit_config(tiny, EditConfig(), 10).replay_qa_share == 0.5
     # token targets would teach the reference answers: the default turns the pairs off
     assert resolve_edit_config(tiny, EditConfig(replay_target="tokens"), 10).replay_qa_share == 0.0

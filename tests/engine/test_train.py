@@ -59,11 +59,10 @@ def test_a_measured_large_fact_set_setting_trains_from_its_fact_count(tiny: Load
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     from locft.engine import targets
 
-    key = targets._arch_key(tiny.config)
     template = "model.layers.{L}.mlp.down_proj.weight"
-    monkeypatch.setattr(targets, "MEASURED_DEFAULTS", {key: (template, (3,))})
-    monkeypatch.setattr(targets, "MEASURED_LARGE_FACT_SETS",
-                        {key: targets.LargeFactSetDefault(min_facts=4, layers=(2, 3), replay_weight=2.0)})
+    large = targets.LargeFactSetDefault(min_facts=4, layers=(2, 3), replay_weight=2.0)
+    monkeypatch.setitem(targets.PRESETS, targets._arch_key(tiny.config),
+                        targets.Preset(targets.EditLocation(template, (3,)), large_fact_set=large))
     three = edit(tiny, FACTS[:3], replace(LEARN, max_epochs=1))
     assert list(three.tensors) == [TARGET] and three.config.replay_weight == 1.0
     four = edit(tiny, FACTS, replace(LEARN, max_epochs=1))
