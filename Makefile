@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: venv run test test-fast bench clean
+.PHONY: venv run test test-fast clean
 
 venv: $(VENV)/.installed
 
