@@ -476,10 +476,7 @@ def _warnings(results: Sequence[CandidateResult], selection: Selection, settings
 # ---------------------------------------------------------------------------------------------
 # recording the pick in locft.toml
 
-NOTE_PREFIX = "# locft locate"
-_TABLE = re.compile(r"^\s*\[(?!\[)\s*([^\]]*?)\s*\]\s*(?:#.*)?$")
-_ARRAY_TABLE = re.compile(r"^\s*\[\[")
-_KEY = re.compile(r"^\s*(location|layers)\s*=")
+NOTE = "locft locate"  # the comment above a recorded location: "# locft locate: <note>"
 
 
 def location_lines(template: str, layers: Sequence[int]) -> list[str]:
@@ -492,72 +489,68 @@ def location_lines(template: str, layers: Sequence[int]) -> list[str]:
     return lines
 
 
-def _bracket_balance(line: str) -> int:
-    code = line.split("#", 1)[0]
-    return code.count("[") - code.count("]")
-
-
 def set_location_text(text: str, template: str, layers: Sequence[int], note: str | None = None) -> str:
-    """`text` (a locft.toml) with [edit] location/layers set; every other line kept as it was.
+    """`text` (a locft.toml) with [edit] location/layers set; everything else kept as written
+    (tomlkit keeps comments and layout).
 
-    Earlier uncommented `location` / `layers` keys of [edit] and earlier `# locft locate` notes
-    are replaced; the new lines go where the old `location` key was, else right under [edit]
-    (which is appended when missing). The result is checked by parsing: apart from the two
-    keys it must mean exactly what `text` meant, else ConfigError (nothing is written).
+    Earlier `location` / `layers` keys of [edit] and earlier `# locft locate` notes there are
+    replaced; the new lines go where the old `location` key was (or its note), else right under
+    [edit] (which is appended when missing). The result is checked by parsing: apart from the
+    two keys it must mean exactly what `text` meant, else ConfigError (nothing is written).
     """
+    import tomlkit
+    from tomlkit.container import Container
+    from tomlkit.exceptions import TOMLKitError
+    from tomlkit.items import Comment, Table
+    from tomlkit.toml_document import TOMLDocument
+
     try:
         before = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+        doc = tomlkit.parse(text if text.endswith("\n") or not text else text + "\n")
+    except (tomllib.TOMLDecodeError, TOMLKitError) as exc:
         raise ConfigError(f"locft.toml does not parse ({exc}); fix it before recording a location") from None
-    block = ([f"{NOTE_PREFIX}: {note}"] if note else []) + location_lines(template, layers)
-    lines = text.splitlines(keepends=True)
-    if lines and not lines[-1].endswith("\n"):
-        lines[-1] += "\n"
-    start = end = None
-    for i, line in enumerate(lines):
-        if _ARRAY_TABLE.match(line):
-            if start is not None and end is None:
-                end = i
-            continue
-        m = _TABLE.match(line)
-        if not m:
-            continue
-        if start is None and m[1] == "edit":
-            start = i
-        elif start is not None and end is None:
-            end = i
-    if start is None:
-        new_lines = lines + ["\n[edit]\n"] + [b + "\n" for b in block]
-    else:
-        end = len(lines) if end is None else end
-        drop: set[int] = set()
-        i = start + 1
-        while i < end:
-            line = lines[i]
-            if line.lstrip().startswith(NOTE_PREFIX):
-                drop.add(i)
-            elif _KEY.match(line):
-                drop.add(i)
-                depth = _bracket_balance(line)
-                while depth > 0 and i + 1 < end:  # a multi-line array
-                    i += 1
-                    drop.add(i)
-                    depth += _bracket_balance(lines[i])
-            i += 1
-        keys = [j for j in sorted(drop) if _KEY.match(lines[j])]
-        at = keys[0] if keys else start + 1
-        # keep a note directly above the old key with the new block
-        while at - 1 in drop and at - 1 > start:
-            at -= 1
-        new_lines = []
-        for j, line in enumerate(lines):
-            if j == at:
-                new_lines.extend(b + "\n" for b in block)
-            if j not in drop:
-                new_lines.append(line)
-        if at >= len(lines):
-            new_lines.extend(b + "\n" for b in block)
-    new_text = "".join(new_lines)
+    block = location_lines(template, layers)
+    new_items: list[tuple[str | None, Any]] = [(None, tomlkit.comment(f"{NOTE}: {note}"))] if note else []
+    new_items.append(("location", tomlkit.item(template)))
+    if "{L}" in template:
+        new_items.append(("layers", tomlkit.item([int(x) for x in layers])))
+
+    def refuse() -> ConfigError:
+        return ConfigError(
+            "could not update locft.toml automatically (its [edit] table is written in a way this "
+            "editor does not handle); set these lines in [edit] yourself:\n  " + "\n  ".join(block))
+
+    old = doc.get("edit")
+    if old is None:
+        if doc.body:
+            doc.add(tomlkit.nl())
+        table = tomlkit.table()
+        for key, item in new_items:
+            table.raw_append(key, item)
+        doc.add("edit", table)
+    elif isinstance(old, Table) and not old.is_super_table():  # a plain [edit] header
+        kept: list[tuple[Any, Any]] = []  # (tomlkit Key or None, item): keys keep their spelling
+        at = 0
+        for key, item in old.value.body:
+            if key is None and isinstance(item, Comment) and item.as_string().lstrip().startswith(f"# {NOTE}"):
+                continue
+            if key is not None and key.key in ("location", "layers"):
+                if key.key == "location":  # the new lines go here (where its note was, if any)
+                    at = len(kept)
+                continue
+            kept.append((key, item))
+        # Rebuilt the way tomlkit's parser builds a document (parsed=True: appending adds no
+        # cosmetic blank lines), so every other item renders exactly as it was read.
+        table = Table(Container(True), old.trivia, is_aot_element=False)
+        for key, item in kept[:at] + new_items + kept[at:]:
+            table.raw_append(key, item)
+        rebuilt = TOMLDocument(True)
+        for key, item in doc.body:
+            rebuilt.append(key, table if item is old else item)
+        doc = rebuilt
+    else:  # dotted keys (edit.lr = ...), an inline table, [edit] split around other tables
+        raise refuse()
+    new_text = tomlkit.dumps(doc)
 
     expected = copy.deepcopy(before)
     edit_table = expected.setdefault("edit", {})
@@ -571,10 +564,7 @@ def set_location_text(text: str, template: str, layers: Sequence[int], note: str
     except tomllib.TOMLDecodeError:
         after = None
     if after != expected:
-        raise ConfigError(
-            "could not update locft.toml automatically (its [edit] table is written in a way this "
-            "editor does not handle); set these lines in [edit] yourself:\n  " + "\n  ".join(block[-2:] if "{L}" in template else block[-1:])
-        )
+        raise refuse()
     from_dict(LocftConfig, after)  # ConfigError if the result is not a valid config
     return new_text
 

@@ -194,6 +194,32 @@ def test_recording_replaces_the_old_location_and_keeps_the_rest(tmp_path: Path) 
     assert _config(again, tmp_path).edit.layers == (5,)
 
 
+def test_recording_keeps_the_users_comments_and_layout_byte_for_byte(tmp_path: Path) -> None:
+    old = (
+        "# my locft home: hand-tuned\n\n"
+        "[model]   # which model\n"
+        'path="/m"      # a local copy\n\n'
+        "[edit]  # where and how\n"
+        "  lr=0.01 # tuned by hand\n\n"
+        "# the location below came from a sweep\n"
+        "# locft locate: an earlier run\n"
+        'location = "model.layers.{L}.mlp.up_proj.weight"\n'
+        "layers = [\n  3,  # early\n  4,\n]\n"
+        '"max_epochs"  =  7\n\n'
+        "# gates follow\n"
+        "[gates]\nmin_locality = 0.5 # loose\n"
+    )
+    text = set_location_text(old, DOWN_PROJ, [2], note="new run")
+    # only the note and the two keys change; every other byte is the user's
+    assert text == old.replace(
+        "# locft locate: an earlier run\n"
+        'location = "model.layers.{L}.mlp.up_proj.weight"\n'
+        "layers = [\n  3,  # early\n  4,\n]\n",
+        '# locft locate: new run\nlocation = "model.layers.{L}.mlp.down_proj.weight"\nlayers = [2]\n',
+    )
+    assert _config(text, tmp_path).edit.layers == (2,)
+
+
 def test_recording_without_an_edit_table_and_a_module_location(tmp_path: Path) -> None:
     text = set_location_text('[model]\npath = "/m"', DOWN_PROJ, [1])
     assert text == '[model]\npath = "/m"\n\n[edit]\nlocation = "model.layers.{L}.mlp.down_proj.weight"\nlayers = [1]\n'
