@@ -299,12 +299,13 @@ def _run(
             loaded = load_base(config.model, home.root)
         store.record_base_fingerprint(loaded.fingerprint, actor=actor)  # refuses another base model
 
+    from locft.engine.resolve import resolve_edit_config
     from locft.engine.scope import scoped_edit_defaults
-    from locft.engine.train import resolve_edit_config
 
     gated = config.serve.scope == "gated"
     edit_input = scoped_edit_defaults(config.edit, gated)  # no replay by default under a scope
-    edit_cfg = resolve_edit_config(loaded, edit_input, len(facts))  # per-model defaults, replay included
+    # per-model defaults, replay included; resolved once: edit() finds nothing left to fill
+    edit_cfg = resolve_edit_config(loaded, edit_input, len(facts))
     replay = None
     if facts and edit_cfg.replay_ratio and edit_cfg.pipeline == "breadth-first":
         # Built here, not inside edit(), so that the locality probes are never replayed: a
@@ -329,7 +330,7 @@ def _run(
                                        p.max_epochs * p.steps_per_epoch, f"epoch {p.epoch}/{p.max_epochs}", p.loss))
 
             try:
-                result = edit(loaded, facts, edit_input, progress=on_train, should_stop=should_stop,
+                result = edit(loaded, facts, edit_cfg, progress=on_train, should_stop=should_stop,
                               replay=replay, cache_dir=home.cache_dir)
             except EditCancelled as exc:
                 raise RoundCancelled(f"training was stopped: {exc}") from None
@@ -344,10 +345,8 @@ def _run(
             }
         else:
             # Every fact retracted: the right model is the base itself, i.e. an empty snapshot.
-            from locft.engine.train import resolve_edit_config
-
             tensors, summary = {}, {"loss_per_epoch": [], "epochs": 0, "note": "no active facts"}
-            resolved = resolve_edit_config(loaded, edit_input, len(facts))
+            resolved = edit_cfg
             prompt_format = resolved.prompt_format
             edit_record = to_dict(resolved) | {"parameters": []}
 

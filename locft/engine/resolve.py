@@ -8,7 +8,7 @@ the device (engine.device). The resolved config is what results and round record
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from locft.config import EditConfig
 from locft.engine.data import resolve_prompt_format
@@ -30,6 +30,15 @@ from locft.engine.targets import (
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class ResolvedEdit:
+    """A resolved config, the location it names and that location's exact parameter names."""
+
+    config: EditConfig
+    location: EditLocation
+    names: list[str]
+
+
 def resolve_edit_config(loaded: LoadedModel, cfg: EditConfig, n_facts: int) -> EditConfig:
     """Fill the per-model defaults (location, layers, prompt format, lr, batch size, replay) for
     a round over `n_facts` facts: some models have a measured large-fact-set setting."""
@@ -37,6 +46,15 @@ def resolve_edit_config(loaded: LoadedModel, cfg: EditConfig, n_facts: int) -> E
     if resolved.micro_batch_size is None or resolved.micro_batch_tokens is None:
         resolved = _with_pass_sizes(loaded, resolved, resolve_location(loaded.model, location))
     return resolved
+
+
+def resolve_edit(loaded: LoadedModel, cfg: EditConfig, n_facts: int) -> ResolvedEdit:
+    """resolve_edit_config, and where the edit trains, resolved once for both."""
+    resolved, location = _with_defaults(loaded, cfg, n_facts)
+    names = resolve_location(loaded.model, location)
+    if resolved.micro_batch_size is None or resolved.micro_batch_tokens is None:
+        resolved = _with_pass_sizes(loaded, resolved, names)
+    return ResolvedEdit(resolved, location, names)
 
 
 def _with_defaults(loaded: LoadedModel, cfg: EditConfig, n_facts: int) -> tuple[EditConfig, EditLocation]:

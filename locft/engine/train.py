@@ -28,9 +28,9 @@ from locft.engine.model_io import LoadedModel
 from locft.engine.null_space import input_second_moments, low_energy_projector, project_change
 from locft.engine.precision import autocast_dtype
 from locft.engine.replay import ReplayItem
-from locft.engine.resolve import resolve_edit_config
+from locft.engine.resolve import resolve_edit
 from locft.engine.rows import RowLayout, training_rows
-from locft.engine.targets import EditLocation, location_from_config, resolve_location
+from locft.engine.targets import EditLocation
 from locft.engine.weights import applied, parameters_by_name
 from locft.errors import ConfigError, LocftError
 from locft.facts import EditFact
@@ -154,9 +154,8 @@ def edit(
     """
     if not facts:
         raise LocftError("no facts to edit")
-    cfg = resolve_edit_config(loaded, cfg, len(facts))
-    location = location_from_config(loaded.model, cfg, len(facts))
-    names = resolve_location(loaded.model, location)
+    resolved = resolve_edit(loaded, cfg, len(facts))
+    cfg, location, names = resolved.config, resolved.location, resolved.names
     prompt_format, lr = cfg.prompt_format, cfg.lr
     assert lr is not None and cfg.batch_size is not None
     examples, layout = training_rows(loaded, facts, cfg, replay, cache_dir)
@@ -225,14 +224,14 @@ def _accumulate_gradients(
     passes of at most cfg.micro_batch_size rows and cfg.micro_batch_tokens padded tokens so that
     activation memory stays bounded; the summed gradient is the whole batch's. Returns the two
     means (replay None without replay rows)."""
-    assert cfg.replay_weight is not None, "resolve_edit_config fills the replay weight"
+    assert cfg.replay_weight is not None, "engine.resolve fills the replay weight"
     n_edit = len(indices)
     weights = [1.0 / n_edit] * n_edit + [cfg.replay_weight / max(len(extra), 1)] * len(extra)
     is_edit = [True] * n_edit + [False] * len(extra)
     # rows sorted by length, so each pass pads to its own longest row; the gradient is a sum over
     # rows and does not depend on their order
     rows = sorted(zip(list(indices) + list(extra), weights, is_edit), key=lambda r: forward.row_tokens(r[0]))
-    assert cfg.micro_batch_size is not None and cfg.micro_batch_tokens is not None, "resolve_edit_config fills them"
+    assert cfg.micro_batch_size is not None and cfg.micro_batch_tokens is not None, "engine.resolve fills them"
     sums: torch.Tensor | None = None  # [edit, replay], summed on the device: one host sync per step
     for chunk in _passes(rows, [forward.row_tokens(r[0]) for r in rows], cfg.micro_batch_size,
                          cfg.micro_batch_tokens):
