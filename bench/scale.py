@@ -51,7 +51,8 @@ def measure(n: int, epochs: int, data_dir: Path, home: Path) -> dict:
     from locft.engine.model_io import load_base
     from locft.engine.replay import replay_for
     from locft.engine.resolve import resolve_edit_config
-    from locft.engine.train import TrainProgress, edit
+    from locft.engine.result import TrainProgress
+    from locft.engine.train import edit
 
     phases: dict[str, dict[str, float]] = {}
     t = time.perf_counter()
