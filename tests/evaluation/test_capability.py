@@ -35,6 +35,7 @@ from locft.evaluation.capability import (
     resolve_task,
     task_scores,
 )
+from locft.evaluation.capability.runner import _headline
 from tests.tiny_model import embedded_tokenizer_source
 
 
@@ -207,7 +208,7 @@ def test_headline_metric_missing_names_what_lm_eval_reported() -> None:
     spec = resolve_task("lm_eval:gsm8k")
     results = {"results": {"gsm8k": {"exact_match,strict-match": 0.1, "exact_match_stderr,strict-match": 0.0}}}
     with pytest.raises(ConfigError, match="gsm8k:exact_match,strict-match"):
-        capability._headline(results, spec)
+        _headline(results, spec)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -284,9 +285,9 @@ def test_task_scores_keep_items_only_where_items_pair(model: torch.nn.Module, to
 
 def test_request_progress_counts_answer_choices_and_can_stop_the_run(model: torch.nn.Module, tokenizer: Any,
                                                                      tmp_path: Path) -> None:
-    import lm_eval.models.huggingface as hf
+    import lm_eval.api.task
 
-    bar_before, training_before = hf.tqdm, model.training
+    bar_before, training_before = lm_eval.api.task.tqdm, model.training
     calls: list[tuple[str, int, int]] = []
     task_scores(model, tokenizer, ["arc_easy", "piqa"], 3, tmp_path,
                 request_progress=lambda done, total, task: calls.append((task, done, total)))
@@ -298,7 +299,40 @@ def test_request_progress_counts_answer_choices_and_can_stop_the_run(model: torc
         raise KeyboardInterrupt
     with pytest.raises(KeyboardInterrupt):
         task_scores(model, tokenizer, ["arc_easy"], 3, tmp_path, request_progress=stop)
-    assert hf.tqdm is bar_before and model.training is training_before  # left as found
+    assert lm_eval.api.task.tqdm is bar_before and model.training is training_before  # left as found
+
+
+def test_bits_per_byte_reports_each_passage_and_no_bar_is_drawn(model: torch.nn.Module, tokenizer: Any,
+                                                                 tmp_path: Path, capfd: pytest.CaptureFixture[str]
+                                                                 ) -> None:
+    calls: list[tuple[str, int, int]] = []
+    capfd.readouterr()
+    task_scores(model, tokenizer, ["arc_easy", "wiki_bpb"], 3, tmp_path,
+                request_progress=lambda done, total, task: calls.append((task, done, total)))
+    assert [c for c in calls if c[0] == "wiki_bpb"] == [("wiki_bpb", n, 3) for n in (1, 2, 3)]
+    err = capfd.readouterr().err
+    assert "it/s" not in err and "%|" not in err, err  # the caller's progress replaces lm-eval's bars
+
+
+def test_builtin_tasks_are_the_yamls_lm_eval_loads() -> None:
+    from lm_eval.tasks import TaskManager
+
+    from locft.evaluation.capability.registry import TASKS_DIR
+
+    manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=False)
+    assert sorted(manager.all_tasks) == known_tasks()
+
+
+def test_a_head_kept_apart_from_tied_embeddings_is_measured_as_given(tokenizer: Any, tmp_path: Path) -> None:
+    # the config says tied, the weights differ (transformers loads such a checkpoint untied):
+    # lm-eval's HFLM would re-tie them
+    untied = _tiny_model(len(tokenizer), seed=1)
+    untied.lm_head.weight = torch.nn.Parameter(untied.lm_head.weight.detach().clone() + 0.5)
+    head = untied.lm_head.weight.detach().clone()
+    measure_capability(untied, tokenizer, ["arc_easy"], 2, tmp_path)
+    assert untied.lm_head.weight is not untied.model.embed_tokens.weight
+    assert torch.equal(untied.lm_head.weight, head)
+    assert "tie_weights" not in untied.__dict__
 
 
 def test_corrupt_or_foreign_cache_file_is_a_miss(tmp_path: Path) -> None:
