@@ -15,11 +15,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from locft.atomic import atomic_write_text
 from locft.config import CONFIG_FILE, CONFIG_TEMPLATE, check_home_path, default_home
 
 log = logging.getLogger(__name__)
@@ -138,15 +138,7 @@ def pid_alive(pid: int) -> bool:
 
 def write_daemon_info(home: Home, info: DaemonInfo) -> None:
     """Atomically (temp file + rename) write run/daemon.json, so readers never see half a file."""
-    home.run_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".daemon-", suffix=".json", dir=home.run_dir)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(info.to_dict(), f)
-        os.replace(tmp, home.daemon_file)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(home.daemon_file, json.dumps(info.to_dict()), durable=False)  # meaningless after a reboot
 
 
 def read_daemon_info(home: Home) -> DaemonInfo | None:

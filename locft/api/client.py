@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
+from locft.atomic import atomic_write_text
 from locft.errors import DaemonError, LocftError
 from locft.home import Home, pid_alive, read_daemon_info
 
@@ -34,15 +34,7 @@ def api_file(home: Home) -> Path:
 
 def write_api_info(home: Home, url: str, pid: int | None = None) -> None:
     """Atomically announce a foreground server (`locft serve`)."""
-    home.run_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".api-", suffix=".json", dir=home.run_dir)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump({"pid": pid or os.getpid(), "api_url": url}, f)
-        os.replace(tmp, api_file(home))
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(api_file(home), json.dumps({"pid": pid or os.getpid(), "api_url": url}), durable=False)
 
 
 def remove_api_info(home: Home, pid: int | None = None) -> None:

@@ -233,6 +233,7 @@ class Daemon:
 
     def _recover(self, when: str, outcome: str = "interrupted", error: str | None = None) -> None:
         """Close dead rounds, but only while holding the round lock (a live round is never touched)."""
+        from locft.atomic import temp_glob
         from locft.daemon.worker import PROGRESS_FILE
         from locft.rounds import recover_rounds
 
@@ -247,7 +248,8 @@ class Daemon:
             (self.home.run_dir / PROGRESS_FILE).unlink(missing_ok=True)  # a dead worker's last words
             # Temp files of atomic writes cut short by a kill -9: a worker's progress file (no worker
             # runs: we hold the round lock) and, at start, a daemon's daemon.json (we hold its lock).
-            patterns = [f".{PROGRESS_FILE}.*"] + ([".daemon-*.json"] if when == "started" else [])
+            patterns = [temp_glob(self.home.run_dir / PROGRESS_FILE)] + (
+                [temp_glob(self.home.daemon_file)] if when == "started" else [])
             stale = [p for pattern in patterns for p in self.home.run_dir.glob(pattern)]
             for path in stale:
                 path.unlink(missing_ok=True)

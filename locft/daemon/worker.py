@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from locft.atomic import atomic_write_text
+
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -107,10 +109,8 @@ class _ProgressFile:
         self.written = now
         data = {"pid": os.getpid(), "phase": p.phase, "done": p.done, "total": p.total, "detail": p.detail,
                 "loss": p.loss, "updated_at": time.time()}
-        tmp = self.path.with_name(f".{PROGRESS_FILE}.{os.getpid()}")
         try:
-            tmp.write_text(json.dumps(data), encoding="utf-8")
-            os.replace(tmp, self.path)
+            atomic_write_text(self.path, json.dumps(data), durable=False)
         except OSError as exc:  # progress is a courtesy; never fail a round for it
             log.debug("could not write %s: %s", self.path, exc)
 

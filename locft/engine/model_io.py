@@ -10,17 +10,14 @@ import hashlib
 import importlib.metadata
 import json
 import logging
-import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from locft.atomic import atomic_write_text
+from locft.atomic import atomic_directory, atomic_write_text
 from locft.config import ModelConfig
 from locft.errors import ModelLoadError
 
@@ -101,14 +98,6 @@ def directory_fingerprint(directory: Path) -> str:
     return fingerprint
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _resolve_device(cfg: ModelConfig) -> torch.device:
     from locft.engine.device import resolve_device
 
@@ -172,9 +161,7 @@ def converted_gguf_dir(gguf: Path, cache_root: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     log.info("converting %s to safetensors under %s (once; ~20 s for the embedded model)", gguf, target)
-    cache_root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=cache_root, prefix=f".tmp-{target.name}-"))
-    try:
+    with atomic_directory(target) as tmp:
         try:
             model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
             tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
@@ -190,14 +177,6 @@ def converted_gguf_dir(gguf: Path, cache_root: Path) -> Path:
             del model.config.quantization_config
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        os.replace(tmp, target)
-        fsync_dir(cache_root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
 
 

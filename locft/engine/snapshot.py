@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +17,9 @@ from typing import TYPE_CHECKING, Any, Mapping
 import torch
 
 from locft import __version__
+from locft.atomic import atomic_directory
 from locft.config import ModelConfig
-from locft.engine.model_io import LoadedModel, fsync_dir, load_base
+from locft.engine.model_io import LoadedModel, load_base
 from locft.engine.weights import swap_in
 from locft.errors import SnapshotError
 
@@ -62,11 +60,6 @@ def tensor_sha256(t: torch.Tensor) -> str:
     return _sha256_bytes(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
 
 
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as fh:
-        os.fsync(fh.fileno())
-
-
 def save_snapshot(
     parent_dir: Path,
     name: str,
@@ -83,12 +76,10 @@ def save_snapshot(
     final = parent_dir / name
     if final.exists():
         raise SnapshotError(f"snapshot {final} already exists")
-    tmp = Path(tempfile.mkdtemp(dir=parent_dir, prefix=f".tmp-{name}-"))
-    try:
+    with atomic_directory(final) as tmp:  # fsyncs every file written in it
         cpu = {n: t.detach().to("cpu").contiguous() for n, t in tensors.items()}
         tensors_path = tmp / TENSORS_FILE
         save_file(cpu, str(tensors_path), metadata={"format": FORMAT})
-        _fsync_file(tensors_path)
         file_sha = hashlib.sha256(tensors_path.read_bytes()).hexdigest()
         scope_entry = _write_scope(tmp, scope) if scope is not None else None
         manifest = {
@@ -109,13 +100,6 @@ def save_snapshot(
             manifest["scope"] = scope_entry
         manifest_path = tmp / MANIFEST_FILE
         manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
-        _fsync_file(manifest_path)
-        fsync_dir(tmp)
-        os.rename(tmp, final)
-        fsync_dir(parent_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return SnapshotInfo(final, manifest["tensors_sha256"], manifest["tensors_size"])
 
 
@@ -126,12 +110,10 @@ def _write_scope(directory: Path, scope: "Scope") -> dict[str, Any]:
 
     text, tensors = scope_file_payload(scope)
     (directory / SCOPE_FILE).write_bytes(text)
-    _fsync_file(directory / SCOPE_FILE)
     entry: dict[str, Any] = {"file": SCOPE_FILE, "sha256": _sha256_bytes(text), "summary": scope.summary()}
     if tensors:
         save_file({n: t.detach().cpu().contiguous() for n, t in tensors.items()},
                   str(directory / SCOPE_TENSORS_FILE), metadata={"format": FORMAT})
-        _fsync_file(directory / SCOPE_TENSORS_FILE)
         entry |= {"tensors_file": SCOPE_TENSORS_FILE,
                   "tensors_sha256": hashlib.sha256((directory / SCOPE_TENSORS_FILE).read_bytes()).hexdigest()}
     return entry
@@ -247,9 +229,7 @@ def export_checkpoint(home: Path, model_cfg: ModelConfig, snapshot_dir: Path | N
     loaded = load_base(model_cfg, home)
     if snapshot is not None:
         apply_snapshot(loaded, snapshot)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".tmp-{out_dir.name}-"))
-    try:
+    with atomic_directory(out_dir) as tmp:
         loaded.model.save_pretrained(tmp, safe_serialization=True)
         loaded.tokenizer.save_pretrained(tmp)
         meta = {
@@ -259,13 +239,4 @@ def export_checkpoint(home: Path, model_cfg: ModelConfig, snapshot_dir: Path | N
             "snapshot": snapshot.manifest if snapshot else None,
         }
         (tmp / "locft_export.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
-        for f in tmp.iterdir():
-            _fsync_file(f)
-        if out_dir.exists():
-            out_dir.rmdir()
-        os.rename(tmp, out_dir)
-        fsync_dir(out_dir.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir

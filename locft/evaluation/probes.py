@@ -13,11 +13,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
 
+from locft.atomic import atomic_write_text
 from locft.engine.generate import Generation
 
 log = logging.getLogger(__name__)
@@ -175,20 +174,13 @@ def _read_cache(path: Path, fingerprint: str) -> dict[str, Generation]:
 
 
 def _write_cache(path: Path, fingerprint: str, answers: dict[str, Generation]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": CACHE_FORMAT,
         "base_fingerprint": fingerprint,
         "answers": {p: {"text": g.text, "answer": g.answer, "token_ids": list(g.token_ids)} for p, g in answers.items()},
     }
-    fd, tmp = tempfile.mkstemp(prefix=".probes-", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(payload, fh, ensure_ascii=False)
-        os.replace(tmp, path)  # readers (a concurrent `locft round run`) see old or new, never half
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # readers (a concurrent `locft round run`) see old or new, never half; a cache: not fsynced
+    atomic_write_text(path, json.dumps(payload, ensure_ascii=False), durable=False)
 
 
 def base_answers(

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from sqlmodel import col, select
 
+from locft.atomic import DIR_TMP_PREFIX
 from locft.policies.retention import RetentionCandidate, RetentionPlan, plan_retention
 from locft.store import events as ev
 from locft.store.db import StoreBase
@@ -24,7 +25,7 @@ from locft.store.models import PromotedPointer, Promotion, Version
 
 log = logging.getLogger(__name__)
 
-TMP_PREFIX = ".tmp-"
+TMP_PREFIX = DIR_TMP_PREFIX  # what locft.atomic.atomic_directory writes in
 DEFAULT_ORPHAN_MIN_AGE_S = 3600.0
 
 

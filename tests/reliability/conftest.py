@@ -150,7 +150,7 @@ def table_counts(db_path: Path) -> dict[str, Any]:
         conn.close()
 
 
-LEFTOVER_PREFIXES = (".tmp-", ".daemon-", ".round-progress")
+LEFTOVER_PREFIXES = (".tmp-",)  # locft.atomic's temp directories; its temp files end in .tmp
 
 
 def leftovers(home: Home) -> list[str]:

@@ -140,7 +140,7 @@ def check_consistent(home: Home, expected: set[str], killed_round: int | None) -
         if worker is None:
             assert snapshot_dirs_without_rows(home) == []
             daemon_alive = daemon_lock(home.run_dir).holder() is not None  # it rewrites daemon.json every poll
-            assert [p for p in leftovers(home) if not (daemon_alive and p.startswith("run/.daemon-"))] == []
+            assert [p for p in leftovers(home) if not (daemon_alive and p.startswith("run/.daemon.json."))] == []
             assert not (home.run_dir / "round-progress.json").exists()
         return {"outcome": outcome, "promoted": promoted.id, "facts": len(active)}
     finally:
@@ -176,8 +176,8 @@ def test_sigkill_at_random_points_of_20_rounds_loses_nothing(tmp_path: Path, tin
             expected.add(prompt)
     # leftovers of an earlier kill -9 in the middle of atomic writes: the first start removes them
     home.run_dir.mkdir(parents=True, exist_ok=True)
-    (home.run_dir / ".daemon-x1y2z3.json").write_text("{")
-    (home.run_dir / ".round-progress.json.4242").write_text("{")
+    (home.run_dir / ".daemon.json.x1y2z3.tmp").write_text("{")
+    (home.run_dir / ".round-progress.json.4242abcd.tmp").write_text("{")
 
     # one round without a kill: how long its worker lives here (the random delays are fractions of it)
     locftd(home, "start", "--no-api", timeout=SLOW)

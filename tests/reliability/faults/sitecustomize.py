@@ -87,17 +87,19 @@ def _patch_safetensors(module: Any) -> None:
                               lambda tensors, filename, *a, **k: "/.tmp-round-" in str(filename))
 
 
+def _patch_atomic(module: Any) -> None:
+    fsync_dir = module.fsync_dir
+
+    def patched(path: Path) -> None:
+        if Path(path).name == "snapshots":  # the parent, after the snapshot directory's rename
+            park("snapshot.renamed")
+        fsync_dir(path)
+
+    module.fsync_dir = patched
+
+
 def _patch_snapshot(module: Any) -> None:
-    if FAULT == "snapshot.renamed":
-        fsync_dir = module.fsync_dir
-
-        def patched(path: Path) -> None:
-            if Path(path).name == "snapshots":  # the parent, after the rename
-                park("snapshot.renamed")
-            fsync_dir(path)
-
-        module.fsync_dir = patched
-    elif FAULT.startswith("fsize:"):
+    if FAULT.startswith("fsize:"):
         import resource
         import signal
 
@@ -165,7 +167,9 @@ if FAULT.startswith("train:"):
     PATCHES["locft.engine.train"] = _patch_train
 elif FAULT == "snapshot.tensors":
     PATCHES["safetensors.torch"] = _patch_safetensors
-elif FAULT == "snapshot.renamed" or FAULT.startswith("fsize:"):
+elif FAULT == "snapshot.renamed":
+    PATCHES["locft.atomic"] = _patch_atomic
+elif FAULT.startswith("fsize:"):
     PATCHES["locft.engine.snapshot"] = _patch_snapshot
 elif FAULT in ("record.uncommitted", "record.committed", "judge.committed", "promote.uncommitted",
                "promote.committed"):
