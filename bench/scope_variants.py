@@ -46,8 +46,8 @@ def main() -> None:
     from locft.config import EditConfig, ModelConfig
     from locft.engine.generate import greedy_generate
     from locft.engine.model_io import load_base
-    from locft.engine.scope import scope_coverage, scope_for_facts
     from locft.engine.resolve import resolve_edit_config
+    from locft.engine.scope import scope_coverage, scope_for_facts
     from locft.locate import sample_facts
     from locft.readers import load_edit_facts
     from locft.text import exact_match

@@ -11,9 +11,10 @@ import torch
 
 from locft.config import ModelConfig
 from locft.engine.model_io import load_base
-from locft.engine.snapshot import load_snapshot, apply_snapshot
+from locft.engine.snapshot import apply_snapshot, load_snapshot
 from locft.evaluation.capability import measure_capability
 from locft.store import Store
+
 torch.set_num_threads(1)
 home = Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/srvbench/home")
 loaded = load_base(ModelConfig(), home)

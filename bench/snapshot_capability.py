@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import time
-import math
 from pathlib import Path
 
 
@@ -69,10 +69,16 @@ def main() -> None:
 
     from locft.config import ModelConfig
     from locft.engine.model_io import load_base
-    from locft.engine.snapshot import check_base, load_snapshot
     from locft.engine.scoped import answering
-    from locft.evaluation.capability import (ScopeOnly, TaskScore, base_capability, item_scores, measure_capability,
-                                             task_scores)
+    from locft.engine.snapshot import check_base, load_snapshot
+    from locft.evaluation.capability import (
+        ScopeOnly,
+        TaskScore,
+        base_capability,
+        item_scores,
+        measure_capability,
+        task_scores,
+    )
 
     torch.set_num_threads(args.threads)
     tasks = [t for t in args.tasks.split(",") if t]

@@ -43,11 +43,11 @@ def main() -> None:
 
     from locft.config import EditConfig, ModelConfig
     from locft.engine.model_io import load_base
-    from locft.engine.snapshot import check_base, load_snapshot
     from locft.engine.resolve import resolve_edit_config
     from locft.engine.scoped import answering
-    from locft.locate import sample_facts
+    from locft.engine.snapshot import check_base, load_snapshot
     from locft.evaluation.editing import base_probe_generations, evaluate_edits
+    from locft.locate import sample_facts
     from locft.readers import load_edit_facts
 
     torch.set_num_threads(args.threads)

@@ -12,9 +12,9 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 DIR_TMP_PREFIX = ".tmp-"  # store.snapshots sweeps leftovers of this prefix
 FILE_TMP_SUFFIX = ".tmp"

@@ -11,9 +11,10 @@ import platform
 import resource
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from locft import __version__
 from locft.config import EditConfig, ModelConfig, to_dict
@@ -103,9 +104,9 @@ def run_benchmark(spec: BenchSpec, on_event: Callable[[str, Any], None] | None =
     """Load, measure the base answers to probes, train, evaluate; return the result record."""
     from locft.engine.model_io import load_base
     from locft.engine.replay import replay_for, replay_pool_size
+    from locft.engine.resolve import resolve_edit_config
     from locft.engine.scope import scope_for_facts, scoped_edit_defaults
     from locft.engine.scoped import answering, tuned_layer_indices
-    from locft.engine.resolve import resolve_edit_config
     from locft.engine.train import edit
     from locft.evaluation.editing import base_probe_generations, evaluate_edits, scope_report
 

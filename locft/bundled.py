@@ -18,9 +18,10 @@ import importlib
 import importlib.metadata
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 from locft.errors import SetupError
 

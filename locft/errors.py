@@ -19,7 +19,7 @@ class LocftError(Exception):
     # error object carries them as "details"
     details: dict[str, Any] | None = None
 
-    def with_details(self, details: dict[str, Any]) -> "LocftError":
+    def with_details(self, details: dict[str, Any]) -> LocftError:
         self.details = details
         return self
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import unicodedata
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from locft.errors import InvalidFactError
 
@@ -51,7 +52,7 @@ class EditFact:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "EditFact":
+    def from_dict(cls, data: dict[str, Any]) -> EditFact:
         probes = tuple(
             Probe(p["prompt"], p.get("answer")) if isinstance(p, dict) else Probe(str(p))
             for p in data.get("probes") or ()

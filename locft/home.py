@@ -35,7 +35,7 @@ class Home:
     root: Path
 
     @classmethod
-    def resolve(cls, root: str | Path | None = None) -> "Home":
+    def resolve(cls, root: str | Path | None = None) -> Home:
         """`root` when given, else $LOCFT_HOME, else the user data dir; always absolute."""
         if root is None:
             return cls(default_home())

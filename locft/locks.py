@@ -58,7 +58,7 @@ class PidLock:
     def held(self) -> bool:
         return self._fd is not None
 
-    def acquire(self) -> "PidLock":
+    def acquire(self) -> PidLock:
         """Take the lock or raise LockHeld naming the holder's pid. The fd is close-on-exec, so a
         child process never keeps the lock alive after this process died."""
         if self._fd is not None:
@@ -114,7 +114,7 @@ class PidLock:
         finally:
             os.close(fd)
 
-    def __enter__(self) -> "PidLock":
+    def __enter__(self) -> PidLock:
         return self.acquire()
 
     def __exit__(

@@ -21,9 +21,10 @@ import logging
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -163,8 +164,8 @@ def time_generation(loaded: Any, prompts: list[str], prompt_format: str, max_new
                     baseline_batch: int = 32) -> dict[str, Any]:
     """Warm greedy generation of `prompts` at the device's default batch and at `baseline_batch`:
     one untimed call of each first (the first generate call in a process pays a one-time warm-up)."""
-    from locft.engine.device import generation_batch_size
     from locft.engine.data import encode_prompt
+    from locft.engine.device import generation_batch_size
     from locft.engine.generate import greedy_generate
 
     longest = max(len(encode_prompt(loaded.tokenizer, p, prompt_format)) for p in prompts)

@@ -8,8 +8,16 @@ import pytest
 from click.testing import CliRunner
 
 from locft.cli.main import cli
-from locft.config import (CONFIG_TEMPLATE, SECTIONS, EditConfig, LocftConfig, ServeConfig, from_dict, load_config,
-                          tomllib)
+from locft.config import (
+    CONFIG_TEMPLATE,
+    SECTIONS,
+    EditConfig,
+    LocftConfig,
+    ServeConfig,
+    from_dict,
+    load_config,
+    tomllib,
+)
 from locft.config_docs import update_readme
 from locft.config_rules import fields_of
 from locft.errors import ConfigError

@@ -28,7 +28,6 @@ from locft.locate import (
 from locft.policies.location import choose_location
 from tests.round_helpers import FACTS
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 

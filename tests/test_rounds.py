@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -16,7 +16,6 @@ from locft.locks import LockHeld
 from locft.rounds import RoundProgress, hold_round_lock, plan_round, recover_rounds, run_round
 from locft.store import Store
 from tests.round_helpers import ABSURD_LR, FACTS, make_home
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

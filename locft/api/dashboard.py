@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Body, FastAPI, Query
 from fastapi.responses import FileResponse
@@ -47,7 +47,7 @@ class LiveRound:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def start(self) -> "LiveRound":
+    def start(self) -> LiveRound:
         self._thread = threading.Thread(target=self._loop, name="locft-live-round", daemon=True)
         self._thread.start()
         return self
@@ -88,15 +88,15 @@ class LiveRound:
 
 
 class RetractBody(oa.StrictModel):
-    reason: Optional[str] = None
-    author: Optional[str] = None
+    reason: str | None = None
+    author: str | None = None
 
 
 class EditBody(oa.StrictModel):
-    answer: Optional[str] = None
-    prompt: Optional[str] = None
-    note: Optional[str] = Field(None, description="why, for the audit log")
-    author: Optional[str] = None
+    answer: str | None = None
+    prompt: str | None = None
+    note: str | None = Field(None, description="why, for the audit log")
+    author: str | None = None
 
 
 def _id(ident: str, what: str) -> int:
@@ -105,7 +105,7 @@ def _id(ident: str, what: str) -> int:
     return int(ident)
 
 
-def router(state: "AppState") -> APIRouter:
+def router(state: AppState) -> APIRouter:
     from locft.api.app import JsonRoute
     from locft.api.operator import served, version_brief
 
@@ -135,7 +135,7 @@ def router(state: "AppState") -> APIRouter:
         return views.version_facts(store, _id(ident, "version"))
 
     @r.get("/locft/facts", summary="Facts: search, status, the versions that know them")
-    def facts(status: str = "active", search: Optional[str] = Query(None, max_length=500),
+    def facts(status: str = "active", search: str | None = Query(None, max_length=500),
               limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0, le=10**9)) -> dict[str, Any]:
         if status not in ("active", "pending", "retracted", "all"):
             raise bad_request("status must be active, pending, retracted or all", "status", "invalid_value")
@@ -146,7 +146,7 @@ def router(state: "AppState") -> APIRouter:
         return store.get_fact(_id(ident, "fact")).to_dict()
 
     @r.post("/locft/facts/{ident}/retract", summary="Retract a fact (the next round forgets it)")
-    def retract(ident: str, body: Optional[RetractBody] = Body(None)) -> dict[str, Any]:
+    def retract(ident: str, body: RetractBody | None = Body(None)) -> dict[str, Any]:
         body = body or RetractBody()
         return store.retract_fact(_id(ident, "fact"), author=body.author or "dashboard", reason=body.reason).to_dict()
 

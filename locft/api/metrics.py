@@ -6,7 +6,8 @@ the running round's progress file."""
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -40,14 +41,14 @@ class Metrics:
         self.tokens.labels("prompt").inc(prompt)
         self.tokens.labels("completion").inc(completion)
 
-    def attach(self, state: "AppState") -> None:
+    def attach(self, state: AppState) -> None:
         self.registry.register(_StateCollector(state))
 
 
 class _StateCollector(Collector):
     """Gauges read when Prometheus scrapes: what is served, what is promoted, the round's phase."""
 
-    def __init__(self, state: "AppState") -> None:
+    def __init__(self, state: AppState) -> None:
         self.state = state
 
     def collect(self) -> Iterator[Any]:

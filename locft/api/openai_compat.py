@@ -12,8 +12,9 @@ temperature > 0.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional, Sequence, Union
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -33,66 +34,66 @@ class StrictModel(BaseModel):
 
 
 class StreamOptions(StrictModel):
-    include_usage: Optional[bool] = None
+    include_usage: bool | None = None
 
 
 class _Sampling(StrictModel):
-    model: Optional[str] = Field(None, description="'locft' (the promoted version) or 'locft-v<N>'")
-    temperature: Optional[float] = Field(None, ge=0.0, le=2.0, allow_inf_nan=False)
-    top_p: Optional[float] = Field(None, ge=0.0, le=1.0, allow_inf_nan=False)
-    stop: Union[str, list[str], None] = None
-    seed: Optional[int] = None
-    stream: Optional[bool] = None
-    stream_options: Optional[StreamOptions] = None
+    model: str | None = Field(None, description="'locft' (the promoted version) or 'locft-v<N>'")
+    temperature: float | None = Field(None, ge=0.0, le=2.0, allow_inf_nan=False)
+    top_p: float | None = Field(None, ge=0.0, le=1.0, allow_inf_nan=False)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
     # accepted with their default values only (anything else is a 400 `unsupported`)
-    n: Optional[int] = Field(None, ge=1, le=128)
-    best_of: Optional[int] = Field(None, ge=1, le=128)
-    presence_penalty: Optional[float] = Field(None, ge=-2.0, le=2.0, allow_inf_nan=False)
-    frequency_penalty: Optional[float] = Field(None, ge=-2.0, le=2.0, allow_inf_nan=False)
-    logit_bias: Optional[Any] = None
-    tools: Optional[Any] = None
-    functions: Optional[Any] = None
-    response_format: Optional[Any] = None
+    n: int | None = Field(None, ge=1, le=128)
+    best_of: int | None = Field(None, ge=1, le=128)
+    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0, allow_inf_nan=False)
+    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0, allow_inf_nan=False)
+    logit_bias: Any | None = None
+    tools: Any | None = None
+    functions: Any | None = None
+    response_format: Any | None = None
 
 
 class CompletionRequest(_Sampling):
     """POST /v1/completions. `prompt`: a string, a list of strings, a list of token ids, or a list
     of token-id lists (what lm-eval sends); each is one choice."""
 
-    prompt: Union[str, list[int], list[str], list[list[int]], None] = None
-    max_tokens: Optional[int] = Field(None, ge=0, le=MAX_TOKENS_CEILING)
-    echo: Optional[bool] = None
-    logprobs: Optional[int] = Field(None, ge=0, le=MAX_LOGPROBS)
-    suffix: Optional[Any] = None
+    prompt: str | list[int] | list[str] | list[list[int]] | None = None
+    max_tokens: int | None = Field(None, ge=0, le=MAX_TOKENS_CEILING)
+    echo: bool | None = None
+    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    suffix: Any | None = None
 
 
 class TextPart(StrictModel):
-    type: Optional[str] = None
-    text: Optional[str] = None
+    type: str | None = None
+    text: str | None = None
 
 
 class ChatMessage(StrictModel):
-    role: Optional[str] = None
-    content: Union[str, list[TextPart], None] = None
+    role: str | None = None
+    content: str | list[TextPart] | None = None
 
 
 class ChatRequest(_Sampling):
     """POST /v1/chat/completions: the messages go through the model's chat template."""
 
-    messages: Optional[list[ChatMessage]] = None
-    max_tokens: Optional[int] = Field(None, ge=1, le=MAX_TOKENS_CEILING)
-    max_completion_tokens: Optional[int] = Field(None, ge=1, le=MAX_TOKENS_CEILING)
-    logprobs: Optional[bool] = None
-    top_logprobs: Optional[int] = Field(None, ge=0, le=MAX_LOGPROBS)
+    messages: list[ChatMessage] | None = None
+    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_CEILING)
+    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_CEILING)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
 
 
 class TokenizeRequest(StrictModel):
-    prompt: Optional[str] = None
-    add_special_tokens: Optional[bool] = None
+    prompt: str | None = None
+    add_special_tokens: bool | None = None
 
 
 class DetokenizeRequest(StrictModel):
-    tokens: Optional[list[int]] = None
+    tokens: list[int] | None = None
 
 
 # ---- responses -------------------------------------------------------------------------------
@@ -106,16 +107,16 @@ class Usage(BaseModel):
 
 class CompletionLogprobs(BaseModel):
     tokens: list[str]
-    token_logprobs: list[Optional[float]]
-    top_logprobs: list[Optional[dict[str, float]]]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]
     text_offset: list[int]
 
 
 class CompletionChoice(BaseModel):
     index: int
     text: str
-    logprobs: Optional[CompletionLogprobs] = None
-    finish_reason: Optional[Literal["stop", "length"]] = None
+    logprobs: CompletionLogprobs | None = None
+    finish_reason: Literal["stop", "length"] | None = None
 
 
 class _Envelope(BaseModel):
@@ -130,12 +131,12 @@ class _Envelope(BaseModel):
 class CompletionResponse(_Envelope):
     object: Literal["text_completion"] = "text_completion"
     choices: list[CompletionChoice]
-    usage: Optional[Usage] = None
+    usage: Usage | None = None
 
 
 class ChatTokenLogprob(BaseModel):
     token: str
-    logprob: Optional[float]
+    logprob: float | None
     bytes: list[int]
     top_logprobs: list[dict[str, Any]] = []
 
@@ -154,7 +155,7 @@ class ChatResponseMessage(BaseModel):
 class ChatChoice(BaseModel):
     index: int
     message: ChatResponseMessage
-    logprobs: Optional[ChatLogprobs] = None
+    logprobs: ChatLogprobs | None = None
     finish_reason: Literal["stop", "length"]
 
 
@@ -169,7 +170,7 @@ class ModelEntry(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "locft"
-    locft_state: Optional[str] = None
+    locft_state: str | None = None
 
 
 class ModelList(BaseModel):
@@ -190,8 +191,8 @@ class DetokenizeResponse(BaseModel):
 class ErrorDetail(BaseModel):
     message: str
     type: str
-    param: Optional[str] = None
-    code: Optional[str] = None
+    param: str | None = None
+    code: str | None = None
 
 
 class ErrorResponse(BaseModel):

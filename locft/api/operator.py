@@ -7,7 +7,7 @@ watcher swap before it answers, so the response already names what is served.
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Union
 
 from fastapi import APIRouter, Body, Query, Response
 from pydantic import Field
@@ -21,51 +21,51 @@ if TYPE_CHECKING:
 
 
 class _Body(oa.StrictModel):
-    author: Optional[str] = Field(None, description="who, for the audit log (default: api)")
+    author: str | None = Field(None, description="who, for the audit log (default: api)")
 
 
 class FactBody(_Body):
     prompt: str
     answer: str
-    subject: Optional[str] = None
+    subject: str | None = None
     paraphrases: list[str] = []
-    probes: list[Union[str, "ProbeBody"]] = []
+    probes: list[str | ProbeBody] = []
     tags: list[str] = []
-    source: Optional[str] = None
+    source: str | None = None
     replace: bool = False
 
 
 class ProbeBody(oa.StrictModel):
     prompt: str
-    answer: Optional[str] = None
+    answer: str | None = None
 
 
 FactBody.model_rebuild()
 
 
 class RoundBody(_Body):
-    reason: Optional[str] = None
+    reason: str | None = None
 
 
 VersionRef = Union[int, str]
 
 
 class PromoteBody(_Body):
-    version: Optional[VersionRef] = Field(None, description="a version id (or 'locft-v<N>')")
+    version: VersionRef | None = Field(None, description="a version id (or 'locft-v<N>')")
     force: bool = False
-    reason: Optional[str] = None
+    reason: str | None = None
 
 
 class RollbackBody(_Body):
-    to: Optional[VersionRef] = None
-    reason: Optional[str] = None
+    to: VersionRef | None = None
+    reason: str | None = None
 
 
 class AskBody(oa.StrictModel):
-    prompt: Optional[str] = None
-    version: Optional[VersionRef] = None
-    chat: Optional[bool] = None
-    max_tokens: Optional[int] = Field(None, ge=1, le=oa.MAX_TOKENS_CEILING)
+    prompt: str | None = None
+    version: VersionRef | None = None
+    chat: bool | None = None
+    max_tokens: int | None = Field(None, ge=1, le=oa.MAX_TOKENS_CEILING)
     compare: bool = False
 
 
@@ -83,7 +83,7 @@ def version_ref(value: VersionRef | None, name: str, required: bool) -> int | No
     return value
 
 
-def served(state: "AppState") -> dict[str, Any]:
+def served(state: AppState) -> dict[str, Any]:
     server = state.server
     active = server.active
     return {
@@ -115,14 +115,14 @@ def version_brief(v: Any) -> dict[str, Any]:
     return d
 
 
-def after_move(state: "AppState", move: Any) -> dict[str, Any]:
+def after_move(state: AppState, move: Any) -> dict[str, Any]:
     if state.watcher is not None:
         state.watcher.check()  # swap now, so the response already describes what is served
     return move.to_dict() | {"served_version": state.server.active.id,
                              "swap_error": state.watcher.last_error if state.watcher else None}
 
 
-def router(state: "AppState") -> APIRouter:
+def router(state: AppState) -> APIRouter:
     from locft.api.app import json_router
 
     r = json_router()
@@ -144,7 +144,7 @@ def router(state: "AppState") -> APIRouter:
         return data
 
     @r.get("/locft/versions", tags=["operator"])
-    def versions(wanted: Optional[str] = Query(None, alias="state",
+    def versions(wanted: str | None = Query(None, alias="state",
                                                description="candidate, promoted, rejected or retired")
                  ) -> dict[str, Any]:
         if wanted is not None and wanted not in ("candidate", "promoted", "rejected", "retired"):
@@ -171,7 +171,7 @@ def router(state: "AppState") -> APIRouter:
         return result.to_dict()
 
     @r.post("/locft/rounds", status_code=202, tags=["operator"])
-    def request_round(body: Optional[RoundBody] = Body(None)) -> dict[str, Any]:
+    def request_round(body: RoundBody | None = Body(None)) -> dict[str, Any]:
         body = body or RoundBody()
         return store.request_round(actor=body.author or "api", reason=body.reason).to_dict()
 
@@ -183,7 +183,7 @@ def router(state: "AppState") -> APIRouter:
         return after_move(state, move)
 
     @r.post("/locft/rollback", tags=["operator"])
-    def rollback(body: Optional[RollbackBody] = Body(None)) -> dict[str, Any]:
+    def rollback(body: RollbackBody | None = Body(None)) -> dict[str, Any]:
         body = body or RollbackBody()
         move = store.rollback(version_ref(body.to, "to", False), actor=body.author or "api", reason=body.reason)
         return after_move(state, move)

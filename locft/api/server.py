@@ -14,9 +14,10 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -101,7 +102,7 @@ class ApiServer:
             self._error = exc
             log.exception("the API server stopped on an error")
 
-    def _start(self, timeout_s: float = 30.0) -> "ApiServer":
+    def _start(self, timeout_s: float = 30.0) -> ApiServer:
         self._thread.start()
         deadline = time.monotonic() + timeout_s
         while not self._uvicorn.started:
@@ -135,7 +136,7 @@ class ApiServer:
             self.app.store.close()
         log.info("API server on %s stopped", self.url)
 
-    def __enter__(self) -> "ApiServer":
+    def __enter__(self) -> ApiServer:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -8,7 +8,8 @@ asked, and a fact outside it is "not measured", not wrong).
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Literal, Mapping, Optional
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal, Optional
 
 Correct = Optional[bool]  # True / False, or None: not measured
 FactFilter = Literal["active", "pending", "retracted", "all"]

@@ -36,7 +36,7 @@ class PromotionWatcher:
         self._thread: threading.Thread | None = None
         self._check_lock = threading.Lock()
 
-    def start(self) -> "PromotionWatcher":
+    def start(self) -> PromotionWatcher:
         if self._thread is None:
             self._thread = threading.Thread(target=self._loop, name="locft-promotion-watcher", daemon=True)
             self._thread.start()

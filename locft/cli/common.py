@@ -6,8 +6,9 @@ import getpass
 import json
 import os
 import shutil
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -41,13 +42,13 @@ def default_author(author: str | None) -> str:
         return "unknown"
 
 
-def resolve_home() -> "Home":
+def resolve_home() -> Home:
     from locft.home import Home
 
     return Home.resolve()
 
 
-def open_store(create: bool = False, sweep_orphans: bool = True) -> "Store":
+def open_store(create: bool = False, sweep_orphans: bool = True) -> Store:
     """The store of $LOCFT_HOME; a missing one is a one-line error telling to run `locft init`."""
     from locft.config import load_config
     from locft.store import Store

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import click
 
@@ -34,7 +35,7 @@ def parse_probe(text: str) -> Probe:
     return Probe(prompt, answer if answer.strip() else None)
 
 
-def _fact_lines(rev: "FactRevisionInfo") -> list[str]:
+def _fact_lines(rev: FactRevisionInfo) -> list[str]:
     lines = [f"prompt       {rev.prompt}", f"answer       {rev.answer}"]
     if rev.subject:
         lines.append(f"subject      {rev.subject}")

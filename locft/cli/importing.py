@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import click
 
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
 SHOW_AT_MOST = 20
 
 
-def _list(title: str, issues: Sequence["ImportIssue"]) -> None:
+def _list(title: str, issues: Sequence[ImportIssue]) -> None:
     if not issues:
         return
     click.echo(f"{title}:", err=True)

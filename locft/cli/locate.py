@@ -190,8 +190,8 @@ def locate_cmd(facts_file: Path | None, data_format: str, sample: int, seed: int
     """
     import dataclasses
 
-    from locft.config import load_config
     from locft.cli.common import resolve_home
+    from locft.config import load_config
     from locft.locate import LocateSettings, note_for, record_location
     from locft.policies.location import LocateTolerances
 

@@ -118,11 +118,11 @@ def serve(host: str | None, port: int | None, poll: float, access_log: bool) -> 
       locft serve --port 9000
       OPENAI_BASE_URL=http://127.0.0.1:8765/v1 OPENAI_API_KEY=x python my_client.py
     """
+    import logging
+
     from locft.api import start_api_server
     from locft.api.client import remove_api_info, write_api_info
     from locft.config import load_config
-
-    import logging
 
     home = resolve_home()
     config = load_config(home.root)

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from locft.store import FactRevisionInfo, PointerMove, VersionInfo
 
 
-def _gate(v: "VersionInfo") -> str:
+def _gate(v: VersionInfo) -> str:
     if v.is_base:
         return "-"
     if v.gate is None:
@@ -183,7 +183,7 @@ def _gate_lines(metrics: dict[str, Any], report: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _fact_row(r: "FactRevisionInfo") -> list[Any]:
+def _fact_row(r: FactRevisionInfo) -> list[Any]:
     return [r.fact_id, f"r{r.revision}", f"{r.prompt} -> {r.answer}"]
 
 
@@ -216,7 +216,7 @@ def diff_versions(old: int, new: int, as_json: bool) -> None:
         )
 
 
-def _moved(move: "PointerMove", as_json: bool) -> None:
+def _moved(move: PointerMove, as_json: bool) -> None:
     if as_json:
         echo_json(move.to_dict())
     elif not move.changed:

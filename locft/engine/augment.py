@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import random
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 from locft.errors import ConfigError
 from locft.facts import EditFact

@@ -16,8 +16,9 @@ for backward (or each key and value a generated token adds) and uses a quarter o
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 

@@ -8,8 +8,9 @@ sentence-ending '.', where a '.' ends the answer only when it cannot belong to i
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 

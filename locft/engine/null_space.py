@@ -11,7 +11,7 @@ edit. The unrelated prompts are the replay pool's (prompt + the base model's con
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 

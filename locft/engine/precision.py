@@ -7,8 +7,8 @@ the tuned tensors stay float32.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 

@@ -8,9 +8,9 @@ last. Augmentation and replay belong to breadth-first training: depth-first trai
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from locft.config import EditConfig
 from locft.engine.augment import augmented_prompts

@@ -25,8 +25,9 @@ Two signals, combined by `match`:
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 from locft.engine.subjects import ScopeKey, chat_boilerplate, contains_words, normalize_words, subject_keys
 from locft.errors import ConfigError, SnapshotError
@@ -54,7 +55,7 @@ class Scope:
     layer: int | None = None  # similarity: the decoder layer whose output is pooled
     threshold: float | None = None  # similarity: in scope from this cosine on
     false_positive_rate: float | None = None  # similarity: the calibration target
-    embeddings: "torch.Tensor | None" = None  # similarity: one unit vector per fact prompt
+    embeddings: torch.Tensor | None = None  # similarity: one unit vector per fact prompt
     report: dict[str, Any] = field(default_factory=dict)
     _index: dict[str, list[tuple[str, ...]]] = field(default_factory=dict, init=False, repr=False)
     _part_index: dict[str, list[tuple[tuple[str, ...], ...]]] = field(default_factory=dict, init=False, repr=False)
@@ -102,7 +103,7 @@ class Scope:
                     return True
         return False
 
-    def similar(self, features: "torch.Tensor") -> "torch.Tensor":
+    def similar(self, features: torch.Tensor) -> torch.Tensor:
         """Per row of pooled base features: the best cosine to any fact prompt is over the threshold."""
         import torch
 
@@ -110,7 +111,7 @@ class Scope:
             return torch.zeros(features.shape[0], dtype=torch.bool, device=features.device)
         return best_similarity(features, self.embeddings) >= self.threshold
 
-    def decide(self, subject_hits: "torch.Tensor", similarity_hits: "torch.Tensor | None") -> "torch.Tensor":
+    def decide(self, subject_hits: torch.Tensor, similarity_hits: torch.Tensor | None) -> torch.Tensor:
         """Combine the two signals (a missing similarity signal counts as no hit)."""
         if similarity_hits is None:
             similarity_hits = subject_hits.new_zeros(subject_hits.shape)
@@ -136,7 +137,7 @@ class Scope:
         }
 
     @classmethod
-    def from_json(cls, data: Any, embeddings: "torch.Tensor | None" = None) -> "Scope":
+    def from_json(cls, data: Any, embeddings: torch.Tensor | None = None) -> Scope:
         try:
             if data.get("format") != SCOPE_FORMAT:
                 raise ValueError(f"not a {SCOPE_FORMAT} record")
@@ -161,7 +162,7 @@ class Scope:
         return out | {k: v for k, v in self.report.items() if k not in out}
 
 
-def best_similarity(features: "torch.Tensor", embeddings: "torch.Tensor") -> "torch.Tensor":
+def best_similarity(features: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
     """Per row: the highest cosine between the row's pooled features and any fact's."""
     import torch
 
@@ -177,8 +178,8 @@ def default_scope_layer(n_layers: int) -> int:
     return max(0, round(n_layers * 0.27) - 1)
 
 
-def pooled_features(loaded: "LoadedModel", prompts: Sequence[str], prompt_format: str, layer: int,
-                    batch_size: int = 32) -> "torch.Tensor":
+def pooled_features(loaded: LoadedModel, prompts: Sequence[str], prompt_format: str, layer: int,
+                    batch_size: int = 32) -> torch.Tensor:
     """Mean over each prompt's tokens of the base model's output of decoder layer `layer` (the
     forward stops there)."""
     import torch
@@ -220,7 +221,7 @@ def pooled_features(loaded: "LoadedModel", prompts: Sequence[str], prompt_format
     return out
 
 
-def mean_pool(hidden: "torch.Tensor", attention_mask: "torch.Tensor | None") -> "torch.Tensor":
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
     if attention_mask is None:
         return hidden.float().mean(dim=1)
     m = attention_mask[:, -hidden.shape[1]:].to(hidden.dtype).unsqueeze(-1)
@@ -228,8 +229,8 @@ def mean_pool(hidden: "torch.Tensor", attention_mask: "torch.Tensor | None") -> 
 
 
 def build_scope(
-    loaded: "LoadedModel",
-    facts: Sequence["EditFact"],
+    loaded: LoadedModel,
+    facts: Sequence[EditFact],
     prompt_format: str,
     match: ScopeMatch = "subject",
     *,
@@ -267,13 +268,13 @@ def build_scope(
     return scope
 
 
-def _layers_of(loaded: "LoadedModel") -> Sequence[Any]:
+def _layers_of(loaded: LoadedModel) -> Sequence[Any]:
     from locft.engine.scoped import decoder_layers
 
     return decoder_layers(loaded.model)
 
 
-def scope_file_payload(scope: Scope) -> tuple[bytes, dict[str, "torch.Tensor"]]:
+def scope_file_payload(scope: Scope) -> tuple[bytes, dict[str, torch.Tensor]]:
     """(scope.json bytes, tensors for scope.safetensors: the fact embeddings, when any)."""
     text = json.dumps(scope.to_json(), indent=1, sort_keys=True, ensure_ascii=False).encode("utf-8")
     tensors = {"embeddings": scope.embeddings.contiguous()} if scope.embeddings is not None else {}
@@ -283,7 +284,7 @@ def scope_file_payload(scope: Scope) -> tuple[bytes, dict[str, "torch.Tensor"]]:
 CALIBRATION_PROMPTS = 1000  # generic prompts for the similarity threshold (1% of them = 10 let in)
 
 
-def scope_for_facts(loaded: "LoadedModel", facts: Sequence["EditFact"], prompt_format: str, match: str,
+def scope_for_facts(loaded: LoadedModel, facts: Sequence[EditFact], prompt_format: str, match: str,
                     *, false_positive_rate: float = 0.01, layer: int | None = None,
                     tuned_layers: Iterable[int] = (), exclude: Iterable[str] = ()) -> Scope:
     """`build_scope` with its calibration prompts drawn from the offline generic pool (the replay
@@ -298,7 +299,7 @@ def scope_for_facts(loaded: "LoadedModel", facts: Sequence["EditFact"], prompt_f
                        tuned_layers=tuned_layers)
 
 
-def scope_coverage(loaded: "LoadedModel", scope: Scope, prompts: Sequence[str], prompt_format: str) -> list[bool]:
+def scope_coverage(loaded: LoadedModel, scope: Scope, prompts: Sequence[str], prompt_format: str) -> list[bool]:
     """Per prompt: would the version answer it with its edits? The same decision the scoped model
     makes (the prompt as the model sees it, decoded), for reports: a scope's recall on paraphrases,
     its false positives on unrelated prompts."""
@@ -322,7 +323,7 @@ def coverage_share(flags: Sequence[bool]) -> float | None:
     return sum(flags) / len(flags) if flags else None
 
 
-def scoped_edit_defaults(cfg: "EditConfig", scoped: bool) -> "EditConfig":
+def scoped_edit_defaults(cfg: EditConfig, scoped: bool) -> EditConfig:
     """Under a gated scope the locality-preserving replay is off unless set: out-of-scope prompts
     get the base model exactly, which replay only approximated at most of a round's training time."""
     from dataclasses import replace

@@ -20,10 +20,11 @@ whose tensors sit elsewhere is refused with a clear error.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -85,9 +86,9 @@ class ScopedModel:
     """Installs the hooks that apply `tensors` to the in-scope rows of every forward (see the
     module docstring). Use through `answering`."""
 
-    loaded: "LoadedModel"
+    loaded: LoadedModel
     tensors: Mapping[str, torch.Tensor]
-    scope: "Scope"
+    scope: Scope
     stats: ScopeStats = field(default_factory=ScopeStats)
     _decision: _Decision = field(default_factory=_Decision)
     _handles: list[Any] = field(default_factory=list)
@@ -215,8 +216,8 @@ def _cached_length(cache: Any) -> int:
 
 
 @contextmanager
-def answering(loaded: "LoadedModel", tensors: Mapping[str, torch.Tensor],
-              scope: "Scope | None" = None, stats: ScopeStats | None = None) -> Iterator[ScopeStats]:
+def answering(loaded: LoadedModel, tensors: Mapping[str, torch.Tensor],
+              scope: Scope | None = None, stats: ScopeStats | None = None) -> Iterator[ScopeStats]:
     """Within the block, `loaded.model` answers as the version with these tensors and this scope
     (None: the tensors apply to every prompt). Afterwards exactly the base model again. Yields
     the scope's running counts (rows decided, rows in scope)."""

@@ -10,9 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -45,7 +46,7 @@ class Snapshot:
     path: Path
     manifest: dict[str, Any]
     tensors: dict[str, torch.Tensor]
-    scope: "Scope | None" = None  # None: a snapshot written before scopes, or built without one
+    scope: Scope | None = None  # None: a snapshot written before scopes, or built without one
 
     @property
     def base_fingerprint(self) -> str:
@@ -66,7 +67,7 @@ def save_snapshot(
     tensors: Mapping[str, torch.Tensor],
     base_fingerprint: str,
     extra: Mapping[str, Any] | None = None,
-    scope: "Scope | None" = None,
+    scope: Scope | None = None,
 ) -> SnapshotInfo:
     """Write `parent_dir/name/` atomically; refuses to overwrite an existing snapshot. The scope,
     when given, is stored beside the tensors and checksummed in the manifest like them."""
@@ -103,7 +104,7 @@ def save_snapshot(
     return SnapshotInfo(final, manifest["tensors_sha256"], manifest["tensors_size"])
 
 
-def _write_scope(directory: Path, scope: "Scope") -> dict[str, Any]:
+def _write_scope(directory: Path, scope: Scope) -> dict[str, Any]:
     from safetensors.torch import save_file
 
     from locft.engine.scope import scope_file_payload
@@ -138,7 +139,7 @@ def _verify_scope_files(path: Path, manifest: Mapping[str, Any]) -> None:
                                 f"does not match the manifest; roll back to a healthy version (`locft rollback`)")
 
 
-def _load_scope(path: Path, manifest: Mapping[str, Any]) -> "Scope | None":
+def _load_scope(path: Path, manifest: Mapping[str, Any]) -> Scope | None:
     from safetensors.torch import load_file
 
     from locft.engine.scope import Scope

@@ -12,8 +12,9 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from locft.facts import EditFact
@@ -46,7 +47,7 @@ def normalize_words(text: str) -> tuple[str, ...]:
     return tuple(_WORD.findall(text.casefold()))
 
 
-def find_subject(prompt: str, frequency: "Callable[[tuple[str, ...]], int] | None" = None) -> str:
+def find_subject(prompt: str, frequency: Callable[[tuple[str, ...]], int] | None = None) -> str:
     """What a prompt without a given subject is most likely about: a quoted span, else a run of
     capitalized words (names may hold joiners such as "of"), else a content word. Never empty for
     a prompt with any word.
@@ -179,13 +180,13 @@ def usable_key(words: tuple[str, ...]) -> bool:
     return bool(content) and (len(words) > 1 or len(words[0]) > 2 or words[0].isdigit())
 
 
-def _found_key(fact: "EditFact", frequency: PromptFrequency) -> ScopeKey:
+def _found_key(fact: EditFact, frequency: PromptFrequency) -> ScopeKey:
     """The subject found in the prompt, or, when even that names nothing, the whole prompt."""
     words = normalize_words(find_subject(fact.prompt, frequency))
     return ScopeKey(words if usable_key(words) else normalize_words(fact.prompt), "found", fact.fact_id)
 
 
-def subject_keys(facts: Sequence["EditFact"]) -> tuple[list[ScopeKey], dict[str, int]]:
+def subject_keys(facts: Sequence[EditFact]) -> tuple[list[ScopeKey], dict[str, int]]:
     """One key per fact (two when a given subject is missing from the prompt, which also gets the
     subject found there; a given subject that names nothing is replaced by the found one), and
     the counts of given subjects missing from their prompt and of unusable ones."""

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 
@@ -28,8 +29,8 @@ from locft.engine.model_io import LoadedModel
 from locft.engine.null_space import input_second_moments, low_energy_projector, project_change
 from locft.engine.precision import autocast_dtype
 from locft.engine.replay import ReplayItem
-from locft.engine.result import EditResult, EpochStats, ProgressCallback, TrainProgress
 from locft.engine.resolve import resolve_edit
+from locft.engine.result import EditResult, EpochStats, ProgressCallback, TrainProgress
 from locft.engine.rows import RowLayout, training_rows
 from locft.engine.weights import applied, parameters_by_name
 from locft.errors import ConfigError, LocftError

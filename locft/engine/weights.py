@@ -6,8 +6,8 @@ stay intact and a swap back is exact (training, evaluation and serving all rely 
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Iterator, Mapping
 
 import torch
 

@@ -13,8 +13,8 @@ snapshot is needed to rebuild another. Deleting files never deletes rows.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
 
 from locft.config import StoreConfig
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Mapping
+from typing import Any
 
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
@@ -42,7 +43,7 @@ class EventInfo:
     payload: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, row: Event) -> "EventInfo":
+    def of(cls, row: Event) -> EventInfo:
         return cls(
             id=row.id or 0, created_at=aware(row.created_at) or row.created_at, kind=row.kind,
             actor=row.actor, fact_id=row.fact_id, version_id=row.version_id, round_id=row.round_id,

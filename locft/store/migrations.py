@@ -10,9 +10,9 @@ matches models.py.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Callable
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection

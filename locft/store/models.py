@@ -9,10 +9,11 @@ Timestamps are aware UTC datetimes (SQLModel's UTCDateTime; SQLite stores them w
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Optional
+from typing import Any
 
 from sqlalchemy import JSON, Column, Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
+
 
 def _json(nullable: bool = False) -> Any:
     """A JSON column (SQLModel has no type mapping for dict/list fields)."""
@@ -31,7 +32,7 @@ class Fact(SQLModel, table=True):
 
     __tablename__ = "fact"
 
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     created_at: datetime
 
 
@@ -45,7 +46,7 @@ class FactRevision(SQLModel, table=True):
         Index("ix_fact_revision_prompt_key", "prompt_key"),
     )
 
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     fact_id: int = Field(foreign_key="fact.id", index=True)
     revision: int  # 1, 2, ... per fact; the unique constraint turns a lost race into an error
     retracted: bool = False
@@ -53,13 +54,13 @@ class FactRevision(SQLModel, table=True):
     prompt_key: str  # locft.text.normalize_prompt(prompt): "the same question"
     answer: str
     answer_key: str  # locft.text.normalize_answer(answer): "the same answer"
-    subject: Optional[str] = None
+    subject: str | None = None
     paraphrases: list[str] = _json()
     probes: list[dict[str, Any]] = _json()
-    source: Optional[str] = None
+    source: str | None = None
     tags: list[str] = _json()
-    author: Optional[str] = None
-    note: Optional[str] = None
+    author: str | None = None
+    note: str | None = None
     created_at: datetime
 
 
@@ -72,17 +73,17 @@ class Version(SQLModel, table=True):
 
     __tablename__ = "version"
 
-    id: Optional[int] = Field(default=None, primary_key=True)
-    parent_id: Optional[int] = Field(default=None, foreign_key="version.id")
-    base_fingerprint: Optional[str] = None
+    id: int | None = Field(default=None, primary_key=True)
+    parent_id: int | None = Field(default=None, foreign_key="version.id")
+    base_fingerprint: str | None = None
     edit_config: dict[str, Any] = _json()
     fact_count: int = 0
     fact_set_digest: str
-    snapshot_path: Optional[str] = None  # relative to $LOCFT_HOME
-    snapshot_sha256: Optional[str] = None  # of tensors.safetensors
-    snapshot_size: Optional[int] = None  # bytes of tensors.safetensors
-    round_id: Optional[int] = None  # the round that built it (None: recorded by hand)
-    note: Optional[str] = None
+    snapshot_path: str | None = None  # relative to $LOCFT_HOME
+    snapshot_sha256: str | None = None  # of tensors.safetensors
+    snapshot_size: int | None = None  # bytes of tensors.safetensors
+    round_id: int | None = None  # the round that built it (None: recorded by hand)
+    note: str | None = None
     created_at: datetime
 
 
@@ -100,12 +101,12 @@ class GateResult(SQLModel, table=True):
 
     __tablename__ = "gate_result"
 
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     version_id: int = Field(foreign_key="version.id", index=True)
     passed: bool
     metrics: dict[str, Any] = _json()
     report: dict[str, Any] = _json()
-    round_id: Optional[int] = None
+    round_id: int | None = None
     created_at: datetime
 
 
@@ -114,13 +115,13 @@ class Promotion(SQLModel, table=True):
 
     __tablename__ = "promotion"
 
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     version_id: int = Field(foreign_key="version.id")
-    previous_version_id: Optional[int] = None
+    previous_version_id: int | None = None
     action: str
     forced: bool = False
-    actor: Optional[str] = None
-    reason: Optional[str] = None
+    actor: str | None = None
+    reason: str | None = None
     created_at: datetime
 
 
@@ -140,13 +141,13 @@ class Event(SQLModel, table=True):
 
     __tablename__ = "event"
 
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     created_at: datetime = Field(index=True)
     kind: str = Field(index=True)  # e.g. fact.added, version.promoted, round.finished
-    actor: Optional[str] = None
-    fact_id: Optional[int] = Field(default=None, index=True)
-    version_id: Optional[int] = None
-    round_id: Optional[int] = None
+    actor: str | None = None
+    fact_id: int | None = Field(default=None, index=True)
+    version_id: int | None = None
+    round_id: int | None = None
     payload: dict[str, Any] = _json()
 
 
@@ -155,14 +156,14 @@ class Round(SQLModel, table=True):
 
     __tablename__ = "round"
 
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     trigger: str  # cron / pending / request / manual
-    actor: Optional[str] = None
+    actor: str | None = None
     started_at: datetime
-    finished_at: Optional[datetime] = None
+    finished_at: datetime | None = None
     outcome: str = "running"  # running / promoted / candidate / rejected / skipped / failed / interrupted
-    version_id: Optional[int] = None
-    error: Optional[str] = None
+    version_id: int | None = None
+    error: str | None = None
     timings: dict[str, Any] = _json(nullable=True)
     loss_history: list[Any] = _json(nullable=True)
 
@@ -172,9 +173,9 @@ class RoundRequest(SQLModel, table=True):
 
     __tablename__ = "round_request"
 
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     requested_at: datetime
-    actor: Optional[str] = None
-    reason: Optional[str] = None
-    claimed_at: Optional[datetime] = Field(default=None, index=True)
-    round_id: Optional[int] = None
+    actor: str | None = None
+    reason: str | None = None
+    claimed_at: datetime | None = Field(default=None, index=True)
+    round_id: int | None = None

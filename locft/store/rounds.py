@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 import sqlalchemy as sa
 from sqlmodel import col, select
@@ -37,7 +38,7 @@ class RoundInfo:
     loss_history: list[Any] | None
 
     @classmethod
-    def of(cls, row: Round) -> "RoundInfo":
+    def of(cls, row: Round) -> RoundInfo:
         return cls(
             id=row.id or 0, trigger=row.trigger, actor=row.actor, started_at=aware(row.started_at) or row.started_at,
             finished_at=aware(row.finished_at), outcome=row.outcome, version_id=row.version_id, error=row.error,
@@ -68,7 +69,7 @@ class RoundRequestInfo:
     round_id: int | None
 
     @classmethod
-    def of(cls, row: RoundRequest) -> "RoundRequestInfo":
+    def of(cls, row: RoundRequest) -> RoundRequestInfo:
         return cls(row.id or 0, aware(row.requested_at) or row.requested_at, row.actor, row.reason,
                    aware(row.claimed_at), row.round_id)
 

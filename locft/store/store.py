@@ -58,7 +58,7 @@ class Store(FactsMixin, VersionsMixin, RoundsMixin, EventsMixin, SnapshotsMixin)
         *,
         create: bool = False,
         sweep_orphans: bool = True,
-    ) -> "Store":
+    ) -> Store:
         """Open (and migrate) the store of `home` ($LOCFT_HOME by default).
 
         `create`: make a new database when there is none (`locft init` does); otherwise a
@@ -89,7 +89,7 @@ class Store(FactsMixin, VersionsMixin, RoundsMixin, EventsMixin, SnapshotsMixin)
             store.sweep_orphan_snapshots(DEFAULT_ORPHAN_MIN_AGE_S)
         return store
 
-    def __enter__(self) -> "Store":
+    def __enter__(self) -> Store:
         return self
 
     def __exit__(

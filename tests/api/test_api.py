@@ -16,7 +16,7 @@ import torch
 
 from locft.api import ApiServer, start_api_server
 from locft.config import ModelConfig, load_config
-from locft.engine.model_io import LoadedModel, load_base
+from locft.engine.model_io import load_base
 from locft.home import Home
 from locft.store import Store
 from tests.round_helpers import FACTS

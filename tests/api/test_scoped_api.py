@@ -3,8 +3,8 @@ get the edit, every other prompt the base model's answer, in completions, stream
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import openai
 import pytest

@@ -11,8 +11,16 @@ import pytest
 from click.testing import CliRunner, Result
 
 from locft.cli.main import cli
-from locft.errors import (ERROR_CODES, INTERNAL, USAGE, ConfigError, ConflictError, InputFormatError, NotFoundError,
-                          error_code)
+from locft.errors import (
+    ERROR_CODES,
+    INTERNAL,
+    USAGE,
+    ConfigError,
+    ConflictError,
+    InputFormatError,
+    NotFoundError,
+    error_code,
+)
 from locft.home import Home
 from locft.store import Store
 

@@ -21,8 +21,8 @@ from locft.engine.replay import (
 )
 from locft.engine.train import edit
 from locft.engine.weights import applied
-from locft.evaluation.editing import token_agreement
 from locft.errors import ConfigError
+from locft.evaluation.editing import token_agreement
 from locft.facts import EditFact
 
 FACTS = [

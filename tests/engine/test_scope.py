@@ -8,8 +8,8 @@ from locft.engine.data import encode_prompt
 from locft.engine.generate import greedy_generate
 from locft.engine.model_io import LoadedModel
 from locft.engine.scope import Scope, build_scope
-from locft.engine.subjects import find_subject, name_parts, normalize_words, subject_keys
 from locft.engine.scoped import answering
+from locft.engine.subjects import find_subject, name_parts, normalize_words, subject_keys
 from locft.engine.weights import applied
 from locft.facts import EditFact
 

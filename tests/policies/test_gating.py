@@ -13,7 +13,14 @@ import pytest
 
 from locft.config import GatePolicy
 from locft.policies.gating import (
-    Check, GateMetrics, PairedCounts, Verdict, fmt, judge, pair_tasks, sign_test_p,
+    Check,
+    GateMetrics,
+    PairedCounts,
+    Verdict,
+    fmt,
+    judge,
+    pair_tasks,
+    sign_test_p,
 )
 
 NAN = math.nan

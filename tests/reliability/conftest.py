@@ -12,8 +12,9 @@ import json
 import os
 import socket
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 

@@ -14,8 +14,9 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from locft.engine.model_io import LoadedModel
 from locft.errors import SnapshotError, error_code

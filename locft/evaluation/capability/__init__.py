@@ -39,14 +39,32 @@ lm-eval run would change), `base_cache` (base-model scores, measured once). Impo
 imports neither torch nor lm-eval.
 """
 
-from locft.evaluation.capability.base_cache import (BaseCapabilityCache, base_capability, base_task_scores,
-                                                    run_context)
-from locft.evaluation.capability.registry import (DEFAULT_TASKS, LOWER_IS_BETTER_METRICS, PASSTHROUGH_PREFIX,
-                                                  CapabilityTask, PassthroughTask, TaskSpec, data_root,
-                                                  has_item_scores, higher_is_better, known_tasks,
-                                                  lower_is_better, resolve_task, resolve_tasks, spec_digest)
-from locft.evaluation.capability.runner import (Progress, RequestProgress, ScopeOnly, TaskScore, item_scores,
-                                                measure_capability, task_scores)
+from locft.evaluation.capability.base_cache import BaseCapabilityCache, base_capability, base_task_scores, run_context
+from locft.evaluation.capability.registry import (
+                                                    DEFAULT_TASKS,
+                                                    LOWER_IS_BETTER_METRICS,
+                                                    PASSTHROUGH_PREFIX,
+                                                    CapabilityTask,
+                                                    PassthroughTask,
+                                                    TaskSpec,
+                                                    data_root,
+                                                    has_item_scores,
+                                                    higher_is_better,
+                                                    known_tasks,
+                                                    lower_is_better,
+                                                    resolve_task,
+                                                    resolve_tasks,
+                                                    spec_digest,
+)
+from locft.evaluation.capability.runner import (
+                                                    Progress,
+                                                    RequestProgress,
+                                                    ScopeOnly,
+                                                    TaskScore,
+                                                    item_scores,
+                                                    measure_capability,
+                                                    task_scores,
+)
 
 __all__ = [
     "DEFAULT_TASKS", "LOWER_IS_BETTER_METRICS", "PASSTHROUGH_PREFIX", "BaseCapabilityCache", "CapabilityTask",

@@ -13,10 +13,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from locft.errors import ConfigError
-from locft.evaluation.capability.isolation import (RUN_LOCK, hf_environment, quiet_lm_eval, saved_model_state,
-                                                   saved_rng)
-from locft.evaluation.capability.registry import (TASKS_DIR, CapabilityTask, PassthroughTask, TaskSpec,
-                                                  has_item_scores, resolve_tasks)
+from locft.evaluation.capability.isolation import RUN_LOCK, hf_environment, quiet_lm_eval, saved_model_state, saved_rng
+from locft.evaluation.capability.registry import (
+    TASKS_DIR,
+    CapabilityTask,
+    PassthroughTask,
+    TaskSpec,
+    has_item_scores,
+    resolve_tasks,
+)
 
 if TYPE_CHECKING:  # heavy imports only for type checkers
     import torch
