@@ -13,7 +13,10 @@ from locft.engine.model_io import LoadedModel, load_base
 from locft.facts import EditFact, Probe
 from locft.home import Home
 from locft.locks import LockHeld
-from locft.rounds import RoundProgress, hold_round_lock, plan_round, recover_rounds, run_round
+from locft.rounds.phases import RoundProgress
+from locft.rounds.plan import plan_round
+from locft.rounds.recovery import hold_round_lock, recover_rounds
+from locft.rounds.run import run_round
 from locft.store import Store
 from tests.round_helpers import ABSURD_LR, FACTS, make_home
 

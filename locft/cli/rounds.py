@@ -83,7 +83,8 @@ def run_cmd(force: bool, author: str | None, as_json: bool) -> None:
     from locft.errors import BusyError, LocftError
     from locft.home import Home
     from locft.locks import LockHeld
-    from locft.rounds import hold_round_lock, run_round
+    from locft.rounds.recovery import hold_round_lock
+    from locft.rounds.run import run_round
 
     home = Home.resolve()
     config = load_config(home.root)

@@ -235,7 +235,7 @@ class Daemon:
         """Close dead rounds, but only while holding the round lock (a live round is never touched)."""
         from locft.atomic import temp_glob
         from locft.daemon.worker import PROGRESS_FILE
-        from locft.rounds import recover_rounds
+        from locft.rounds.recovery import recover_rounds
 
         lock = round_lock(self.home.run_dir)
         try:
@@ -370,7 +370,7 @@ class Daemon:
     # ---- rounds -----------------------------------------------------------------------------
 
     def _handle(self, trigger: str) -> None:
-        from locft.rounds import plan_round, record_skipped
+        from locft.rounds.plan import plan_round, record_skipped
 
         holder = round_lock(self.home.run_dir).holder()
         if holder is not None:

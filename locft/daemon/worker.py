@@ -1,7 +1,7 @@
 """One round in a child process of the daemon: `python -m locft.daemon.worker --home H --trigger T`.
 
 Why a child: training and lm-eval allocate gigabytes; an OOM kill or a crash in native code
-must cost one round, not the daemon. The worker takes the round lock, runs `locft.rounds.run_round`
+must cost one round, not the daemon. The worker takes the round lock, runs `locft.rounds.run.run_round`
 and exits; everything it decides is in the store.
 
 Stopping: SIGTERM/SIGINT set a flag that training polls at every step and the round checks
@@ -173,7 +173,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("worker: %s", exc)
         return EXIT_USAGE
 
-    from locft.rounds import describe, hold_round_lock, run_round
+    from locft.rounds.outcome import describe
+    from locft.rounds.recovery import hold_round_lock
+    from locft.rounds.run import run_round
     from locft.store import Store
 
     try:

@@ -99,6 +99,7 @@ def test_worker_exits_are_described() -> None:
 
 
 def test_daemon_and_round_shells_do_not_import_torch() -> None:
-    code = ("import sys, locft.daemon.cli, locft.daemon.service, locft.cli.rounds, locft.rounds, locft.locks; "
+    code = ("import sys, locft.daemon.cli, locft.daemon.service, locft.cli.rounds, locft.rounds.plan, "
+            "locft.rounds.recovery, locft.locks; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
