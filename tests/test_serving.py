@@ -14,14 +14,9 @@ from locft.engine.generate import greedy_generate
 from locft.engine.model_io import LoadedModel, load_base
 from locft.errors import NotFoundError, SnapshotError
 from locft.home import Home
-from locft.serving import (
-    GenerationRequest,
-    ModelServer,
-    ServingError,
-    _holdback,
-    encode_messages,
-    parse_model_name,
-)
+from locft.serving.generation import GenerationRequest, _holdback, encode_messages
+from locft.serving.model_server import ModelServer
+from locft.serving.served_version import ServingError, parse_model_name
 from locft.store import Store
 from tests.round_helpers import FACTS
 from tests.serving_helpers import make_served_home

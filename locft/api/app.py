@@ -32,11 +32,14 @@ from locft import __version__
 from locft.api import openai_compat as oa
 from locft.api.errors import ApiError, bad_request, from_locft_error
 from locft.api.metrics import Metrics
+from locft.api.openai_compat import request_id
 from locft.api.watcher import PromotionWatcher
 from locft.config import ServeConfig
 from locft.errors import LocftError, NotFoundError
 from locft.home import Home
-from locft.serving import GenerationRequest, GenerationResult, ModelServer, ServingError, model_name, request_id
+from locft.serving.generation import GenerationRequest, GenerationResult
+from locft.serving.model_server import ModelServer
+from locft.serving.served_version import ServingError, model_name
 
 log = logging.getLogger("locft.api.server")
 access_log = logging.getLogger("locft.api.access")

@@ -34,7 +34,7 @@ def bad_request(message: str, param: str | None = None, code: str | None = None)
 
 def from_locft_error(exc: LocftError) -> ApiError:
     """A library error as the HTTP error a client should see (never a 500: these are expected)."""
-    from locft.serving import ServingError
+    from locft.serving.served_version import ServingError
 
     if isinstance(exc, NotFoundError):
         return ApiError(404, str(exc), code="not_found")

@@ -11,6 +11,8 @@ temperature > 0.
 
 from __future__ import annotations
 
+import itertools
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,7 +21,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from locft.api.errors import ApiError, bad_request
-from locft.serving import GenerationResult, ServingError, TokenLogprob, finite, parse_model_name
+from locft.serving.generation import GenerationResult, TokenLogprob
+from locft.serving.served_version import ServingError, parse_model_name
 
 MAX_PROMPTS = 64  # prompts in one /v1/completions request
 MAX_STOPS = 16  # OpenAI allows 4; lm-eval tasks send more (their `until` + the eos string)
@@ -332,7 +335,7 @@ def _message_text(message: ChatMessage, i: int) -> tuple[str, str]:
 def parse_chat(body: ChatRequest, tokenizer: Any, max_prompt_chars: int, max_tokens_limit: int) -> Completion:
     """POST /v1/chat/completions as a `Completion` (one user turn is encoded exactly like a fact
     trained with prompt_format 'chat')."""
-    from locft.serving import encode_messages
+    from locft.serving.generation import encode_messages
 
     model, version_id = _model(body)
     _unsupported(body)
@@ -366,6 +369,20 @@ def parse_chat(body: ChatRequest, tokenizer: Any, max_prompt_chars: int, max_tok
 
 
 # ---- responses -------------------------------------------------------------------------------
+
+_ids = itertools.count(1)
+
+
+def request_id(prefix: str) -> str:
+    """Unique ids for responses (`cmpl-...`, `chatcmpl-...`)."""
+    return f"{prefix}-{int(time.time() * 1000):x}{next(_ids):06x}"
+
+
+def finite(x: float | None) -> float | None:
+    """JSON has no -inf: a logprob of -inf is reported as a very negative number."""
+    if x is None or math.isfinite(x):
+        return x
+    return -9999.0
 
 
 def _top_map(top: Sequence[tuple[int, str, float]]) -> dict[str, float]:

@@ -28,7 +28,8 @@ from locft.api.watcher import DEFAULT_INTERVAL_S, PromotionWatcher
 from locft.config import LocftConfig, load_config
 from locft.errors import ConfigError, SnapshotError
 from locft.home import Home
-from locft.serving import ModelServer, ServingError, load_server
+from locft.serving.model_server import ModelServer, load_server
+from locft.serving.served_version import ServingError
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import threading
 import time
 
 from locft.errors import LocftError
-from locft.serving import ModelServer
+from locft.serving.model_server import ModelServer
 from locft.store import Store
 
 log = logging.getLogger(__name__)

@@ -72,7 +72,7 @@ def _ask_locally(prompt: str, version_id: int | None, chat: bool | None, max_tok
                  quiet: bool) -> dict[str, Any]:
     from locft.cli.common import open_store
     from locft.config import load_config
-    from locft.serving import load_server
+    from locft.serving.model_server import load_server
 
     home = resolve_home()
     config = load_config(home.root)
