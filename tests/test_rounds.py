@@ -113,8 +113,8 @@ def _reject_after_an_absurd_lr(home: Home, store: Store, loaded: LoadedModel) ->
     assert store.get_version(result.version_id).state == "rejected"  # type: ignore[arg-type]
     assert "rejected" in (store.get_round(result.round_id).error or "")  # type: ignore[arg-type]
     # automatic triggers do not retrain the set that was just rejected; a request may
-    assert not plan_round(store, load_config(home.root), "cron").run
-    assert plan_round(store, load_config(home.root), "request").run
+    assert not plan_round(store, load_config(home.root), "cron").should_run
+    assert plan_round(store, load_config(home.root), "request").should_run
 
 
 def test_second_round_measures_retention_of_what_the_promoted_version_knew(
@@ -296,10 +296,10 @@ def test_a_fact_set_whose_round_failed_is_not_retried_by_automatic_triggers(home
     add(store, FACTS[:2])
     config = load_config(home.root)
     digest = plan_round(store, config, "cron").digest
-    assert plan_round(store, config, "cron").run
-    assert not plan_round(store, config, "cron", avoid_digest=digest).run
-    assert plan_round(store, config, "cron", avoid_digest="another set").run
-    assert plan_round(store, config, "request", avoid_digest=digest).run  # a person may retry
+    assert plan_round(store, config, "cron").should_run
+    assert not plan_round(store, config, "cron", avoid_digest=digest).should_run
+    assert plan_round(store, config, "cron", avoid_digest="another set").should_run
+    assert plan_round(store, config, "request", avoid_digest=digest).should_run  # a person may retry
 
 
 def test_version_records_the_resolved_edit_config(home: Home, store: Store, loaded: LoadedModel) -> None:

@@ -394,7 +394,7 @@ class Daemon:
         except LocftError as exc:
             log.error("cannot plan a %s round: %s", trigger, exc)
             return
-        if not plan.run:
+        if not plan.should_run:
             if trigger == "pending":
                 log.debug("pending trigger: %s", plan.decision.reason)
             else:

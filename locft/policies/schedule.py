@@ -1,6 +1,6 @@
 """Schedule policy: is a round due now? Pure function of counts and digests (no scheduler, no store).
 
-The daemon asks on every trigger; the answer is a `RoundDecision(run, reason)` whose reason is a
+The daemon asks on every trigger; the answer is a `RoundDecision(should_run, reason)` whose reason is a
 sentence fit for the event log ("no change since version 3").
 
 Triggers:
@@ -28,7 +28,7 @@ EXPLICIT_TRIGGERS = frozenset({"request", "manual"})  # a person asked: force is
 
 @dataclass(frozen=True)
 class RoundDecision:
-    run: bool
+    should_run: bool
     reason: str
 
 

@@ -32,8 +32,8 @@ class RoundPlan:
     promoted: VersionInfo
 
     @property
-    def run(self) -> bool:
-        return self.decision.run
+    def should_run(self) -> bool:
+        return self.decision.should_run
 
 
 def plan_round(

@@ -79,7 +79,7 @@ def run_round(
     emit(RoundProgress("freeze", detail="freezing the active fact set"))
     with clock.phase("freeze"):
         plan = plan_round(store, config, trigger, force=force)
-    if not plan.run:
+    if not plan.should_run:
         round_id = record_skipped(store, trigger, plan.decision.reason, actor=actor, request_ids=request_ids)
         return RoundResult("skipped", plan.decision.reason, round_id, trigger, n_facts=len(plan.entries),
                            fact_set_digest=plan.digest, promoted_version_id=plan.promoted.id,

@@ -59,7 +59,7 @@ def test_decision_table(trigger: str, pending: int, active: str, promoted: str |
                         extra: dict[str, Any], run: bool, reason: str) -> None:
     decision = decide_round(trigger, pending, active, promoted, schedule, **extra)  # type: ignore[arg-type]
     assert isinstance(decision, RoundDecision)
-    assert decision.run is run
+    assert decision.should_run is run
     assert reason in decision.reason
 
 
