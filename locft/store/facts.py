@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 FactStatus = Literal["active", "retracted"]
 FactFilter = Literal["all", "active", "pending", "retracted"]
 PendingKind = Literal["added", "revised", "retracted"]
-Progress = Callable[[int], None]
+# the store's progress: an import calls it with the number of rows written so far
+ImportProgress = Callable[[int], None]
 
 _UNSET: Any = object()  # "leave this field as it is" in revise_fact
 
@@ -394,7 +395,7 @@ class FactsMixin(StoreBase):
         skip_invalid: bool = False,
         author: str | None = None,
         origin: str | None = None,
-        progress: Progress | None = None,
+        progress: ImportProgress | None = None,
     ) -> ImportSummary:
         """Add many facts in ONE transaction, all-or-nothing unless `skip_invalid`.
 
@@ -733,7 +734,7 @@ def _write_import(
     author: str | None,
     origin: str | None,
     summary: ImportSummary,
-    progress: Progress | None,
+    progress: ImportProgress | None,
 ) -> None:
     """Bulk INSERTs (Core, not one ORM object per row: 5x faster, and the write lock is held
     for less time). Ids come back in parameter order from INSERT .. RETURNING."""
