@@ -48,7 +48,7 @@ def main() -> None:
     from locft.engine.model_io import load_base
     from locft.engine.resolve import resolve_edit_config
     from locft.engine.scope import scope_coverage, scope_for_facts
-    from locft.locate import sample_facts
+    from locft.locate.candidates import sample_facts
     from locft.readers import load_edit_facts
     from locft.text import exact_match
 

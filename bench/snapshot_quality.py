@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 
-def _progress(label: str, done: int, total: int) -> None:
+def _progress(done: int, total: int, label: str) -> None:
     print(f"\r{label}: {done}/{total}", end="", file=sys.stderr, flush=True)
 
 
@@ -47,7 +47,7 @@ def main() -> None:
     from locft.engine.scoped import answering
     from locft.engine.snapshot import check_base, load_snapshot
     from locft.evaluation.editing import base_probe_generations, evaluate_edits
-    from locft.locate import sample_facts
+    from locft.locate.candidates import sample_facts
     from locft.readers import load_edit_facts
 
     torch.set_num_threads(args.threads)

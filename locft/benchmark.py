@@ -19,7 +19,7 @@ from typing import Any
 from locft import __version__
 from locft.config import EditConfig, ModelConfig, to_dict
 from locft.errors import LocftError
-from locft.locate import sample_facts
+from locft.locate.candidates import sample_facts
 from locft.readers import load_edit_facts
 
 log = logging.getLogger(__name__)
@@ -168,7 +168,7 @@ def run_benchmark(spec: BenchSpec, on_event: Callable[[str, Any], None] | None =
         emit("phase", f"evaluating ({which})")
         with answering(loaded, result.tensors, with_scope):
             return evaluate_edits(loaded, facts, prompt_format, probes, base, cfg.max_new_tokens,
-                                  progress=lambda label, done, total: emit("eval", (f"{label}, {which}", done, total)),
+                                  progress=lambda done, total, label: emit("eval", (f"{label}, {which}", done, total)),
                                   paraphrase_facts=sampled)
 
     t2 = time.perf_counter()

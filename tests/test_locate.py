@@ -1,4 +1,4 @@
-"""locft.locate on the tiny random Llama: candidates, the sweep, and recording the pick in locft.toml."""
+"""locft.locate (the package) on the tiny random Llama: candidates, the sweep, and recording the pick in locft.toml."""
 
 from __future__ import annotations
 
@@ -11,20 +11,12 @@ import torch
 
 from locft.config import CONFIG_TEMPLATE, EditConfig, ModelConfig, load_config
 from locft.engine.model_io import LoadedModel, load_base
-from locft.engine.targets import DOWN_PROJ, EditLocation, location_from_config
+from locft.engine.targets import DOWN_PROJ, EditLocation, choose_edit_location
 from locft.errors import ConfigError, LocationError, LocftError
 from locft.facts import EditFact, Probe
-from locft.locate import (
-    LocateSettings,
-    available_layers,
-    build_candidates,
-    locate,
-    mlp_out_template,
-    record_location,
-    sample_facts,
-    set_location_text,
-    spread_layers,
-)
+from locft.locate.candidates import available_layers, build_candidates, mlp_out_template, sample_facts, spread_layers
+from locft.locate.record import record_location, set_location_text
+from locft.locate.sweep import LocateSettings, locate
 from locft.policies.location import choose_location
 from tests.round_helpers import FACTS
 
@@ -244,7 +236,7 @@ def test_record_location_writes_atomically_keeps_the_mode_and_resolves(tmp_path:
     os.chmod(path, 0o640)
     assert record_location(path, DOWN_PROJ, [1], note="n") is True
     assert stat.S_IMODE(path.stat().st_mode) == 0o640
-    assert location_from_config(loaded.model, load_config(tmp_path).edit, 10) == EditLocation(DOWN_PROJ, (1,))
+    assert choose_edit_location(loaded.model, load_config(tmp_path).edit, 10) == EditLocation(DOWN_PROJ, (1,))
     snapshot = path.read_text()
     assert record_location(path, DOWN_PROJ, [1], note="other") is False  # already so: untouched
     assert path.read_text() == snapshot

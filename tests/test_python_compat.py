@@ -21,8 +21,8 @@ SCRIPT = textwrap.dedent(
         real = __import__("tomli")
     sys.modules["tomllib"] = None  # makes `import tomllib` raise ModuleNotFoundError
     sys.modules["tomli"] = real
-    import locft.config, locft.locate
-    assert locft.config.tomllib is real and locft.locate.tomllib is real
+    import locft.config, locft.locate.record
+    assert locft.config.tomllib is real and locft.locate.record.tomllib is real
     home = Path(tempfile.mkdtemp())
     (home / "locft.toml").write_text('[schedule]\\ncron = "off"\\n')
     assert locft.config.load_config(home).schedule.cron is None

@@ -192,7 +192,9 @@ def locate_cmd(facts_file: Path | None, data_format: str, sample: int, seed: int
 
     from locft.cli.common import resolve_home
     from locft.config import load_config
-    from locft.locate import LocateSettings, note_for, record_location
+    from locft.locate.record import record_location
+    from locft.locate.report import note_for
+    from locft.locate.sweep import LocateSettings
     from locft.policies.location import LocateTolerances
 
     home = resolve_home()
@@ -213,9 +215,10 @@ def locate_cmd(facts_file: Path | None, data_format: str, sample: int, seed: int
     facts = _load_facts(home, config, facts_file, data_format)
 
     from locft.engine.model_io import load_base
-    from locft.engine.targets import location_from_config
+    from locft.engine.targets import choose_edit_location
     from locft.evaluation.capability import resolve_tasks
-    from locft.locate import build_candidates, locate
+    from locft.locate.candidates import build_candidates
+    from locft.locate.sweep import locate
 
     resolve_tasks(settings.capability_tasks)  # a typo is an error before the model loads
     if threads:
@@ -224,7 +227,7 @@ def locate_cmd(facts_file: Path | None, data_format: str, sample: int, seed: int
         torch.set_num_threads(threads)
     click.echo(f"- loading the base model (home: {home.root})", err=True)
     loaded = load_base(config.model, home.root)
-    current = location_from_config(loaded.model, config.edit, len(facts))
+    current = choose_edit_location(loaded.model, config.edit, len(facts))
     candidates = build_candidates(loaded.model, current, templates, layers)
     click.echo(f"- {len(candidates)} candidate location(s); {min(sample, len(facts))} of {len(facts)} facts, "
                f"up to {epochs or config.edit.max_epochs} epochs each", err=True)
@@ -246,7 +249,7 @@ def locate_cmd(facts_file: Path | None, data_format: str, sample: int, seed: int
     else:
         print_report(report)
     from locft.errors import LocftError
-    from locft.locate import location_lines
+    from locft.locate.record import location_lines
 
     winner = report.winner
     if winner is None:

@@ -18,12 +18,12 @@ from locft.engine.model_io import LoadedModel
 from locft.engine.precision import resolve_compute_dtype
 from locft.engine.targets import (
     EditLocation,
+    choose_edit_location,
     default_batch_size,
     default_lr,
     default_replay_qa_share,
     default_replay_ratio,
     default_replay_weight,
-    location_from_config,
     resolve_location,
 )
 
@@ -58,7 +58,7 @@ def resolve_edit(loaded: LoadedModel, cfg: EditConfig, n_facts: int) -> Resolved
 
 
 def _with_defaults(loaded: LoadedModel, cfg: EditConfig, n_facts: int) -> tuple[EditConfig, EditLocation]:
-    location = location_from_config(loaded.model, cfg, n_facts)
+    location = choose_edit_location(loaded.model, cfg, n_facts)
     resolved = replace(
         cfg,
         location=location.template,

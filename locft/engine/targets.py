@@ -3,6 +3,10 @@
 `model.layers.{L}.mlp.down_proj.weight` with layers (22,) names one weight matrix; a template
 that names a module (`model.layers.{L}`) selects every parameter inside it (the paper's
 "whole layer" choice for Mistral). Architecture comes from `model.config`, never from a name.
+
+Where the location is chosen: `choose_edit_location` (the config's, else the architecture's
+preset in PRESETS, else the MLP output projection at proportional depth). PRESETS also holds
+each architecture's measured lr, batch size and replay defaults.
 """
 
 from __future__ import annotations
@@ -95,7 +99,7 @@ PRESETS: dict[tuple[str, int, int], Preset] = {
     ),
 }
 
-# MLP output projections by naming family, for the proportional-depth fallback.
+# MLP output projections by naming family (Llama/Qwen/Mistral, GPT-2, GPT-NeoX, OPT/BART).
 _MLP_OUT = re.compile(
     r"^(?P<prefix>.*?)\.(?P<layer>\d+)\.(?P<suffix>mlp\.down_proj|mlp\.c_proj|mlp\.dense_4h_to_h|fc2|mlp\.fc2)\.weight$"
 )
@@ -142,31 +146,16 @@ def large_fact_set_default(model: torch.nn.Module, cfg: EditConfig, n_facts: int
     return large if cfg.location in (None, default_template) else None
 
 
-def default_location(model: torch.nn.Module) -> EditLocation:
-    """The paper's / measured choice when known; else the MLP output projection at ~69% depth
-    (layer 22 of Llama-3-8B's 32, the paper's default, scaled to this model's depth)."""
-    measured = preset(model.config).location
-    if measured is not None:
-        return measured
-    families: dict[tuple[str, str], set[int]] = {}
-    for name, _ in model.named_parameters():
-        m = _MLP_OUT.match(name)
-        if m:
-            families.setdefault((m["prefix"], m["suffix"]), set()).add(int(m["layer"]))
-    if not families:
-        raise LocationError(
-            f"no default edit location for model_type {_arch_key(model.config)[0]!r}: set [edit] location, e.g. "
-            f"one of {', '.join(candidate_templates(model)[:8])}"
-        )
-    (prefix, suffix), layers = max(families.items(), key=lambda kv: len(kv[1]))
-    n_layers = max(layers) + 1
-    layer = min(n_layers - 1, round(n_layers * 22 / 32))
-    return EditLocation(f"{prefix}.{{L}}.{suffix}.weight", (layer,))
+def choose_edit_location(model: torch.nn.Module, cfg: EditConfig, n_facts: int) -> EditLocation:
+    """Where a round over `n_facts` facts trains: the one place the edit location is chosen.
 
-
-def location_from_config(model: torch.nn.Module, cfg: EditConfig, n_facts: int) -> EditLocation:
-    """Where a round over `n_facts` facts trains: the config's location and layers, the
-    measured default (for this many facts) for what it leaves out."""
+    In order: the config's [edit] location and layers (set by hand, or by `locft locate --write`
+    after a measured sweep); for what it leaves out, this architecture's preset (PRESETS), with
+    its large-fact-set layers once `n_facts` reaches them; for architectures without a preset,
+    the MLP output projection at proportional depth (`default_location`). Rounds, the gates,
+    `locft locate` (the current location it compares against) and bench reach it through
+    `locft.engine.resolve.resolve_edit_config`, or call it directly.
+    """
     if cfg.location is not None and "{L}" not in cfg.location:
         return EditLocation(cfg.location, ())
     if cfg.location is not None and cfg.layers:
@@ -175,6 +164,39 @@ def location_from_config(model: torch.nn.Module, cfg: EditConfig, n_facts: int) 
     large = large_fact_set_default(model, cfg, n_facts)
     return EditLocation(cfg.location or default.template,
                         cfg.layers or (large.layers if large is not None else default.layers))
+
+
+def default_location(model: torch.nn.Module) -> EditLocation:
+    """`choose_edit_location`'s default before the fact count counts: the preset's location
+    when this architecture has one; else the MLP output projection at ~69% depth (layer 22 of
+    Llama-3-8B's 32, the paper's default, scaled to this model's depth)."""
+    measured = preset(model.config).location
+    if measured is not None:
+        return measured
+    mlp_out = mlp_out_projection(model)
+    if mlp_out is None:
+        raise LocationError(
+            f"no default edit location for model_type {_arch_key(model.config)[0]!r}: set [edit] location, e.g. "
+            f"one of {', '.join(candidate_templates(model)[:8])}"
+        )
+    n_layers = max(mlp_out.layers) + 1
+    layer = min(n_layers - 1, round(n_layers * 22 / 32))
+    return EditLocation(mlp_out.template, (layer,))
+
+
+def mlp_out_projection(model: torch.nn.Module) -> EditLocation | None:
+    """The model's MLP output projection with every layer that has one (of its naming
+    families, the one with the most layers), None when it has none: the fallback default
+    above, and what `locft locate` sweeps unless told otherwise."""
+    families: dict[tuple[str, str], set[int]] = {}
+    for name, _ in model.named_parameters():
+        m = _MLP_OUT.match(name)
+        if m:
+            families.setdefault((m["prefix"], m["suffix"]), set()).add(int(m["layer"]))
+    if not families:
+        return None
+    (prefix, suffix), layers = max(families.items(), key=lambda kv: len(kv[1]))
+    return EditLocation(f"{prefix}.{{L}}.{suffix}.weight", tuple(sorted(layers)))
 
 
 def default_replay_weight(model: torch.nn.Module, cfg: EditConfig, n_facts: int) -> float:

@@ -11,7 +11,7 @@ from click.testing import CliRunner, Result
 from locft.cli.main import cli
 from locft.config import load_config
 from locft.engine.model_io import load_base
-from locft.engine.targets import DOWN_PROJ, EditLocation, location_from_config
+from locft.engine.targets import DOWN_PROJ, EditLocation, choose_edit_location
 from locft.errors import ConfigError, InputFormatError, LocationError, error_code
 from locft.facts import EditFact, Probe
 from locft.home import Home
@@ -74,7 +74,7 @@ def test_write_records_the_pick_and_a_later_config_load_resolves_to_it(home: Hom
     assert [line for line in before.splitlines() if line not in text.splitlines()] == []
     assert "# locft locate: " in text and "4 facts x 30 epochs" in text
     loaded = load_base(cfg.model, home.root)
-    assert location_from_config(loaded.model, cfg.edit, 10) == EditLocation(DOWN_PROJ, (layer,))
+    assert choose_edit_location(loaded.model, cfg.edit, 10) == EditLocation(DOWN_PROJ, (layer,))
 
 
 def test_no_write_only_prints_the_lines_to_paste(home: Home, facts_file: Path, tmp_path: Path) -> None:

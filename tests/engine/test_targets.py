@@ -11,6 +11,7 @@ from locft.engine.targets import (
     DOWN_PROJ,
     EditLocation,
     candidate_templates,
+    choose_edit_location,
     default_batch_size,
     default_location,
     default_lr,
@@ -18,7 +19,6 @@ from locft.engine.targets import (
     default_replay_ratio,
     default_replay_weight,
     large_fact_set_default,
-    location_from_config,
     resolve_location,
 )
 from locft.errors import LocationError
@@ -75,7 +75,7 @@ def test_paper_default_read_from_config_not_name() -> None:
 
 
 def test_config_overrides_layers(twelve_layers: LlamaForCausalLM) -> None:
-    loc = location_from_config(twelve_layers, EditConfig(layers=(3,)), 10)
+    loc = choose_edit_location(twelve_layers, EditConfig(layers=(3,)), 10)
     assert resolve_location(twelve_layers, loc) == ["model.layers.3.mlp.down_proj.weight"]
 
 
@@ -104,29 +104,29 @@ def test_embedded_default_adds_a_third_layer_and_weights_replay_from_1000_facts(
     # measured: docs/experiments/quality/README.md, "A default that grows with the facts"
     model = _embedded_shape()
     small, large = (21, 22), (20, 21, 22)
-    assert location_from_config(model, EditConfig(), 999) == EditLocation(DOWN_PROJ, small)
+    assert choose_edit_location(model, EditConfig(), 999) == EditLocation(DOWN_PROJ, small)
     assert default_replay_weight(model, EditConfig(), 999) == 1.0
-    assert location_from_config(model, EditConfig(), 1000) == EditLocation(DOWN_PROJ, large)
+    assert choose_edit_location(model, EditConfig(), 1000) == EditLocation(DOWN_PROJ, large)
     assert default_replay_weight(model, EditConfig(), 1000) == 2.0
     # the default template named explicitly is still the default location
-    assert location_from_config(model, EditConfig(location=DOWN_PROJ), 5000) == EditLocation(DOWN_PROJ, large)
+    assert choose_edit_location(model, EditConfig(location=DOWN_PROJ), 5000) == EditLocation(DOWN_PROJ, large)
 
 
 def test_configured_layers_or_template_keep_the_large_fact_set_setting_out() -> None:
     model = _embedded_shape()
     two_layers = EditConfig(layers=(21, 22))
-    assert location_from_config(model, two_layers, 1000) == EditLocation(DOWN_PROJ, (21, 22))
+    assert choose_edit_location(model, two_layers, 1000) == EditLocation(DOWN_PROJ, (21, 22))
     assert default_replay_weight(model, two_layers, 1000) == 1.0
     # another template was never measured with the third layer: the small-set layers
     o_proj = EditConfig(location="model.layers.{L}.self_attn.o_proj.weight")
-    assert location_from_config(model, o_proj, 1000).layers == (21, 22)
+    assert choose_edit_location(model, o_proj, 1000).layers == (21, 22)
     assert default_replay_weight(model, o_proj, 1000) == 1.0
     # layers chosen by hand keep the weight at 1 (as the commands that measured them ran)
     assert default_replay_weight(model, EditConfig(layers=(20, 21, 22)), 1000) == 1.0
 
 
 def test_unmeasured_models_have_no_large_fact_set_setting(twelve_layers: LlamaForCausalLM) -> None:
-    assert location_from_config(twelve_layers, EditConfig(), 100_000) == default_location(twelve_layers)
+    assert choose_edit_location(twelve_layers, EditConfig(), 100_000) == default_location(twelve_layers)
     assert default_replay_weight(twelve_layers, EditConfig(), 100_000) == 1.0
 
 
@@ -154,7 +154,7 @@ def test_presets_keep_their_values(key: tuple[str, int, int]) -> None:
     assert default_lr(model.config) == lr and default_batch_size(model.config) == batch
     assert default_replay_ratio(model.config) == ratio and default_replay_qa_share(model.config) == qa
     few = large[0] - 1 if large else 100_000
-    assert location_from_config(model, EditConfig(), few) == EditLocation(template, layers)  # type: ignore[arg-type]
+    assert choose_edit_location(model, EditConfig(), few) == EditLocation(template, layers)  # type: ignore[arg-type]
     assert default_replay_weight(model, EditConfig(), few) == 1.0  # type: ignore[arg-type]
     if large is None:
         assert large_fact_set_default(model, EditConfig(), 10**9) is None  # type: ignore[arg-type]
@@ -162,7 +162,7 @@ def test_presets_keep_their_values(key: tuple[str, int, int]) -> None:
     min_facts, large_layers, weight = large
     setting = large_fact_set_default(model, EditConfig(), min_facts)  # type: ignore[arg-type]
     assert setting is not None and (setting.min_facts, setting.layers, setting.replay_weight) == large
-    assert location_from_config(model, EditConfig(), min_facts) == EditLocation(template, large_layers)  # type: ignore[arg-type]
+    assert choose_edit_location(model, EditConfig(), min_facts) == EditLocation(template, large_layers)  # type: ignore[arg-type]
     assert default_replay_weight(model, EditConfig(), min_facts) == weight  # type: ignore[arg-type]
 
 

@@ -73,7 +73,7 @@ def main() -> None:
     from locft.engine.snapshot import check_base, load_snapshot
     from locft.engine.resolve import resolve_edit_config
     from locft.engine.weights import applied
-    from locft.locate import sample_facts
+    from locft.locate.candidates import sample_facts
     from locft.readers import load_edit_facts
     from locft.text import normalize_answer
 
