@@ -10,7 +10,7 @@ Measures only: deciding is locft.policies.gating's job.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -20,10 +20,9 @@ from locft.engine.data import collate, encode_prompt, example_from_ids
 from locft.engine.generate import Generation, greedy_generate
 from locft.engine.model_io import LoadedModel
 from locft.engine.scoped import deciding_on_prompts
+from locft.evaluation.progress import EvaluationProgress
 from locft.facts import EditFact
 from locft.text import exact_match, normalize_answer
-
-Progress = Callable[[str, int, int], None]
 
 
 @dataclass
@@ -104,7 +103,7 @@ def evaluate_edits(
     probe_prompts: Sequence[str] = (),
     base_probes: Sequence[Generation] = (),
     max_new_tokens: int = 32,
-    progress: Progress | None = None,
+    progress: EvaluationProgress | None = None,
     n_samples: int = 5,
     paraphrase_facts: Sequence[EditFact] | None = None,
 ) -> EditEvaluation:
@@ -117,7 +116,7 @@ def evaluate_edits(
         raise ValueError("probe_prompts and base_probes must have the same length")
 
     def gen(label: str, prompts: Sequence[str]) -> list[Generation]:
-        cb = (lambda done, total: progress(label, done, total)) if progress else None
+        cb = (lambda done, total: progress(done, total, label)) if progress else None
         return greedy_generate(loaded, prompts, prompt_format, max_new_tokens, progress=cb)
 
     answers = gen("reliability", [f.prompt for f in facts])

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from locft.config import LocftConfig
+from locft.evaluation.progress import EvaluationProgress
 from locft.home import Home
 from locft.policies.gating import GateMetrics, PairedCounts, pair_tasks
 from locft.rounds.phases import PhaseClock, RoundProgress, RoundProgressCallback
@@ -77,7 +78,7 @@ def measure_candidate(
     extra = _sample([e for e in retained_entries if e.revision_id not in sampled_ids],
                     policy.reliability_sample, f"retention:{plan.digest}")
 
-    def on_eval(label: str, done: int, total: int) -> None:
+    def on_eval(done: int, total: int, label: str) -> None:
         emit(RoundProgress("evaluate", done, total, label))
 
     check_stop()
@@ -116,10 +117,10 @@ def measure_candidate(
         check_stop()
         cap_dir = home.cache_dir
 
-        def on_cap(which: str) -> Callable[[int, int, str], None]:
+        def on_cap(which: str) -> EvaluationProgress:
             return lambda done, total, task: emit(RoundProgress(which, done, total, task))
 
-        def on_requests(which: str) -> Callable[[int, int, str], None]:
+        def on_requests(which: str) -> EvaluationProgress:
             # Whole splits take minutes a task on a CPU: show the answer choices scored, and stop
             # there when asked rather than after the task.
             def report(done: int, total: int, task: str) -> None:

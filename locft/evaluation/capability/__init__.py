@@ -57,8 +57,6 @@ from locft.evaluation.capability.registry import (
                                                     spec_digest,
 )
 from locft.evaluation.capability.runner import (
-                                                    Progress,
-                                                    RequestProgress,
                                                     ScopeOnly,
                                                     TaskScore,
                                                     item_scores,
@@ -68,7 +66,7 @@ from locft.evaluation.capability.runner import (
 
 __all__ = [
     "DEFAULT_TASKS", "LOWER_IS_BETTER_METRICS", "PASSTHROUGH_PREFIX", "BaseCapabilityCache", "CapabilityTask",
-    "PassthroughTask", "Progress", "RequestProgress", "ScopeOnly", "TaskScore", "TaskSpec", "base_capability",
+    "PassthroughTask", "ScopeOnly", "TaskScore", "TaskSpec", "base_capability",
     "base_task_scores", "data_root", "has_item_scores", "higher_is_better", "item_scores", "known_tasks",
     "lower_is_better", "measure_capability", "resolve_task", "resolve_tasks", "run_context", "spec_digest",
     "task_scores",

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from locft.atomic import atomic_write_text
 from locft.evaluation.capability.registry import has_item_scores, resolve_task, resolve_tasks, spec_digest
-from locft.evaluation.capability.runner import Progress, RequestProgress, TaskScore, task_scores
+from locft.evaluation.capability.runner import TaskScore, task_scores
+from locft.evaluation.progress import EvaluationProgress
 
 if TYPE_CHECKING:
     import torch
@@ -98,7 +99,7 @@ def base_capability(
     limit: int | None,
     cache_dir: Path,
     batch_size: int = 8,
-    progress: Progress | None = None,
+    progress: EvaluationProgress | None = None,
 ) -> dict[str, float]:
     """Capability of the BASE model (`model` must be it), measured once and then read from the cache.
 
@@ -118,9 +119,9 @@ def base_task_scores(
     limit: int | None,
     cache_dir: Path,
     batch_size: int = 8,
-    progress: Progress | None = None,
+    progress: EvaluationProgress | None = None,
     need_items: bool = True,
-    request_progress: RequestProgress | None = None,
+    request_progress: EvaluationProgress | None = None,
 ) -> dict[str, TaskScore]:
     """As `base_capability`, with per-item scores for the tasks that have them. With `need_items`,
     a cached record without items (written before they were kept) is measured again, once."""

@@ -14,7 +14,7 @@ from lm_eval.api.instance import Instance
 from lm_eval.api.model import CacheHook
 from lm_eval.models.huggingface import HFLM
 
-from locft.evaluation.capability.runner import RequestProgress
+from locft.evaluation.progress import EvaluationProgress
 
 
 class _RequestCounter(CacheHook):
@@ -23,7 +23,7 @@ class _RequestCounter(CacheHook):
 
     def __init__(self) -> None:
         super().__init__(None)
-        self.report: RequestProgress | None = None
+        self.report: EvaluationProgress | None = None
         self.task = ""
         self.done = 0
         self.total = 0
@@ -63,7 +63,7 @@ class CapabilityLM(HFLM):
         self._in_scope: Callable[[str], bool] | None = None
         self.ran: set[int] = set()  # this task's items (doc ids) whose requests reached the model
 
-    def start_task(self, task: str, report: RequestProgress | None,
+    def start_task(self, task: str, report: EvaluationProgress | None,
                    in_scope: Callable[[str], bool] | None = None) -> None:
         """The next evaluation is `task` (one task per evaluation, so a doc id names an item): report
         its requests to `report`; with `in_scope`, only the loglikelihood requests of items with a

@@ -22,6 +22,7 @@ from locft.evaluation.capability.registry import (
     has_item_scores,
     resolve_tasks,
 )
+from locft.evaluation.progress import EvaluationProgress
 
 if TYPE_CHECKING:  # heavy imports only for type checkers
     import torch
@@ -30,12 +31,11 @@ log = logging.getLogger(__name__)
 
 FEWSHOT_SEED = 1234  # lm-eval's default; only seeds a task-local sampler (we run zero-shot anyway)
 
-# progress(done_tasks, total_tasks, task_name): called after each task has been measured.
-Progress = Callable[[int, int, str], None]
-# request_progress(done, total, task_name): within a task, the requests lm-eval has scored so far
-# (one per answer choice, or per passage for bits per byte), about a hundred calls a task.
-# Whatever it raises stops the run (e.g. a round being stopped); state is restored as on any error.
-RequestProgress = Callable[[int, int, str], None]
+# Two EvaluationProgress callbacks, both (done, total, task name):
+# - progress: after each task has been measured (tasks done of all tasks);
+# - request_progress: within a task, the requests lm-eval has scored so far (one per answer
+#   choice, or per passage for bits per byte), about a hundred calls a task.
+# Whatever they raise stops the run (e.g. a round being stopped); state is restored as on any error.
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ def measure_capability(
     limit: int | None,
     cache_dir: Path,
     batch_size: int = 8,
-    progress: Progress | None = None,
+    progress: EvaluationProgress | None = None,
 ) -> dict[str, float]:
     """One headline score per task for the in-memory `model`, via lm-eval's HFLM. Decides nothing.
 
@@ -94,7 +94,7 @@ def item_scores(
     limit: int | None,
     cache_dir: Path,
     batch_size: int = 8,
-    progress: Progress | None = None,
+    progress: EvaluationProgress | None = None,
 ) -> dict[str, list[float]]:
     """Per item, in the task's order, the headline metric (e.g. 1.0 / 0.0 for acc): what a paired
     comparison of two models on the same items needs. Built-in multiple-choice tasks only;
@@ -114,8 +114,8 @@ def task_scores(
     limit: int | None,
     cache_dir: Path,
     batch_size: int = 8,
-    progress: Progress | None = None,
-    request_progress: RequestProgress | None = None,
+    progress: EvaluationProgress | None = None,
+    request_progress: EvaluationProgress | None = None,
     only_in_scope: ScopeOnly | None = None,
 ) -> dict[str, TaskScore]:
     """As `measure_capability`, with each item's score where the task has them (same cost: lm-eval
@@ -157,9 +157,9 @@ def _evaluate(
     limit: int | None,
     cache_dir: Path,
     batch_size: int,
-    progress: Progress | None,
+    progress: EvaluationProgress | None,
     per_item: bool,
-    request_progress: RequestProgress | None = None,
+    request_progress: EvaluationProgress | None = None,
     only_in_scope: ScopeOnly | None = None,
 ) -> dict[str, tuple[float, list[float]]]:
     """{task: (headline score, per-item headline metric in document order, empty unless per_item)}."""
