@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from locft.cli.common import table
 from locft.readers import FORMATS
+
+if TYPE_CHECKING:
+    from locft.locate.sweep import LocateProgress
 
 
 def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...]:
@@ -31,13 +34,14 @@ def _task_list(ctx: click.Context, param: click.Parameter, value: str | None) ->
     return tuple(t.strip() for t in value.split(",") if t.strip())
 
 
-class _Progress:
-    """One bar over the candidates on stderr; its label says what the current one is doing."""
+class _LocateBar:
+    """Renders the sweep's LocateProgress: one bar over the candidates on stderr; its label says
+    what the current one is doing."""
 
     def __init__(self) -> None:
         self.bar: Any = None
 
-    def __call__(self, p: Any) -> None:
+    def __call__(self, p: LocateProgress) -> None:
         from tqdm import tqdm
 
         if p.candidate is None:
@@ -231,7 +235,7 @@ def locate_cmd(facts_file: Path | None, data_format: str, sample: int, seed: int
     candidates = build_candidates(loaded.model, current, templates, layers)
     click.echo(f"- {len(candidates)} candidate location(s); {min(sample, len(facts))} of {len(facts)} facts, "
                f"up to {epochs or config.edit.max_epochs} epochs each", err=True)
-    bar = _Progress()
+    bar = _LocateBar()
     try:
         report = locate(loaded, facts, candidates, config.edit, settings, cache_dir=home.cache_dir,
                         current=current, progress=bar)

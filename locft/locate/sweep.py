@@ -75,7 +75,7 @@ class LocateProgress:
     loss: float | None = None
 
 
-ProgressCallback = Callable[[LocateProgress], None]
+LocateProgressCallback = Callable[[LocateProgress], None]
 
 
 def _capability_drop(cand: dict[str, float], base: dict[str, float], lower: frozenset[str]) -> float | None:
@@ -100,7 +100,7 @@ def locate(
     *,
     cache_dir: Path,
     current: EditLocation | None = None,
-    progress: ProgressCallback | None = None,
+    progress: LocateProgressCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> LocateReport:
     """Train and measure every candidate location on a sample of `facts`; pick one.
