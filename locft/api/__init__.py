@@ -14,9 +14,11 @@ Hot swap needs nothing from the caller: a watcher thread polls the store's promo
 or POST /locft/promote|rollback), loads + verifies the new snapshot and swaps it in between
 batches. `api.app.watcher.poke()` makes it look immediately (e.g. right after a round).
 
-The app is FastAPI (locft.api.app; pydantic models in locft.api.openai_compat) served by
-uvicorn on a thread (locft.api.server). Endpoints (all but /health and the dashboard's static
-page and files need `Authorization: Bearer <serve.api_token>` when a token is set):
+The app is FastAPI (locft.api.app assembles it: the routers in openai_routes, operator and
+dashboard; request bodies in json_body; errors in errors; the token, body limit and access log
+in guard; pydantic models in openai_compat) served by uvicorn on a thread (locft.api.server).
+Endpoints (all but /health and the dashboard's static page and files need
+`Authorization: Bearer <serve.api_token>` when a token is set):
 
     GET  /health                     liveness + served version (never needs the token)
     GET  /v1/models                  "locft" (= promoted) and "locft-v<N>" per servable version

@@ -106,7 +106,7 @@ def _id(ident: str, what: str) -> int:
 
 
 def router(state: AppState) -> APIRouter:
-    from locft.api.app import JsonRoute
+    from locft.api.json_body import JsonRoute
     from locft.api.operator import served, version_brief
 
     r = APIRouter(route_class=JsonRoute, tags=["dashboard"])

@@ -123,7 +123,7 @@ def after_move(state: AppState, move: Any) -> dict[str, Any]:
 
 
 def router(state: AppState) -> APIRouter:
-    from locft.api.app import json_router
+    from locft.api.json_body import json_router
 
     r = json_router()
     store = state.store
