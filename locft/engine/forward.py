@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +27,7 @@ from locft.engine.data import Batch, Example, collate, per_sample_mean
 from locft.engine.device import module_device
 from locft.engine.model_io import LoadedModel
 from locft.engine.precision import computing_in
+from locft.engine.result import TrainProgress, TrainProgressCallback
 from locft.engine.targets import layer_index
 from locft.engine.token_loss import head_token_losses, is_frozen_linear, logits_token_losses
 
@@ -35,9 +36,6 @@ log = logging.getLogger(__name__)
 _CAPTURE_BATCH = 64
 _MODE_CHECK_RTOL = 1e-3
 _MIN_SHARED_PREFIX = 4  # shorter common prefixes are not worth a second forward call
-
-# called with (rows captured so far, all rows) while the activation cache is built
-CacheProgress = Callable[[int, int], None]
 
 
 class _Captured(Exception):
@@ -178,7 +176,7 @@ class Forward:
         # activation cache and the forward-mode check always run in the model's dtype (exact).
         self.compute_dtype = compute_dtype
 
-    def build_cache(self, progress: CacheProgress | None = None) -> None:
+    def build_cache(self, progress: TrainProgressCallback | None = None) -> None:
         """Hidden states entering layer `start`, per example, computed once without grad.
 
         All rows live in one buffer allocated up front (self.cache holds views into it), not
@@ -208,8 +206,8 @@ class Forward:
                         own = len(self.examples[i].input_ids) - offsets[i]
                         self.cache[i].copy_(hidden[j, skipped[j] : skipped[j] + own])
                     done += len(idx)
-                    if progress:
-                        progress(done, len(by_length))
+                    if progress:  # rows captured so far, of all rows
+                        progress(TrainProgress("cache", 0, 0, done, len(by_length), None, 0.0))
         self.prefix_len, self.offsets = keep_from, offsets
 
     def _cache_device(self) -> torch.device:

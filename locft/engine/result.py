@@ -15,6 +15,8 @@ from locft.engine.targets import EditLocation
 
 @dataclass(frozen=True)
 class TrainProgress:
+    """The engine's progress report while an edit runs: building the activation cache, then training."""
+
     phase: str  # "cache" or "train"
     epoch: int  # 1-based; for depth-first, the fact number
     max_epochs: int
@@ -100,4 +102,4 @@ class EditResult:
         }
 
 
-ProgressCallback = Callable[[TrainProgress], None]
+TrainProgressCallback = Callable[[TrainProgress], None]

@@ -30,7 +30,7 @@ from locft.engine.null_space import input_second_moments, low_energy_projector, 
 from locft.engine.precision import autocast_dtype
 from locft.engine.replay import ReplayItem
 from locft.engine.resolve import resolve_edit
-from locft.engine.result import EditResult, EpochStats, ProgressCallback, TrainProgress
+from locft.engine.result import EditResult, EpochStats, TrainProgress, TrainProgressCallback
 from locft.engine.rows import RowLayout, training_rows
 from locft.engine.weights import applied, parameters_by_name
 from locft.errors import ConfigError, LocftError
@@ -51,7 +51,7 @@ def edit(
     loaded: LoadedModel,
     facts: Sequence[EditFact],
     cfg: EditConfig,
-    progress: ProgressCallback | None = None,
+    progress: TrainProgressCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
     replay: Sequence[ReplayItem] | None = None,
     cache_dir: Path | None = None,
@@ -87,7 +87,7 @@ def edit(
             forward = Forward(loaded, examples, names, cfg.forward_mode, compute_dtype)
             t0 = time.perf_counter()
             if forward.mode == "cached":
-                forward.build_cache(_cache_progress(progress))
+                forward.build_cache(progress)
             result.cache_seconds = time.perf_counter() - t0
             forward.check_mode(list(layout.facts[: min(cfg.batch_size, _MODE_CHECK_ROWS)]))
             result.forward_mode = forward.mode
@@ -114,12 +114,6 @@ def edit(
     del forward
     release_freed_memory()  # a long-lived caller (the daemon, a server) gets the activations' pages back
     return result
-
-
-def _cache_progress(progress: ProgressCallback | None) -> Callable[[int, int], None] | None:
-    if progress is None:
-        return None
-    return lambda done, total: progress(TrainProgress("cache", 0, 0, done, total, None, 0.0))
 
 
 def _check_stop(should_stop: Callable[[], bool] | None) -> None:
@@ -205,7 +199,7 @@ def _breadth_first(
     cfg: EditConfig,
     lr: float,
     result: EditResult,
-    progress: ProgressCallback | None,
+    progress: TrainProgressCallback | None,
     should_stop: Callable[[], bool] | None,
 ) -> None:
     n = layout.n_facts
@@ -267,7 +261,7 @@ def _depth_first(
     cfg: EditConfig,
     lr: float,
     result: EditResult,
-    progress: ProgressCallback | None,
+    progress: TrainProgressCallback | None,
     should_stop: Callable[[], bool] | None,
 ) -> None:
     """Baseline: each fact alone, fresh Adam, up to max_epochs steps (the same per-fact step

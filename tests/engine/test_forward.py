@@ -8,6 +8,7 @@ import torch
 from locft.engine.data import build_example
 from locft.engine.forward import Forward
 from locft.engine.model_io import LoadedModel
+from locft.engine.result import TrainProgress
 from tests.engine.test_train import FACTS, TARGET
 
 
@@ -27,6 +28,15 @@ def test_activation_cache_rows_share_one_buffer(tiny: LoadedModel) -> None:
     assert len(storages) == 1
     assert [len(row) for row in forward.cache] == [len(e.input_ids) - forward.prefix_len for e in forward.examples]
     assert sum(row.numel() for row in forward.cache) == forward.cache[0].untyped_storage().nbytes() // 4
+
+
+def test_activation_cache_reports_the_rows_captured_as_train_progress(tiny: LoadedModel) -> None:
+    # the engine's one progress type: the cache phase counts rows, ending at all of them
+    examples = [build_example(tiny.tokenizer, f.prompt, f.answer, "chat") for f in FACTS]
+    reports: list[TrainProgress] = []
+    Forward(tiny, examples, [TARGET], "cached").build_cache(reports.append)
+    assert reports and all(p.phase == "cache" and p.steps_per_epoch == len(examples) for p in reports)
+    assert [p.step for p in reports] == sorted(p.step for p in reports) and reports[-1].step == len(examples)
 
 
 def test_activation_cache_runs_the_shared_prefix_once(tiny: LoadedModel, monkeypatch: pytest.MonkeyPatch,
