@@ -105,5 +105,5 @@ def error_code(cls: type[BaseException]) -> tuple[str, int]:
     """The (code, exit status) of an error class: its own entry, else its nearest base's."""
     for klass in cls.__mro__:
         if klass in ERROR_CODES:
-            return ERROR_CODES[klass]  # type: ignore[index]
+            return ERROR_CODES[klass]
     return INTERNAL

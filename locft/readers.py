@@ -13,7 +13,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Union
+from typing import Any, BinaryIO
 
 from locft.errors import InputFormatError, InvalidFactError
 from locft.facts import EditFact, Probe, validate_fact
@@ -52,7 +52,7 @@ class RowError:
         return f"line {self.line}: {self.message}"
 
 
-Row = Union[FactRecord, RowError]
+Row = FactRecord | RowError
 
 
 @dataclass

@@ -7,7 +7,7 @@ watcher swap before it answers, so the response already names what is served.
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Body, Query, Response
 from pydantic import Field
@@ -47,7 +47,7 @@ class RoundBody(_Body):
     reason: str | None = None
 
 
-VersionRef = Union[int, str]
+VersionRef = int | str
 
 
 class PromoteBody(_Body):
@@ -149,7 +149,7 @@ def router(state: AppState) -> APIRouter:
                  ) -> dict[str, Any]:
         if wanted is not None and wanted not in ("candidate", "promoted", "rejected", "retired"):
             raise bad_request("state must be candidate, promoted, rejected or retired", "state")
-        return {"object": "list", "data": [version_brief(v) for v in store.list_versions(state=wanted)]}  # type: ignore[arg-type]
+        return {"object": "list", "data": [version_brief(v) for v in store.list_versions(state=wanted)]}
 
     @r.get("/locft/versions/{ident}", tags=["operator"])
     def version_one(ident: str) -> dict[str, Any]:

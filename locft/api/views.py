@@ -9,9 +9,9 @@ asked, and a fact outside it is "not measured", not wrong).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
-Correct = Optional[bool]  # True / False, or None: not measured
+Correct = bool | None  # True / False, or None: not measured
 FactFilter = Literal["active", "pending", "retracted", "all"]
 
 
@@ -58,6 +58,12 @@ def version_facts(store: Any, version_id: int) -> dict[str, Any]:
 # ---- rounds ------------------------------------------------------------------------------------
 
 
+def _table(report: dict[str, Any], key: str) -> dict[str, Any]:
+    """report[key] when it is a table, else an empty one (reports written by older versions)."""
+    value = report.get(key)
+    return value if isinstance(value, dict) else {}
+
+
 def gate_summary(version: Any) -> dict[str, Any] | None:
     """A version's gate verdict without the bulky parts: checks (value vs threshold), metrics,
     capability per task (candidate, base, delta, items lost / gained), training losses."""
@@ -65,8 +71,7 @@ def gate_summary(version: Any) -> dict[str, Any] | None:
         return None
     gate = version.gate
     report = dict(gate.report or {})
-    verdict = report.get("verdict") if isinstance(report.get("verdict"), dict) else {}
-    capability = report.get("capability") if isinstance(report.get("capability"), dict) else {}
+    verdict, capability = _table(report, "verdict"), _table(report, "capability")
     cand, base = capability.get("candidate") or {}, capability.get("base") or {}
     pairs = capability.get("pairs") or {}
     tasks = []
@@ -76,12 +81,13 @@ def gate_summary(version: Any) -> dict[str, Any] | None:
         tasks.append({"task": task, "candidate": c, "base": b,
                       "delta": None if c is None or b is None else c - b,
                       "lost": pair.get("lost"), "gained": pair.get("gained"), "p_worse": pair.get("p_worse")})
-    training = report.get("training") if isinstance(report.get("training"), dict) else {}
+    training = _table(report, "training")
     return {
         "passed": gate.passed, "created_at": gate.created_at.isoformat(), "metrics": gate.metrics,
         "checks": [c for c in verdict.get("checks") or [] if isinstance(c, dict)],
         "reasons": report.get("reasons") or [], "capability": tasks,
-        "loss_per_epoch": training.get("loss_per_epoch"), "replay_loss_per_epoch": training.get("replay_loss_per_epoch"),
+        "loss_per_epoch": training.get("loss_per_epoch"),
+        "replay_loss_per_epoch": training.get("replay_loss_per_epoch"),
         "training": {k: training.get(k) for k in ("epochs", "converged", "final_loss", "steps", "lr", "location",
                                                   "train_seconds", "seconds_per_epoch", "replay_pool")
                      if k in training},
@@ -147,7 +153,8 @@ def facts(store: Any, status: FactFilter = "active", search: str | None = None, 
             "paraphrases": list(rev.paraphrases), "tags": list(rev.tags),
             "pending": info.pending or pending.get(info.fact_id),
             "in_versions": in_versions,
-            "promoted_correct": is_correct(trained_rev, known) if trained_rev == rev.revision_id else None,
+            "promoted_correct": (is_correct(trained_rev, known)
+                                 if trained_rev is not None and trained_rev == rev.revision_id else None),
             "updated_at": rev.created_at.isoformat(),
         })
     return {"promoted": promoted.id, "versions_checked": [v.id for v in versions], "data": out,

@@ -32,7 +32,8 @@ def _table(record: dict[str, Any]) -> str:
     u, scope = record.get("metrics_unscoped"), record.get("scope")
     if u is not None:
         rows.append(("unscoped rel / gen / tok / exact",
-                     " / ".join(f(u[k]) for k in ("reliability", "generalization", "locality_token", "locality_exact"))))
+                     " / ".join(f(u[k]) for k in ("reliability", "generalization", "locality_token",
+                                                  "locality_exact"))))
     if scope is not None:
         rows.append((f"scope ({scope['match']}, subjects {record.get('scope_subjects')})",
                      f"recall {f(scope['recall'])}, false positives {f(scope['false_positive_rate'])}"))
@@ -43,7 +44,7 @@ def _table(record: dict[str, Any]) -> str:
         ("edits x epochs / s", t["edits_x_epochs_per_second"]),
         ("peak memory (GiB)", record["peak_memory_bytes"] / 2**30),
     ]
-    capability = record.get("capability")
+    capability: dict[str, Any] = record.get("capability") or {}
     for task in capability["tasks"] if capability else ():
         base, edited = capability["base"][task], capability["edited"][task]
         pair = (capability.get("paired") or {}).get(task)
@@ -63,7 +64,8 @@ def _table(record: dict[str, Any]) -> str:
 @click.option("--pipeline", type=click.Choice(["breadth-first", "depth-first"]), default=None,
               help="breadth-first is LocFT-BF; depth-first (each fact alone, in turn) is the baseline.")
 @click.option("--location", default=None, help="Parameter template, e.g. 'model.layers.{L}.mlp.down_proj.weight'.")
-@click.option("--layer", "layers", type=int, multiple=True, help="Layer(s) for {L}; repeat for several (default: measured per model and fact count).")
+@click.option("--layer", "layers", type=int, multiple=True,
+              help="Layer(s) for {L}; repeat for several (default: measured per model and fact count).")
 @click.option("--lr", type=float, default=None, help="Learning rate (default: measured per model).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None)
 @click.option("--epochs", "max_epochs", type=click.IntRange(min=1), default=None, help="Maximum epochs.")
@@ -146,7 +148,7 @@ def bench(data: Path, n: int, offset: int, data_format: str, pipeline: str | Non
 
     home = default_home()
     config = load_config(home)
-    overrides = {
+    overrides: dict[str, Any] = {
         k: v for k, v in {
             "pipeline": pipeline, "location": location, "layers": tuple(layers) or None, "lr": lr,
             "batch_size": batch_size, "max_epochs": max_epochs, "prompt_format": prompt_format,

@@ -57,12 +57,13 @@ def demo(epochs: int | None) -> None:
     cfg = scoped_edit_defaults(config.edit, gated)
     cfg = cfg if epochs is None else dataclasses.replace(cfg, max_epochs=epochs)
     fmt = resolve_prompt_format(cfg.prompt_format, loaded.tokenizer)
-    prompts = [f.prompt for f in DEMO_FACTS] + [p for f in DEMO_FACTS for p in f.paraphrases] + [p.prompt for p in UNRELATED]
+    prompts = ([f.prompt for f in DEMO_FACTS] + [p for f in DEMO_FACTS for p in f.paraphrases]
+               + [p.prompt for p in UNRELATED])
     before = greedy_generate(loaded, prompts, fmt, cfg.max_new_tokens)
 
     bar = tqdm(total=cfg.max_epochs, unit="epoch", desc="LocFT-BF", file=sys.stderr)
 
-    def progress(p) -> None:  # type: ignore[no-untyped-def]
+    def progress(p) -> None:
         if p.phase == "train" and p.step == p.steps_per_epoch:
             bar.update(1)
             bar.set_postfix(loss=f"{p.loss:.4f}")
@@ -79,10 +80,13 @@ def demo(epochs: int | None) -> None:
         after = greedy_generate(loaded, prompts, fmt, cfg.max_new_tokens)
     in_scope = scope_coverage(loaded, scope, prompts, fmt) if scope is not None else [True] * len(prompts)
 
-    targets = [f.answer for f in DEMO_FACTS] + [f.answer for f in DEMO_FACTS for _ in f.paraphrases] + [None] * len(UNRELATED)
-    kinds = ["edit"] * len(DEMO_FACTS) + ["paraphrase"] * (len(prompts) - len(DEMO_FACTS) - len(UNRELATED)) + ["unrelated"] * len(UNRELATED)
+    targets = ([f.answer for f in DEMO_FACTS] + [f.answer for f in DEMO_FACTS for _ in f.paraphrases]
+               + [None] * len(UNRELATED))
+    kinds = (["edit"] * len(DEMO_FACTS) + ["paraphrase"] * (len(prompts) - len(DEMO_FACTS) - len(UNRELATED))
+             + ["unrelated"] * len(UNRELATED))
     click.echo(f"\nEdited {result.location.describe()} ({fmt} prompts, lr {result.lr}) in "
-               f"{result.train_seconds:.1f} s, {len(result.epochs)} epochs, final loss {result.epochs[-1].mean_loss:.4f}")
+               f"{result.train_seconds:.1f} s, {len(result.epochs)} epochs, "
+               f"final loss {result.epochs[-1].mean_loss:.4f}")
     if scope is not None:
         subjects = ", ".join(repr(" ".join(k.words)) for k in scope.keys)
         click.echo(f"Scope (serve.scope = \"gated\"): prompts naming {subjects} get the edit; every other prompt "

@@ -36,11 +36,12 @@ def _gate(v: VersionInfo) -> str:
 def _size(n: int | None) -> str:
     if n is None:
         return "-"
+    size: float = n
     for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return str(n)
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return str(size)
 
 
 @click.group("versions", short_help="List, inspect and compare model versions.")
@@ -248,7 +249,8 @@ def promote(version_id: int, force: bool, reason: str | None, author: str | None
 
 
 @click.command("rollback", short_help="Serve the previously promoted version again.")
-@click.option("--to", "to", type=int, metavar="V", help="A version that was promoted before (default: the previous one).")
+@click.option("--to", "to", type=int, metavar="V",
+              help="A version that was promoted before (default: the previous one).")
 @click.option("--reason", help="Why, for the audit log.")
 @author_option
 @json_option

@@ -8,22 +8,24 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from locft.errors import ConfigError
 
 
-def resolve_prompt_format(requested: str, tokenizer: Any) -> str:
+def resolve_prompt_format(requested: str, tokenizer: Any) -> Literal["chat", "raw"]:
     """'auto' -> 'chat' when the tokenizer has a chat template, else 'raw'."""
     if requested == "auto":
         return "chat" if getattr(tokenizer, "chat_template", None) else "raw"
-    if requested == "chat" and not getattr(tokenizer, "chat_template", None):
-        raise ConfigError("edit.prompt_format is 'chat' but this tokenizer has no chat template; use 'raw'")
-    if requested not in ("chat", "raw"):
-        raise ConfigError(f"unknown prompt format {requested!r}")
-    return requested
+    if requested == "chat":
+        if not getattr(tokenizer, "chat_template", None):
+            raise ConfigError("edit.prompt_format is 'chat' but this tokenizer has no chat template; use 'raw'")
+        return "chat"
+    if requested == "raw":
+        return "raw"
+    raise ConfigError(f"unknown prompt format {requested!r}")
 
 
 def encode_prompt(tokenizer: Any, prompt: str, prompt_format: str) -> list[int]:

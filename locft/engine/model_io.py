@@ -13,7 +13,7 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -56,7 +56,7 @@ def embedded_gguf_path() -> Path:
         ) from None
     for file in dist.files or ():
         if str(file).endswith(".gguf"):
-            return Path(dist.locate_file(file))
+            return Path(str(dist.locate_file(file)))  # typed as a protocol; a path in practice
     raise ModelLoadError(f"no .gguf file found in the {EMBEDDED_DISTRIBUTION} package")
 
 
@@ -172,7 +172,7 @@ def converted_gguf_dir(gguf: Path, cache_root: Path) -> Path:
             if hasattr(model, attr):
                 setattr(model, attr, None)
         if hasattr(model, "is_quantized"):
-            model.is_quantized = False
+            model.is_quantized = False  # type: ignore[assignment]  # Module.__setattr__ is typed for tensors
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         model.save_pretrained(tmp, safe_serialization=True)
@@ -185,7 +185,8 @@ def model_directory(cfg: ModelConfig, home: Path) -> Path:
     gguf = _gguf_source(cfg)
     if gguf is not None:
         return converted_gguf_dir(gguf, home / "cache" / "models")
-    directory = local_model_path(cfg.path)  # type: ignore[arg-type]
+    assert cfg.path is not None  # no path: the embedded GGUF, returned above
+    directory = local_model_path(cfg.path)
     if not (directory / "config.json").exists():
         raise ModelLoadError(f"{directory}: not a Hugging Face model directory (no config.json)")
     return directory
@@ -228,10 +229,11 @@ def load_base(cfg: ModelConfig, home: Path) -> LoadedModel:
     if tokenizer.eos_token_id is None:
         raise ModelLoadError(f"{directory}: the tokenizer has no eos token; locft needs one to end answers")
     if device_map is None:
-        model.to(device)
+        model.to(device)  # type: ignore[arg-type]  # transformers types its wrapped .to() as unbound
     else:  # spread by accelerate: inputs go where the embeddings are
-        device = model.get_input_embeddings().weight.device
-        log.info("model spread over %s", sorted({str(d) for d in model.hf_device_map.values()}))
+        device = cast(torch.Tensor, model.get_input_embeddings().weight).device
+        placed = model.hf_device_map.values()  # type: ignore[operator]  # set by accelerate, not declared
+        log.info("model spread over %s", sorted({str(d) for d in placed}))
     model.eval()
     model.requires_grad_(False)
     source = f"embedded {EMBEDDED_NAME}" if cfg.path is None else str(cfg.path)

@@ -9,23 +9,26 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import cast
 
 import torch
 
+from locft.config import ComputeDtype
 from locft.engine.model_io import LoadedModel
 from locft.errors import ConfigError
 
 
-def resolve_compute_dtype(compute_dtype: str, loaded: LoadedModel) -> str:
+def resolve_compute_dtype(compute_dtype: ComputeDtype, loaded: LoadedModel) -> ComputeDtype:
     """edit.compute_dtype with "auto" decided for this model and device."""
     if compute_dtype != "auto":
         return compute_dtype
     if loaded.dtype != torch.float32:
-        return str(loaded.dtype).removeprefix("torch.")  # a half-precision model computes in its own dtype
+        # a half-precision model computes in its own dtype (model.dtype: one of the same names)
+        return cast(ComputeDtype, str(loaded.dtype).removeprefix("torch."))
     return "bfloat16" if native_bf16(loaded.device) else "float32"
 
 
-def autocast_dtype(compute_dtype: str, loaded: LoadedModel) -> torch.dtype | None:
+def autocast_dtype(compute_dtype: ComputeDtype, loaded: LoadedModel) -> torch.dtype | None:
     """The autocast dtype for edit.compute_dtype on this model and device; None = no autocast."""
     compute_dtype = resolve_compute_dtype(compute_dtype, loaded)
     if compute_dtype == "float32" or loaded.dtype != torch.float32:

@@ -24,7 +24,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -59,7 +59,7 @@ def decoder_layers(model: torch.nn.Module) -> Sequence[torch.nn.Module]:
     layers = getattr(decoder, "layers", None) if decoder is not None else None
     if not isinstance(layers, torch.nn.ModuleList):
         raise SnapshotError("this model's decoder layers could not be found (no get_decoder().layers)")
-    return layers
+    return cast(Sequence[torch.nn.Module], layers)  # indexable and sized, though not registered a Sequence
 
 
 @dataclass

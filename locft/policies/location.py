@@ -106,9 +106,10 @@ def choose_location(scores: Sequence[CandidateScore], tolerances: LocateToleranc
         return Selection(None, status, steps)
 
     # 1. it must have learned the edits
-    best_rel = max(scores[i].reliability for i in alive)  # type: ignore[type-var]
+    rels = {i: r for i in alive if (r := scores[i].reliability) is not None}  # every one alive
+    best_rel = max(rels.values())
     floor = best_rel - tol.reliability
-    kept = [i for i in alive if scores[i].reliability + EPSILON >= floor]  # type: ignore[operator]
+    kept = [i for i in alive if rels[i] + EPSILON >= floor]
     for i in alive:
         if i not in kept:
             status[i] = f"did not learn the edits: reliability {fmt(scores[i].reliability)} < {fmt(floor)}"
@@ -117,11 +118,11 @@ def choose_location(scores: Sequence[CandidateScore], tolerances: LocateToleranc
     alive = kept
 
     # 2. general capability first
-    drops = [scores[i].capability_drop for i in alive]
-    if all(d is not None for d in drops):
-        best_drop = min(drops)  # type: ignore[type-var]
-        ceiling = best_drop + tol.capability  # type: ignore[operator]
-        kept = [i for i in alive if scores[i].capability_drop <= ceiling + EPSILON]  # type: ignore[operator]
+    drops = {i: d for i in alive if (d := scores[i].capability_drop) is not None}
+    if len(drops) == len(alive):
+        best_drop = min(drops.values())
+        ceiling = best_drop + tol.capability
+        kept = [i for i in alive if drops[i] <= ceiling + EPSILON]
         for i in alive:
             if i not in kept:
                 status[i] = (f"capability: drop {fmt(scores[i].capability_drop)} > best "
@@ -129,18 +130,18 @@ def choose_location(scores: Sequence[CandidateScore], tolerances: LocateToleranc
         steps.append(f"capability: smallest drop {fmt(best_drop)}; kept {len(kept)} of {len(alive)} within "
                      f"{fmt(tol.capability)} of it")
         alive = kept
-    elif any(d is not None for d in drops):
+    elif drops:
         # Some measured, some not: comparing would favour the unmeasured ones. Treat as unknown.
         steps.append("capability: not measured for every candidate; not compared")
     else:
         steps.append("capability: not measured; not compared")
 
     # 3. then locality
-    locs = [scores[i].locality for i in alive]
-    if all(v is not None for v in locs):
-        best_loc = max(locs)  # type: ignore[type-var]
-        floor = best_loc - tol.locality  # type: ignore[operator]
-        kept = [i for i in alive if scores[i].locality + EPSILON >= floor]  # type: ignore[operator]
+    locs = {i: v for i in alive if (v := scores[i].locality) is not None}
+    if len(locs) == len(alive):
+        best_loc = max(locs.values())
+        floor = best_loc - tol.locality
+        kept = [i for i in alive if locs[i] + EPSILON >= floor]
         for i in alive:
             if i not in kept:
                 status[i] = f"locality: {fmt(scores[i].locality)} < best {fmt(best_loc)} - {fmt(tol.locality)}"

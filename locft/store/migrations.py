@@ -131,10 +131,12 @@ def _0001_initial(conn: Connection) -> None:
         id=0, parent_id=None, base_fingerprint=None, edit_config={}, fact_count=0,
         fact_set_digest=fact_set_digest([]), note="the base model", created_at=now,
     ))
-    promotion_id = conn.execute(promotion.insert().values(
+    inserted = conn.execute(promotion.insert().values(
         version_id=0, previous_version_id=None, action="init", forced=False, actor="locft",
         reason="new store: the base model is served", created_at=now,
-    )).inserted_primary_key[0]
+    )).inserted_primary_key
+    assert inserted is not None  # a single-row INSERT always reports its key
+    promotion_id = inserted[0]
     conn.execute(pointer.insert().values(id=1, version_id=0, promotion_id=promotion_id, updated_at=now))
     conn.execute(event.insert().values(
         created_at=now, kind="store.created", actor="locft", version_id=0, payload={},

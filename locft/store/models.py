@@ -164,8 +164,8 @@ class Round(SQLModel, table=True):
     outcome: str = "running"  # running / promoted / candidate / rejected / skipped / failed / interrupted
     version_id: int | None = None
     error: str | None = None
-    timings: dict[str, Any] = _json(nullable=True)
-    loss_history: list[Any] = _json(nullable=True)
+    timings: dict[str, Any] | None = _json(nullable=True)
+    loss_history: list[Any] | None = _json(nullable=True)
 
 
 class RoundRequest(SQLModel, table=True):

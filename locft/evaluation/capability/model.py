@@ -50,12 +50,13 @@ class CapabilityLM(HFLM):
         # untied). Shadowed on the instance for the constructor only: the model is measured as given.
         shadowed = "tie_weights" in model.__dict__
         previous = model.__dict__.get("tie_weights")
-        model.tie_weights = lambda *args, **kwargs: None  # type: ignore[method-assign]
+        # (nn.Module.__setattr__ is typed for tensors and modules only, hence the ignores)
+        model.tie_weights = lambda *args, **kwargs: None  # type: ignore[assignment]
         try:
             super().__init__(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
         finally:
             if shadowed:
-                model.tie_weights = previous  # type: ignore[method-assign]
+                model.tie_weights = previous  # type: ignore[assignment]
             else:
                 del model.tie_weights
         self._counter = _RequestCounter()
