@@ -40,7 +40,7 @@ def check_cron(cron: str | None) -> list[Problem]:
         return []
     from apscheduler.triggers.cron import CronTrigger
 
-    try:  # the same call the daemon makes (daemon.service), so what passes here schedules there
+    try:  # the same call the daemon makes (daemon.triggers), so what passes here schedules there
         CronTrigger.from_crontab(cron)
     except ValueError as exc:
         return [Problem("schedule.cron", f"{cron!r} is not a valid cron expression ({exc}); "

@@ -64,7 +64,7 @@ def start(home_path: str | None, foreground: bool, no_api: bool) -> None:
     _require_store(home)
     if foreground:
         sys.exit(_run(home, foreground=True, api=not no_api))
-    from locft.daemon.service import start_detached
+    from locft.daemon.control import start_detached
 
     pid = start_detached(home, api=not no_api)
     click.echo(f"locftd started (pid {pid}) for {home.root}")
@@ -101,7 +101,8 @@ def _run(home: Any, foreground: bool, api: bool) -> int:
 @click.option("--timeout", default=None, type=float, metavar="S", help="Give up waiting after S seconds (default 20).")
 def stop(home_path: str | None, timeout: float | None) -> None:
     """Stop the daemon and wait until it has exited."""
-    from locft.daemon.service import STOP_BOUND_S, stop_daemon
+    from locft.daemon.control import stop_daemon
+    from locft.daemon.service import STOP_BOUND_S
 
     home = _home(home_path)
     pid = stop_daemon(home, timeout if timeout is not None else STOP_BOUND_S + 5)

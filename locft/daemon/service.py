@@ -1,9 +1,9 @@
 """The daemon: one per $LOCFT_HOME; schedules rounds and runs each in a worker process.
 
 Threads: the MAIN thread owns the lifecycle and runs rounds one at a time (it starts the worker
-and waits for it, so stop signals reach it directly); APScheduler's thread only *enqueues*
-triggers (cron, pending facts, requests): a job never blocks, so a long round cannot make the
-scheduler miss or pile up runs. Triggers that arrive during a round are coalesced into one.
+and waits for it, so stop signals reach it directly); APScheduler's thread only adds triggers
+(cron, pending facts, requests) to `locft.daemon.triggers.Triggers`, which coalesces them.
+Starting and stopping a daemon from another process: `locft.daemon.control`.
 
 Lifecycle of `run()`:
   1. take run/locftd.lock (flock; a second daemon is refused with the holder's pid; a lock file
@@ -33,12 +33,12 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from pathlib import Path
+from datetime import datetime
 from typing import Any
 
 from locft import __version__
 from locft.config import LocftConfig, load_config
+from locft.daemon.triggers import Triggers, missed_cron_run, now_local
 from locft.errors import DaemonError, LocftError
 from locft.home import DaemonInfo, Home, write_daemon_info
 from locft.locks import LockHeld, PidLock, daemon_lock, round_lock
@@ -56,13 +56,6 @@ EVENT_RECOVERED = "daemon.recovered"
 EVENT_WORKER_FAILED = "daemon.worker_failed"
 EVENT_JOB_MISSED = "daemon.job_missed"
 
-# Higher first: an explicit request outranks a schedule (and answers it: one round, all facts).
-_PRIORITY = {"request": 0, "cron": 1, "pending": 2}
-
-
-def _now_local() -> datetime:
-    return datetime.now().astimezone()
-
 
 def describe_exit(rc: int) -> str:
     if rc < 0:
@@ -73,28 +66,6 @@ def describe_exit(rc: int) -> str:
         hint = " (out of memory? the kernel's OOM killer sends SIGKILL)" if -rc == signal.SIGKILL else ""
         return f"killed by {name}{hint}"
     return f"exit code {rc}"
-
-
-def missed_cron_run(
-    cron: str, now: datetime, grace_s: float, last_cron_round: datetime | None, previous_start: datetime | None
-) -> datetime | None:
-    """The latest cron time within the misfire grace that no cron round answered, if a previous
-    daemon was running before it (a brand-new home does not catch up on yesterday's schedule)."""
-    from apscheduler.triggers.cron import CronTrigger
-
-    if previous_start is None:
-        return None
-    trigger = CronTrigger.from_crontab(cron, timezone=now.tzinfo)
-    t = trigger.get_next_fire_time(None, now - timedelta(seconds=grace_s))
-    last: datetime | None = None
-    while t is not None and t <= now:
-        last = t
-        t = trigger.get_next_fire_time(t, t + timedelta(seconds=1))
-    if last is None or previous_start > last:
-        return None
-    if last_cron_round is not None and last_cron_round >= last:
-        return None
-    return last
 
 
 @dataclass
@@ -117,14 +88,12 @@ class Daemon:
         self.api_enabled = api
         self.config = config or load_config(home.root)
         self.lock: PidLock = daemon_lock(home.run_dir)
-        self.started_at = _now_local()
+        self.started_at = now_local()
         self._stop = threading.Event()
-        self._cond = threading.Condition()
-        self._triggers: set[str] = set()
+        self._triggers = Triggers()
         self._claimed: tuple[int, ...] = ()  # requests claimed for a round that has not started yet
         self._failed_digest: str | None = None  # don't let automatic triggers retry a crashing set
         self._worker: _Worker | None = None
-        self._scheduler: Any = None
         self._store: Any = None
         self._api: Any = None  # locft.api.ApiServer: the HTTP API, hot-swapping on promotion
         self._busy_logged = False
@@ -163,7 +132,7 @@ class Daemon:
                      self.config.schedule.cron, self.config.schedule.poll_seconds,
                      self.config.schedule.min_pending_facts or "off")
             while not self._stop.is_set():
-                trigger = self._next_trigger(timeout=1.0)
+                trigger = self._triggers.take(timeout=1.0, stop=self._stop)
                 if trigger is not None:
                     self._handle(trigger)
             return 0
@@ -174,8 +143,7 @@ class Daemon:
         if not self._stop.is_set():
             log.info("stopping: %s", why)
         self._stop.set()
-        with self._cond:
-            self._cond.notify_all()
+        self._triggers.wake()
 
     def _install_signals(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -209,11 +177,7 @@ class Daemon:
         if self._worker is not None:
             self._stop_worker("the daemon is stopping")
             self._after_worker(stopping=True)
-        if self._scheduler is not None:
-            try:
-                self._scheduler.shutdown(wait=False)
-            except Exception:  # noqa: BLE001 - not running
-                pass
+        self._triggers.shutdown()
         try:
             self._store.log_event(EVENT_STOPPED, actor="locftd", payload={"pid": os.getpid()})
         except Exception:  # noqa: BLE001 - stopping must not fail on the audit log
@@ -269,38 +233,15 @@ class Daemon:
     # ---- scheduling -------------------------------------------------------------------------
 
     def _start_scheduler(self, previous_start: datetime | None) -> None:
-        from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED
-        from apscheduler.schedulers.background import BackgroundScheduler
-        from apscheduler.triggers.cron import CronTrigger
-        from apscheduler.triggers.interval import IntervalTrigger
-
         sched = self.config.schedule
-        tz = _now_local().tzinfo
-        self._scheduler = scheduler = BackgroundScheduler(
-            timezone=tz,
-            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": sched.misfire_grace_seconds},
-        )
-        scheduler.add_listener(self._on_job_event, EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES | EVENT_JOB_ERROR)
-        if sched.cron is not None:
-            try:
-                trigger = CronTrigger.from_crontab(sched.cron, timezone=tz)
-            except ValueError as exc:
-                raise DaemonError(f"schedule.cron {sched.cron!r} is not a valid cron expression: {exc}") from None
-            scheduler.add_job(self._enqueue, trigger, args=["cron"], id="cron", name="scheduled round",
-                              replace_existing=True)
-        # The poll runs at once and then every poll_seconds; its own grace is one period (a poll
-        # that is late by more is simply superseded by the next one).
-        scheduler.add_job(self._poll, IntervalTrigger(seconds=sched.poll_seconds, timezone=tz), id="poll",
-                          name="requests and pending facts", next_run_time=_now_local(),
-                          misfire_grace_time=max(1, int(sched.poll_seconds)), replace_existing=True)
-        scheduler.start()
+        self._triggers.start_scheduler(sched, self._poll, self._on_job_event)
         if sched.cron is not None:
             last_cron = next((r.started_at for r in self._store.list_rounds(limit=200) if r.trigger == "cron"), None)
-            missed = missed_cron_run(sched.cron, _now_local(), sched.misfire_grace_seconds, last_cron, previous_start)
+            missed = missed_cron_run(sched.cron, now_local(), sched.misfire_grace_seconds, last_cron, previous_start)
             if missed is not None:
                 log.warning("the scheduled round of %s was missed while locftd was down: running it now",
                             missed.isoformat(timespec="minutes"))
-                self._enqueue("cron")
+                self._triggers.add("cron")
 
     def _on_job_event(self, event: Any) -> None:
         # aliased: this module's EVENT_JOB_MISSED is the audit log's kind, not APScheduler's code
@@ -324,39 +265,18 @@ class Daemon:
             except Exception:  # noqa: BLE001
                 log.exception("could not log the missed job")
 
-    def _enqueue(self, trigger: str) -> None:
-        with self._cond:
-            if trigger not in self._triggers:
-                log.info("%s trigger queued", trigger)
-            self._triggers.add(trigger)
-            self._cond.notify_all()
-
     def _poll(self) -> None:
         """Scheduler thread: cheap queries only; the main thread decides and runs."""
         store = self._store
         if store.open_round_requests():
-            self._enqueue("request")
+            self._triggers.add("request")
         threshold = self.config.schedule.min_pending_facts
         if threshold is not None and store.count_facts().pending >= threshold:
-            self._enqueue("pending")
+            self._triggers.add("pending")
         self._write_info()
 
-    def _next_trigger(self, timeout: float) -> str | None:
-        with self._cond:
-            if not self._triggers and not self._stop.is_set():
-                self._cond.wait(timeout)
-            if not self._triggers or self._stop.is_set():
-                return None
-            trigger = min(self._triggers, key=lambda t: _PRIORITY.get(t, 9))
-            self._triggers.discard(trigger)
-            return trigger
-
     def _write_info(self) -> None:
-        next_at = None
-        if self._scheduler is not None:
-            job = self._scheduler.get_job("cron")
-            if job is not None and job.next_run_time is not None:
-                next_at = job.next_run_time.isoformat()
+        next_at = self._triggers.next_cron_at()
         try:
             write_daemon_info(self.home, DaemonInfo(
                 pid=os.getpid(), started_at=self.started_at.isoformat(), next_round_at=next_at,
@@ -378,7 +298,7 @@ class Daemon:
                 log.info("a round is running in pid %s (a foreground `locft round run`?): %s round waits",
                          holder, trigger)
                 self._busy_logged = True
-            self._requeue_later(trigger)
+            self._triggers.add_later(trigger, BUSY_RETRY_S)
             return
         self._busy_logged = False
         store = self._store
@@ -403,11 +323,6 @@ class Daemon:
                 self._claimed = ()
             return
         self._run_worker(trigger, plan.digest)
-
-    def _requeue_later(self, trigger: str) -> None:
-        timer = threading.Timer(BUSY_RETRY_S, self._enqueue, args=[trigger])
-        timer.daemon = True
-        timer.start()
 
     def _worker_command(self, trigger: str) -> list[str]:
         cmd = [sys.executable, "-m", "locft.daemon.worker", "--home", str(self.home.root), "--trigger", trigger,
@@ -461,7 +376,7 @@ class Daemon:
         seconds = time.monotonic() - worker.started
         if rc == EXIT_BUSY:
             log.info("worker found the round lock taken; the %s round is retried", worker.trigger)
-            self._requeue_later(worker.trigger)
+            self._triggers.add_later(worker.trigger, BUSY_RETRY_S)
             return
         self._claimed = ()  # the round started (and linked its requests) or its requests are reopened
         if rc != EXIT_OK or timed_out:
@@ -492,64 +407,3 @@ class Daemon:
                 if last.outcome == "promoted" and self._api is not None and self._api.app.watcher is not None:
                     self._api.app.watcher.poke()  # serve the new version now, not at the next poll
         self._write_info()
-
-
-def start_detached(home: Home, timeout_s: float = 300.0, api: bool = True) -> int:
-    """Start the daemon in the background (new session, output to logs/locftd.out); returns its
-    pid once it has taken the lock and written run/daemon.json."""
-    from locft.daemon.logs import DETACHED_OUTPUT
-    from locft.home import read_daemon_info
-
-    holder = daemon_lock(home.run_dir).holder()
-    if holder is not None:
-        raise DaemonError(f"locftd is already running for {home.root} (pid {holder}); `locftd stop` stops it")
-    home.logs_dir.mkdir(parents=True, exist_ok=True)
-    out_path = home.logs_dir / DETACHED_OUTPUT
-    stale = home.daemon_file
-    stale.unlink(missing_ok=True)
-    with open(out_path, "ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "locft.daemon.cli", "run", "--home", str(home.root)] + ([] if api else ["--no-api"]),
-            stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True, close_fds=True,
-            env=dict(os.environ, LOCFT_HOME=str(home.root)),
-        )
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        rc = proc.poll()
-        if rc is not None:
-            tail = _tail(out_path, 15)
-            raise DaemonError(f"locftd exited at once ({describe_exit(rc)}); {out_path}:\n{tail}")
-        info = read_daemon_info(home)
-        if info is not None and info.pid == proc.pid:
-            return proc.pid
-        time.sleep(0.1)
-    raise DaemonError(f"locftd (pid {proc.pid}) did not report ready within {timeout_s:.0f} s; see {out_path}")
-
-
-def stop_daemon(home: Home, timeout_s: float = STOP_BOUND_S + 5) -> int | None:
-    """SIGTERM the home's daemon and wait until it has released its lock; returns its pid, or
-    None when none was running."""
-    lock = daemon_lock(home.run_dir)
-    pid = lock.holder()
-    if pid is None:
-        return None
-    if not pid:
-        raise DaemonError(f"the daemon lock {lock.path} is held but names no pid; is locftd starting?")
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return pid
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if lock.holder() is None:
-            return pid
-        time.sleep(0.1)
-    raise DaemonError(f"locftd (pid {pid}) did not stop within {timeout_s:.0f} s; `kill -9 {pid}` is safe "
-                      "(the next start recovers)")
-
-
-def _tail(path: Path, lines: int) -> str:
-    try:
-        return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no output)"

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from locft.daemon.service import describe_exit, missed_cron_run
+from locft.daemon.service import describe_exit
+from locft.daemon.triggers import missed_cron_run
 from locft.home import Home
 from locft.locks import LockHeld, PidLock
 
