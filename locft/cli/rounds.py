@@ -6,11 +6,14 @@ import contextlib
 import logging
 import signal
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from locft.cli.common import author_option, default_author, echo_json, json_option, open_store, resolve_home, table
+
+if TYPE_CHECKING:
+    from locft.rounds.phases import RoundProgress
 
 
 def when(value: Any) -> str:
@@ -37,14 +40,15 @@ def round_group() -> None:
     """
 
 
-class _Bars:
-    """One tqdm bar per phase, on stderr; phases without a total just print a line."""
+class _RoundBars:
+    """Renders a round's RoundProgress: one tqdm bar per phase, on stderr; phases without a total
+    just print a line."""
 
     def __init__(self) -> None:
         self.phase: str | None = None
         self.bar: Any = None
 
-    def __call__(self, p: Any) -> None:
+    def __call__(self, p: RoundProgress) -> None:
         from tqdm import tqdm
 
         if p.phase != self.phase or (self.bar is not None and p.total is not None and self.bar.total != p.total):
@@ -98,7 +102,7 @@ def run_cmd(force: bool, author: str | None, as_json: bool) -> None:
 
     previous = signal.signal(signal.SIGINT, on_signal)
     previous_term = signal.signal(signal.SIGTERM, on_signal)
-    bars = _Bars()
+    bars = _RoundBars()
     try:
         with open_store() as store, contextlib.ExitStack() as stack:
             try:

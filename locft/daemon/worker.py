@@ -29,9 +29,12 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from locft.atomic import atomic_write_text
+
+if TYPE_CHECKING:
+    from locft.rounds.phases import RoundProgress
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -91,8 +94,8 @@ class _Stopper:
 PROGRESS_FILE = "round-progress.json"  # in run/: what the round is doing, for `locftd status`
 
 
-class _ProgressFile:
-    """The round's progress as run/round-progress.json (atomic, at most every 2 s) and a log line
+class _RoundProgressFile:
+    """The round's progress (RoundProgress) as run/round-progress.json (atomic, at most every 2 s) and a log line
     per phase, so that `locftd status` and the log say what a long round is doing."""
 
     def __init__(self, run_dir: Path) -> None:
@@ -100,7 +103,7 @@ class _ProgressFile:
         self.phase: str | None = None
         self.written = 0.0
 
-    def __call__(self, p: Any) -> None:
+    def __call__(self, p: RoundProgress) -> None:
         now = time.monotonic()
         if p.phase != self.phase:
             self.phase = p.phase
@@ -183,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LocftError as exc:
         log.error("worker: %s", exc)
         return EXIT_USAGE
-    progress = _ProgressFile(home.run_dir)
+    progress = _RoundProgressFile(home.run_dir)
     try:
         with hold_round_lock(home, store):
             log.info("worker %d: %s round starting", os.getpid(), args.trigger)
