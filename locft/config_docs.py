@@ -115,7 +115,8 @@ def markdown_reference() -> str:
         out.append(f"\n### `[{section}]`\n\n{doc}\n\n| Key | Takes | Default | Meaning |\n|---|---|---|---|\n")
         for name, info in fields_of(cls).items():
             default = "unset" if info.default is None else f"`{toml_value(info.default)}`"
-            out.append(f"| `{name}` | {_cell(type_text(info, code=True))} | {_cell(default)} | {_cell(info.description or '')} |\n")
+            out.append(f"| `{name}` | {_cell(type_text(info, code=True))} | {_cell(default)} "
+                       f"| {_cell(info.description or '')} |\n")
     return "".join(out)
 
 

@@ -86,9 +86,10 @@ class Guard:
                                                          "<serve.api_token>'", code="invalid_api_key"))
                 return
             if method in ("POST", "PUT", "PATCH"):
-                receive = await self._limit_body(scope, headers, receive, sending)
-                if receive is None:
+                limited = await self._limit_body(scope, headers, receive, sending)
+                if limited is None:
                     return
+                receive = limited
             await self.app(scope, receive, sending)
         except _TooLarge:
             if not status:

@@ -279,7 +279,8 @@ def _common(body: _Sampling) -> dict[str, Any]:
     }
 
 
-def parse_completion(body: CompletionRequest, tokenizer: Any, max_prompt_chars: int, max_tokens_limit: int) -> Completion:
+def parse_completion(body: CompletionRequest, tokenizer: Any, max_prompt_chars: int,
+                     max_tokens_limit: int) -> Completion:
     """POST /v1/completions as a `Completion`. Raw text: no chat template."""
     from locft.engine.data import encode_prompt
 

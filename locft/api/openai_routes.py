@@ -96,10 +96,16 @@ def _stream(state: AppState, req: oa.Completion, rid: str) -> StreamingResponse:
         except RuntimeError:  # the loop is gone (server shut down): nobody is listening
             pass
 
-    callbacks = [(lambda piece, i=i: put(("delta", i, piece))) for i in range(len(req.prompts))]
-    jobs = _submit(state, req, callbacks)  # errors before this point are ordinary JSON errors
+    def on_delta(i: int) -> Callable[[str], None]:
+        return lambda piece: put(("delta", i, piece))
+
+    def on_done(i: int) -> Callable[[Future[GenerationResult]], None]:
+        return lambda f: put(("done", i, f))
+
+    # errors before this point are ordinary JSON errors
+    jobs = _submit(state, req, [on_delta(i) for i in range(len(req.prompts))])
     for i, (_, future) in enumerate(jobs):
-        future.add_done_callback(lambda f, i=i: put(("done", i, f)))
+        future.add_done_callback(on_done(i))
     version = state.server.version(jobs[0][0].version_id)
     created = int(time.time())
     kind = "chat.completion.chunk" if req.chat else "text_completion"

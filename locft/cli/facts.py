@@ -91,7 +91,8 @@ def add_fact(
     elif result.status == "added":
         click.echo(f"added fact {result.fact_id}")
     elif result.status == "duplicate":
-        click.echo(f"duplicate: fact {result.fact_id} already answers this with {result.revision.answer!r}; nothing added")
+        click.echo(f"duplicate: fact {result.fact_id} already answers this with {result.revision.answer!r}; "
+                   "nothing added")
     else:
         click.echo(f"revised fact {result.fact_id}: {result.previous_answer!r} -> {result.revision.answer!r}")
 

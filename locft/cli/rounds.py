@@ -121,7 +121,8 @@ def run_cmd(force: bool, author: str | None, as_json: bool) -> None:
                     raise
                 logging.getLogger(__name__).debug("the round failed", exc_info=True)
                 last = store.last_round()
-                where = f"round {last.id} is recorded as failed; `locft round show {last.id}`" if last else "the round failed"
+                where = (f"round {last.id} is recorded as failed; `locft round show {last.id}`" if last
+                         else "the round failed")
                 raise LocftError(f"{type(exc).__name__}: {exc} ({where}; -vv shows the traceback)") from None
             stack.close()
             if as_json:

@@ -8,7 +8,8 @@ from locft.cli.common import echo_json, json_option
 
 
 @click.command("setup", short_help="Install (or find) the embedded model and the offline capability data.")
-@click.option("--check", is_flag=True, help="Only report what is there; install nothing (exit status 11 if incomplete).")
+@click.option("--check", is_flag=True,
+              help="Only report what is there; install nothing (exit status 11 if incomplete).")
 @json_option
 def setup(check: bool, as_json: bool) -> None:
     """Install, or find, what locft needs beside its Python dependencies.

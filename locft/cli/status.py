@@ -62,7 +62,8 @@ def status(as_json: bool) -> None:
         ("home", str(home.root)),
         ("database", summary.database),
         ("model", model),
-        ("promoted", f"version {p.id}" + (" (the base model)" if p.is_base else f", {p.fact_count} facts, built {fmt_time(p.created_at)}")),
+        ("promoted", f"version {p.id}" + (" (the base model)" if p.is_base
+                                          else f", {p.fact_count} facts, built {fmt_time(p.created_at)}")),
         ("facts", f"{f.active} active, {f.pending} pending since version {p.id}, {f.retracted} retracted"),
         ("versions", ", ".join(f"{n} {state}" for state, n in sorted(summary.versions.items()))),
     ]
@@ -73,7 +74,8 @@ def status(as_json: bool) -> None:
         took = f" in {r.seconds:.1f} s" if r.seconds is not None else ""
         made = f", version {r.version_id}" if r.version_id is not None else ""
         ended = f"finished {fmt_time(r.finished_at)}{took}" if r.finished_at else f"started {fmt_time(r.started_at)}"
-        rows.append(("last round", f"#{r.id} ({r.trigger}) {r.outcome}{made}, {ended}" + (f": {r.error}" if r.error else "")))
+        rows.append(("last round",
+                     f"#{r.id} ({r.trigger}) {r.outcome}{made}, {ended}" + (f": {r.error}" if r.error else "")))
         if progress is not None:
             rows.append(("  now", describe_progress(progress)))
     if summary.open_requests:

@@ -35,7 +35,8 @@ def owning_linear(model: torch.nn.Module, name: str) -> torch.nn.Linear:
     return module
 
 
-def input_second_moments(loaded: LoadedModel, examples: Sequence[Example], names: Sequence[str]) -> dict[str, torch.Tensor]:
+def input_second_moments(loaded: LoadedModel, examples: Sequence[Example],
+                         names: Sequence[str]) -> dict[str, torch.Tensor]:
     """sum over every real (non-pad) position of x x^T, x = the input of each tuned linear weight."""
     modules = {n: owning_linear(loaded.model, n) for n in names}
     moments = {n: torch.zeros(m.in_features, m.in_features, dtype=torch.float64) for n, m in modules.items()}

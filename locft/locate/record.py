@@ -12,7 +12,7 @@ from typing import Any
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10: the same parser, published as tomli
-    import tomli as tomllib  # type: ignore[no-redef]
+    import tomli as tomllib
 
 from locft.atomic import atomic_write_text
 from locft.config import CONFIG_TEMPLATE, LocftConfig, from_dict
@@ -71,22 +71,23 @@ def set_location_text(text: str, template: str, layers: Sequence[int], note: str
     elif isinstance(old, Table) and not old.is_super_table():  # a plain [edit] header
         kept: list[tuple[Any, Any]] = []  # (tomlkit Key or None, item): keys keep their spelling
         at = 0
-        for key, item in old.value.body:
-            if key is None and isinstance(item, Comment) and item.as_string().lstrip().startswith(f"# {NOTE}"):
+        for old_key, old_item in old.value.body:
+            is_note = isinstance(old_item, Comment) and old_item.as_string().lstrip().startswith(f"# {NOTE}")
+            if old_key is None and is_note:
                 continue
-            if key is not None and key.key in ("location", "layers"):
-                if key.key == "location":  # the new lines go here (where its note was, if any)
+            if old_key is not None and old_key.key in ("location", "layers"):
+                if old_key.key == "location":  # the new lines go here (where its note was, if any)
                     at = len(kept)
                 continue
-            kept.append((key, item))
+            kept.append((old_key, old_item))
         # Rebuilt the way tomlkit's parser builds a document (parsed=True: appending adds no
         # cosmetic blank lines), so every other item renders exactly as it was read.
         table = Table(Container(True), old.trivia, is_aot_element=False)
         for key, item in kept[:at] + new_items + kept[at:]:
             table.raw_append(key, item)
         rebuilt = TOMLDocument(True)
-        for key, item in doc.body:
-            rebuilt.append(key, table if item is old else item)
+        for doc_key, doc_item in doc.body:
+            rebuilt.append(doc_key, table if doc_item is old else doc_item)
         doc = rebuilt
     else:  # dotted keys (edit.lr = ...), an inline table, [edit] split around other tables
         raise refuse()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import sqlalchemy as sa
 from sqlmodel import col, select
@@ -17,11 +17,12 @@ from locft.store.events import append_event
 from locft.store.models import GateResult, Promotion, Round, RoundRequest, Version
 
 RoundTrigger = Literal["cron", "pending", "request", "manual"]
-# 'candidate': its version passed the gates and waits for `locft promote` (manual promotion);
-# 'skipped': the round decided not to train (it records no version).
-RoundOutcome = Literal["running", "promoted", "candidate", "rejected", "skipped", "failed", "interrupted"]
+# How a round ended (its row says 'running' until then). 'candidate': its version passed the gates
+# and waits for `locft promote` (manual promotion); 'skipped': the round decided not to train (it
+# records no version).
+RoundOutcome = Literal["promoted", "candidate", "rejected", "skipped", "failed", "interrupted"]
 TRIGGERS: tuple[str, ...] = ("cron", "pending", "request", "manual")
-FINAL_OUTCOMES: tuple[str, ...] = ("promoted", "candidate", "rejected", "skipped", "failed", "interrupted")
+FINAL_OUTCOMES: tuple[str, ...] = get_args(RoundOutcome)
 
 
 @dataclass(frozen=True)
@@ -214,7 +215,8 @@ class RoundsMixin(StoreBase):
                                                   "seconds": (now - row.started_at).total_seconds()})
                 session.add(row)
             orphans = list(session.exec(
-                select(RoundRequest).where(col(RoundRequest.claimed_at).is_not(None), col(RoundRequest.round_id).is_(None))
+                select(RoundRequest).where(col(RoundRequest.claimed_at).is_not(None),
+                                           col(RoundRequest.round_id).is_(None))
             ))
             for req in orphans:
                 req.claimed_at = None
@@ -231,7 +233,8 @@ class RoundsMixin(StoreBase):
             row = RoundRequest(requested_at=now, actor=actor, reason=reason)
             session.add(row)
             session.flush()
-            append_event(session, ev.ROUND_REQUESTED, actor=actor, at=now, payload={"request_id": row.id, "reason": reason})
+            append_event(session, ev.ROUND_REQUESTED, actor=actor, at=now,
+                         payload={"request_id": row.id, "reason": reason})
             return RoundRequestInfo.of(row)
 
     def open_round_requests(self) -> list[RoundRequestInfo]:
