@@ -64,10 +64,10 @@ def layer_stack(model: torch.nn.Module, names: Sequence[str]) -> LayerStack | No
     attr = attrs.pop()
     if not isinstance(getattr(decoder, attr, None), torch.nn.ModuleList):
         return None
-    layers = [layer_index(n, f"{prefix}.{attr}") for n in names]
-    if any(layer is None for layer in layers):
+    layers = [layer for n in names if (layer := layer_index(n, f"{prefix}.{attr}")) is not None]
+    if len(layers) != len(names):
         return None
-    return LayerStack(decoder, attr, min(layers))  # type: ignore[type-var]
+    return LayerStack(decoder, attr, min(layers))
 
 
 class _NoSharedPrefix(Exception):
@@ -248,9 +248,10 @@ class Forward:
             handle.remove()
 
     def _run_to_start(self, captured: list[torch.Tensor], **inputs: Any) -> torch.Tensor:
+        assert self.stack is not None
         captured.clear()
         try:
-            self.stack.decoder(**inputs)  # type: ignore[union-attr]
+            self.stack.decoder(**inputs)
         except _Captured:
             pass
         return captured[0]
@@ -260,6 +261,7 @@ class Forward:
         the layers below `start` (None where this architecture does not take a KV cache)."""
         from transformers import DynamicCache
 
+        assert self.stack is not None
         ids = torch.tensor([list(prefix_ids)], dtype=torch.long, device=self.device)
         kv = DynamicCache()
         try:
@@ -269,10 +271,11 @@ class Forward:
             log.warning("shared-prefix capture failed (%s); capturing whole rows", exc)
             return None
         # below layer 0 there is nothing to attend to: rows then run whole
-        return kv if self.stack.start and len(kv.layers) == self.stack.start else None  # type: ignore[union-attr]
+        return kv if self.stack.start and len(kv.layers) == self.stack.start else None
 
     def _cache_kw(self) -> str:
-        params = inspect.signature(self.stack.decoder.forward).parameters  # type: ignore[union-attr]
+        assert self.stack is not None
+        params = inspect.signature(self.stack.decoder.forward).parameters
         return "cache" if "cache" in params else "past_key_values"
 
     def _capture_after_prefix(self, captured: list[torch.Tensor], idx: Sequence[int], prefix_len: int,

@@ -67,7 +67,7 @@ def edit(
     resolved = resolve_edit(loaded, cfg, len(facts))
     cfg, location, names = resolved.config, resolved.location, resolved.names
     prompt_format, lr = cfg.prompt_format, cfg.lr
-    assert lr is not None and cfg.batch_size is not None
+    assert lr is not None and cfg.batch_size is not None and cfg.micro_batch_size is not None, "resolved"
     examples, layout = training_rows(loaded, facts, cfg, replay, cache_dir)
     result = EditResult({}, location, prompt_format, lr, cfg.forward_mode, n_facts=layout.n_facts,
                         n_replay=layout.n_replay, n_augmented=layout.n_augmented)
@@ -202,6 +202,7 @@ def _breadth_first(
     progress: TrainProgressCallback | None,
     should_stop: Callable[[], bool] | None,
 ) -> None:
+    assert cfg.batch_size is not None and cfg.replay_ratio is not None, "engine.resolve fills them"
     n = layout.n_facts
     replay_ids = list(layout.replay)
     optimizer = torch.optim.Adam(params, lr=lr)
@@ -273,7 +274,7 @@ def _depth_first(
         t_fact = time.perf_counter()
         optimizer = torch.optim.Adam(params, lr=lr)
         losses: list[float] = []
-        for step in range(cfg.max_epochs):
+        for _ in range(cfg.max_epochs):
             _check_stop(should_stop)
             loss = forward.sample_losses([i]).mean()
             result.examples_seen += 1
