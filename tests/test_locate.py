@@ -17,7 +17,7 @@ from locft.facts import EditFact, Probe
 from locft.locate.candidates import available_layers, build_candidates, mlp_out_template, sample_facts, spread_layers
 from locft.locate.record import record_location, set_location_text
 from locft.locate.sweep import LocateSettings, locate
-from locft.policies.location import choose_location
+from locft.policies.location import select_from_sweep
 from tests.round_helpers import FACTS
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -104,7 +104,7 @@ def test_locate_measures_every_candidate_and_picks_by_the_priority(loaded: Loade
         assert c.train_seconds > 0 and c.eval_seconds > 0
     assert max(c.reliability for c in report.candidates) >= 2 / 3  # the sample was learned
     # the pick is the policy's pick on these very numbers
-    assert report.selection.winner == choose_location([c.score() for c in report.candidates]).winner
+    assert report.selection.winner == select_from_sweep([c.score() for c in report.candidates]).winner
     assert report.selection.status[report.selection.winner] == "chosen"
     assert report.why_not_recordable() is None
     assert {"base", "train", "evaluate", "capability"} <= set(events)

@@ -15,10 +15,10 @@ steps), and the edited model is measured:
 - reliability and generalization: greedy generation + normalized exact match on the sample's
   prompts and paraphrases.
 
-`locft.policies.location.choose_location` then applies the paper's priority (capability,
+`locft.policies.location.select_from_sweep` then applies the paper's priority (capability,
 then locality, then generalization). `record_location` writes the pick into locft.toml,
-keeping every other line as it was. The location rounds use when locft.toml names none is
-chosen by `locft.engine.targets.choose_edit_location`; a recorded pick is what it reads.
+keeping every other line as it was. Rounds train where `locft.engine.targets.choose_edit_location`
+says: at a recorded pick first, else at the architecture's preset.
 
 Modules: `candidates` (the locations to sweep, the seeded fact sample), `sweep` (`locate`:
 train and measure every candidate), `report` (a candidate's numbers, the report and its

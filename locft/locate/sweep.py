@@ -16,7 +16,7 @@ from locft.errors import ConfigError, LocftError
 from locft.facts import EditFact
 from locft.locate.candidates import sample_facts
 from locft.locate.report import CandidateResult, LocateReport
-from locft.policies.location import LocateTolerances, Selection, choose_location
+from locft.policies.location import LocateTolerances, Selection, select_from_sweep
 
 if TYPE_CHECKING:
     from locft.engine.model_io import LoadedModel
@@ -221,7 +221,7 @@ def locate(
         if should_stop is not None and should_stop():
             raise EditCancelled("locate was cancelled")
 
-    selection = choose_location([r.score() for r in results], settings.tolerances)
+    selection = select_from_sweep([r.score() for r in results], settings.tolerances)
     warnings = _warnings(results, selection, settings, epochs)
     return LocateReport(
         candidates=results,

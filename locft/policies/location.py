@@ -14,7 +14,9 @@ capability first, then locality (unrelated answers unchanged), then generalizati
 4. generalization: of those, the highest generalization wins; exact ties go to the higher
    locality, then the smaller capability drop, then the earlier candidate.
 
-Decides, never measures: no torch, no store (`locft.locate` measures).
+Decides, never measures: no torch, no store (`locft.locate` measures). The location a round
+trains at is chosen by `locft.engine.targets.choose_edit_location`, which reads a pick that
+`locft locate --write` recorded in locft.toml before anything else.
 """
 
 from __future__ import annotations
@@ -86,7 +88,7 @@ def _bad(value: float | None) -> bool:
     return value is not None and math.isnan(value)
 
 
-def choose_location(scores: Sequence[CandidateScore], tolerances: LocateTolerances | None = None) -> Selection:
+def select_from_sweep(scores: Sequence[CandidateScore], tolerances: LocateTolerances | None = None) -> Selection:
     """Apply the paper's priority (module docstring) to the candidates' numbers."""
     tol = tolerances or LocateTolerances()
     status = ["" for _ in scores]
