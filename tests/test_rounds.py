@@ -13,7 +13,7 @@ from locft.engine.model_io import LoadedModel, load_base
 from locft.facts import EditFact, Probe
 from locft.home import Home
 from locft.locks import LockHeld
-from locft.rounds.phases import RoundProgress
+from locft.rounds.phases import PHASES, RoundProgress
 from locft.rounds.plan import plan_round
 from locft.rounds.recovery import hold_round_lock, recover_rounds
 from locft.rounds.run import run_round
@@ -78,6 +78,9 @@ def test_round_trains_gates_promotes_and_records_everything(home: Home, store: S
     mixed = (8 * by_source["fixed_probe_set"] + 1 * by_source["facts_own_probes"]) / 9
     assert mixed == pytest.approx(result.metrics.locality)
     assert {p.phase for p in seen} >= {"freeze", "load", "train", "snapshot", "evaluate"}
+    # reported, and timed, in PHASES' order
+    order = [PHASES.index(p.phase) for p in seen]
+    assert order == sorted(order) and set(r.timings or {}) - {"total"} <= set(PHASES)
     # the fixed probe set's base answers are cached per base fingerprint
     assert list((home.cache_dir / "probes").glob("*.json"))
 

@@ -7,9 +7,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-# The order phases run in (and `locft round run` shows them).
+# The order phases run in: what RoundProgress.phase and a round's timings name.
 PHASES: tuple[str, ...] = (
-    "freeze", "load", "replay", "train", "snapshot", "record", "base_probes", "evaluate", "retention",
+    "freeze", "load", "replay", "train", "scope", "snapshot", "record", "base_probes", "evaluate", "retention",
     "capability_base", "capability", "judge", "cleanup",
 )
 
