@@ -150,7 +150,8 @@ def run_benchmark(spec: BenchSpec, on_event: Callable[[str, Any], None] | None =
         # below are never seen, nor used to calibrate.
         emit("phase", f"building the scope ({cfg.scope_match}, subjects {spec.scope_subjects})")
         t_scope = time.perf_counter()
-        scoped_facts = facts if spec.scope_subjects == "given" else [dataclasses.replace(f, subject=None) for f in facts]
+        scoped_facts = (facts if spec.scope_subjects == "given"
+                        else [dataclasses.replace(f, subject=None) for f in facts])
         evaluated = [p for f in facts for p in f.paraphrases] + probes
         scope = scope_for_facts(loaded, scoped_facts, prompt_format, cfg.scope_match,
                                 false_positive_rate=cfg.scope_false_positive_rate, layer=cfg.scope_layer,

@@ -112,7 +112,8 @@ def test_a_subject_made_of_several_names_matches_a_rephrasing_that_names_them_al
     for one_name in ("Frank Lampard", "Bank of England", "Kiss Me, Kate", "The Dresden Dolls", "knight anole",
                      "Apple II series"):
         assert name_parts(one_name) == ()  # matched as a whole, as before
-    scope = _scope([EditFact("In what county is Cluny Castle's Stable Block?", "x", subject="Cluny Castle's Stable Block"),
+    scope = _scope([EditFact("In what county is Cluny Castle's Stable Block?", "x",
+                             subject="Cluny Castle's Stable Block"),
                     EditFact("Where is the Anchorage?", "y",
                              subject="The Anchorage located at 8 Bingham Terrace in Dundee")])
     assert scope.names_a_subject("In what county can the Stable Block of Cluny Castle be found?")

@@ -22,8 +22,8 @@ wiki_bpb       bits_per_byte    --        1.04        unique Wikipedia paragraph
 ============== ================ ========= =========== ==================================================
 
 (*) the embedded SmolLM2-135M-Instruct, fp32 CPU, first 200 items (arc_easy, piqa) or 100; the
-"~chance" rows are from an earlier run whose record was not kept. A task at chance cannot show a drop: a poor gate for that
-model. (**) majority class.
+"~chance" rows are from an earlier run whose record was not kept. A task at chance cannot show a
+drop: a poor gate for that model. (**) majority class.
 
 `limit` takes the first N items of each split (the same items every time, so a candidate and the
 base model are compared on the same questions).
@@ -41,27 +41,27 @@ imports neither torch nor lm-eval.
 
 from locft.evaluation.capability.base_cache import BaseCapabilityCache, base_capability, base_task_scores, run_context
 from locft.evaluation.capability.registry import (
-                                                    DEFAULT_TASKS,
-                                                    LOWER_IS_BETTER_METRICS,
-                                                    PASSTHROUGH_PREFIX,
-                                                    CapabilityTask,
-                                                    PassthroughTask,
-                                                    TaskSpec,
-                                                    data_root,
-                                                    has_item_scores,
-                                                    higher_is_better,
-                                                    known_tasks,
-                                                    lower_is_better,
-                                                    resolve_task,
-                                                    resolve_tasks,
-                                                    spec_digest,
+    DEFAULT_TASKS,
+    LOWER_IS_BETTER_METRICS,
+    PASSTHROUGH_PREFIX,
+    CapabilityTask,
+    PassthroughTask,
+    TaskSpec,
+    data_root,
+    has_item_scores,
+    higher_is_better,
+    known_tasks,
+    lower_is_better,
+    resolve_task,
+    resolve_tasks,
+    spec_digest,
 )
 from locft.evaluation.capability.runner import (
-                                                    ScopeOnly,
-                                                    TaskScore,
-                                                    item_scores,
-                                                    measure_capability,
-                                                    task_scores,
+    ScopeOnly,
+    TaskScore,
+    item_scores,
+    measure_capability,
+    task_scores,
 )
 
 __all__ = [
