@@ -76,11 +76,12 @@ def _capability(loaded: Any, tensors: dict[str, Any], scope: Any, spec: BenchSpe
     and gained, one-sided sign-test p)."""
     from locft.engine.scoped import answering
     from locft.evaluation.capability import ScopeOnly, base_task_scores, task_scores
+    from locft.evaluation.progress import EvaluationProgress
     from locft.policies.gating import pair_tasks
 
     tasks, limit, cache = list(spec.capability_tasks), spec.capability_limit, spec.home / "cache"
 
-    def progress(which: str) -> Callable[[int, int, str], None]:  # answer choices scored, per task
+    def progress(which: str) -> EvaluationProgress:  # answer choices scored, per task
         return lambda done, total, task: emit("capability", (f"capability, {which}: {task}", done, total))
 
     base = base_task_scores(loaded.model, loaded.tokenizer, loaded.fingerprint, tasks, limit, cache,
