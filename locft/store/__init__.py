@@ -7,30 +7,22 @@
 """
 
 from locft.store.events import EventInfo
-from locft.store.facts import (
+from locft.store.fact_import import ImportIssue, ImportSummary
+from locft.store.fact_records import (
     AddResult,
     FactCounts,
     FactEntry,
     FactHistory,
     FactInfo,
     FactRevisionInfo,
-    ImportIssue,
-    ImportSummary,
     PendingFact,
     RevisionResult,
 )
+from locft.store.promotion import PointerMove, PromotionInfo
 from locft.store.rounds import ClaimedRequests, Recovery, RoundInfo, RoundRequestInfo
-from locft.store.snapshots import RetentionResult
+from locft.store.snapshots import RetentionResult, snapshot_digest
 from locft.store.store import Store, StoreSummary
-from locft.store.versions import (
-    FactChange,
-    GateResultInfo,
-    PointerMove,
-    PromotionInfo,
-    VersionDiff,
-    VersionInfo,
-    snapshot_digest,
-)
+from locft.store.version_records import FactChange, GateResultInfo, VersionDiff, VersionInfo
 
 __all__ = [
     "AddResult", "ClaimedRequests", "EventInfo", "FactChange", "FactCounts", "FactEntry", "FactHistory",

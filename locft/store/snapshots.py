@@ -1,4 +1,5 @@
-"""Snapshot directories on disk: sweeping orphans, applying the retention policy.
+"""Snapshot directories on disk: checking one against its Version row, sweeping orphans,
+applying the retention policy.
 
 The engine writes `snapshots/<name>/` atomically (a `.tmp-*` directory, then a rename) BEFORE
 its Version row; so a directory without a row is either a crash leftover or a row about to
@@ -7,6 +8,7 @@ be written. The minimum age tells the two apart. Deleting files never deletes ro
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -17,6 +19,8 @@ from pathlib import Path
 from sqlmodel import col, select
 
 from locft.atomic import DIR_TMP_PREFIX
+from locft.errors import SnapshotError
+from locft.home import Home
 from locft.policies.retention import RetentionCandidate, RetentionPlan, plan_retention
 from locft.store import events as ev
 from locft.store.db import StoreBase
@@ -25,6 +29,7 @@ from locft.store.models import PromotedPointer, Promotion, Version
 
 log = logging.getLogger(__name__)
 
+TENSORS_FILE = "tensors.safetensors"  # as written by locft.engine.snapshot (not imported: no torch here)
 TMP_PREFIX = DIR_TMP_PREFIX  # what locft.atomic.atomic_directory writes in
 DEFAULT_ORPHAN_MIN_AGE_S = 3600.0
 
@@ -33,6 +38,41 @@ DEFAULT_ORPHAN_MIN_AGE_S = 3600.0
 class RetentionResult:
     plan: RetentionPlan
     deleted: tuple[Path, ...]  # directories actually removed (none on a dry run)
+
+
+def snapshot_digest(snapshot_dir: Path) -> tuple[str, int]:
+    """sha256 and size of a snapshot's tensors file (what the Version row records)."""
+    path = Path(snapshot_dir) / TENSORS_FILE
+    h = hashlib.sha256()
+    size = 0
+    try:
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+                size += len(block)
+    except FileNotFoundError:
+        raise SnapshotError(f"snapshot {snapshot_dir}: {TENSORS_FILE} is missing") from None
+    return h.hexdigest(), size
+
+
+def snapshot_present(home: Home, row: Version) -> bool:
+    """Whether a version's tensors file is on disk (version 0, the base model, has none: True)."""
+    return row.snapshot_path is None or (home.absolute(row.snapshot_path) / TENSORS_FILE).is_file()
+
+
+def require_snapshot(home: Home, row: Version) -> None:
+    """The pointer only moves onto a snapshot that is there and intact (its sha256 as recorded):
+    a corrupted one would be refused by every server anyway, after the move."""
+    if not snapshot_present(home, row):
+        raise SnapshotError(f"the snapshot of version {row.id} ({row.snapshot_path}) is gone "
+                            "(deleted by retention or by hand); it cannot be served")
+    if row.snapshot_path is not None and row.snapshot_sha256 is not None:
+        sha, size = snapshot_digest(home.absolute(row.snapshot_path))
+        if sha != row.snapshot_sha256 or (row.snapshot_size is not None and size != row.snapshot_size):
+            raise SnapshotError(
+                f"the snapshot of version {row.id} ({row.snapshot_path}) is corrupted: sha256 {sha[:12]}... "
+                f"({size} bytes), recorded {row.snapshot_sha256[:12]}... ({row.snapshot_size} bytes); it "
+                "cannot be served (a new round rebuilds the facts from the base model)")
 
 
 def _remove_dir(path: Path) -> bool:

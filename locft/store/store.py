@@ -13,10 +13,14 @@ from locft.errors import StoreError
 from locft.home import Home
 from locft.store.db import create_db_engine, database_url, migrate, safe_url
 from locft.store.events import EventsMixin
-from locft.store.facts import FactCounts, FactsMixin
+from locft.store.fact_import import FactImportMixin
+from locft.store.fact_records import FactCounts
+from locft.store.facts import FactsMixin
+from locft.store.promotion import PromotionMixin
 from locft.store.rounds import RoundInfo, RoundsMixin
 from locft.store.snapshots import DEFAULT_ORPHAN_MIN_AGE_S, SnapshotsMixin
-from locft.store.versions import VersionInfo, VersionsMixin
+from locft.store.version_records import VersionInfo
+from locft.store.versions import VersionsMixin
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +45,8 @@ class StoreSummary:
         }
 
 
-class Store(FactsMixin, VersionsMixin, RoundsMixin, EventsMixin, SnapshotsMixin):
-    """Facts, versions, rounds, events and snapshots of one $LOCFT_HOME.
+class Store(FactsMixin, FactImportMixin, VersionsMixin, PromotionMixin, RoundsMixin, EventsMixin, SnapshotsMixin):
+    """Facts, versions, the promoted pointer, rounds, events and snapshots of one $LOCFT_HOME.
 
     Every method is one transaction and returns plain dataclasses (nothing tied to a session),
     so a Store can be shared by threads. Close it (or use `with`) to release connections.

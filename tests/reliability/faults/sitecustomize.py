@@ -120,7 +120,8 @@ def _patch_snapshot(module: Any) -> None:
 
 
 def _patch_versions(module: Any) -> None:
-    mixin = module.VersionsMixin
+    """locft.store.versions (record, judge) or locft.store.promotion (promote)."""
+    mixin = module.PromotionMixin if FAULT.startswith("promote.") else module.VersionsMixin
     if FAULT in ("record.uncommitted", "promote.uncommitted"):
         kind = module.ev.VERSION_RECORDED if FAULT == "record.uncommitted" else module.ev.VERSION_PROMOTED
         append_event = module.append_event
@@ -172,9 +173,10 @@ elif FAULT == "snapshot.renamed":
     PATCHES["locft.atomic"] = _patch_atomic
 elif FAULT.startswith("fsize:"):
     PATCHES["locft.engine.snapshot"] = _patch_snapshot
-elif FAULT in ("record.uncommitted", "record.committed", "judge.committed", "promote.uncommitted",
-               "promote.committed"):
+elif FAULT in ("record.uncommitted", "record.committed", "judge.committed"):
     PATCHES["locft.store.versions"] = _patch_versions
+elif FAULT in ("promote.uncommitted", "promote.committed"):
+    PATCHES["locft.store.promotion"] = _patch_versions
 elif FAULT == "gate":
     PATCHES["locft.evaluation.editing"] = _patch_editing
 elif FAULT == "retention":
