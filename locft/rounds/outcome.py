@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from locft.policies.gating import GateMetrics, Verdict
-
-RoundOutcome = Literal["promoted", "candidate", "rejected", "skipped", "failed", "interrupted"]
+from locft.store.rounds import RoundOutcome
 
 
 @dataclass

@@ -20,10 +20,11 @@ from locft.home import Home
 from locft.policies.gating import judge
 from locft.policies.schedule import Trigger
 from locft.rounds.measure import measure_candidate, probe_prompts_for
-from locft.rounds.outcome import RoundOutcome, RoundResult
+from locft.rounds.outcome import RoundResult
 from locft.rounds.phases import PhaseClock, RoundProgress, RoundProgressCallback
 from locft.rounds.plan import RoundPlan, plan_round, record_skipped
 from locft.rounds.recovery import reject_ungated
+from locft.store.rounds import RoundOutcome
 
 if TYPE_CHECKING:
     from locft.engine.model_io import LoadedModel
