@@ -121,7 +121,8 @@ def _capability(d: dict[str, Any]) -> tuple[str, str]:
     if "ci95" in total:
         low, high = (100 * x for x in total["ci95"])
         metrics += f", 95% interval {low:+.2f} to {high:+.2f}"
-    return f"a bench snapshot on {', '.join(d['tasks'])} (limit {d.get('limit')}), item by item against the base", metrics
+    setting = f"a bench snapshot on {', '.join(d['tasks'])} (limit {d.get('limit')}), item by item against the base"
+    return setting, metrics
 
 
 def _speed(d: dict[str, Any]) -> tuple[str, str]:
@@ -218,8 +219,8 @@ def render(root: Path = RESULTS) -> str:
         shown = Path(*r.path.parts[1:]) if len(r.path.parts) > 1 else r.path  # the folder has its own column
         link = f"[`{shown.as_posix()}`]({r.path.as_posix()})"
         folder = r.path.parts[0] if len(r.path.parts) > 1 else "."
-        lines.append(f"| [{folder}]({folder}/) | {_cell(r.benchmark)} | {_cell(r.setting)} | {_cell(r.metrics)} | {r.date} | "
-                     f"`{r.commit}` | {link} | {_cell(r.command)} |")
+        lines.append(f"| [{folder}]({folder}/) | {_cell(r.benchmark)} | {_cell(r.setting)} | {_cell(r.metrics)} "
+                     f"| {r.date} | `{r.commit}` | {link} | {_cell(r.command)} |")
     return "\n".join(lines) + "\n"
 
 

@@ -25,6 +25,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +101,10 @@ def main() -> None:
         gen = [u if s else b for u, b, s in zip(unscoped["generalization"], base_para_ok, in_para)]
         exact = [u if s else 1 for u, s in zip(unscoped["locality_exact"], in_probe)]
         token = [u if s else 1.0 for u, s in zip(unscoped["locality_token"], in_probe)]
-        mean = (lambda xs: round(sum(xs) / len(xs), 4) if xs else None)
+
+        def mean(xs: Sequence[float]) -> float | None:
+            return round(sum(xs) / len(xs), 4) if xs else None
+
         out[label] = {
             "scope": scope.summary(),
             "edit_prompts_in_scope": mean([int(x) for x in in_edit]),

@@ -346,7 +346,8 @@ def render(r: dict[str, Any]) -> str:
         "",
         "## Throughput: concurrent clients, 16-token completions back to back",
         "",
-        "| setting | clients | requests | errors | tokens/s | requests/s | latency p50 s | p95 s | mean batch | load before -> after |",
+        "| setting | clients | requests | errors | tokens/s | requests/s | latency p50 s | p95 s | mean batch "
+        "| load before -> after |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     rows = [("batched (max_batch_size 8)", t) for t in r["throughput"]]
@@ -356,7 +357,8 @@ def render(r: dict[str, Any]) -> str:
         rows.append(("batched, while a round trains + promotes", r["during_round"]))
     for name, t in rows:
         mb = f"{t['mean_batch_size']:.2f}" if t.get("mean_batch_size") else "-"
-        lines.append(f"| {name} | {t['clients']} | {t['requests']} | {t['errors']} | {t['completion_tokens_per_s']:.1f} | "
+        lines.append(f"| {name} | {t['clients']} | {t['requests']} | {t['errors']} "
+                     f"| {t['completion_tokens_per_s']:.1f} | "
                      f"{t['requests_per_s']:.2f} | {t['latency_p50_s']:.3f} | {t['latency_p95_s']:.3f} | {mb} | "
                      f"{t['loadavg_before']} -> {t['loadavg_after']} |")
     if "during_round" in r:
@@ -365,7 +367,8 @@ def render(r: dict[str, Any]) -> str:
             "",
             "## During a round",
             "",
-            f"`locft round run` (4 new facts, chat format, gates without capability tasks, min_locality 0.5) ran for {d['round_s']:.1f} s "
+            "`locft round run` (4 new facts, chat format, gates without capability tasks, min_locality 0.5) "
+            f"ran for {d['round_s']:.1f} s "
             f"(exit code {d['round_exit_code']}) in its own process while {d['clients']} clients kept asking: "
             f"{d['requests']} requests, {d['errors']} errors; versions that answered: {d['models_answering']}. "
             f"Served after the round: version {d['served_after']} (promoted: {d['promoted_after']}).",

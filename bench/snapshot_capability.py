@@ -89,7 +89,8 @@ def main() -> None:
     t = time.perf_counter()
     earlier = json.loads(args.against.read_text()) if args.against else None
     if earlier is not None:
-        if not args.paired or earlier.get("items") is None or earlier["tasks"] != tasks or earlier["limit"] != args.limit \
+        if not args.paired or earlier.get("items") is None or earlier["tasks"] != tasks \
+                or earlier["limit"] != args.limit \
                 or earlier.get("base_fingerprint", loaded.fingerprint) != loaded.fingerprint:  # older records lack it
             parser.error("--against needs --paired and a --paired record of the same base model, tasks and limit")
         base_items = earlier["items"]["base"]

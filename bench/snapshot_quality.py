@@ -78,8 +78,10 @@ def main() -> None:
         from locft.engine.scope import coverage_share, scope_coverage
 
         paraphrases = [p for f in sampled for p in f.paraphrases]
-        coverage = {"paraphrases_in_scope": coverage_share(scope_coverage(loaded, scope, paraphrases, cfg.prompt_format)),
-                    "probes_in_scope": coverage_share(scope_coverage(loaded, scope, probes, cfg.prompt_format))}
+        coverage = {
+            "paraphrases_in_scope": coverage_share(scope_coverage(loaded, scope, paraphrases, cfg.prompt_format)),
+            "probes_in_scope": coverage_share(scope_coverage(loaded, scope, probes, cfg.prompt_format)),
+        }
     record = {
         "snapshot": str(args.snapshot), "parameters": sorted(snapshot.tensors), "data": str(args.data),
         "n": len(facts), "eval_sample": len(sampled) if args.eval_sample else None, "seed": cfg.seed,

@@ -41,7 +41,8 @@ def test_a_failed_write_keeps_the_old_file(tmp_path: Path, monkeypatch: pytest.M
     assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["state.json"]
 
 
-def test_temp_glob_matches_the_temp_files_a_killed_write_leaves(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_temp_glob_matches_the_temp_files_a_killed_write_leaves(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "daemon.json"
     monkeypatch.setattr(atomic.os, "replace", lambda src, dst: None)  # killed before the rename
     atomic_write_text(path, "{}")

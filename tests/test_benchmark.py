@@ -40,7 +40,8 @@ def test_benchmark_samples_generalization_and_locality_but_not_reliability(
     assert list(record["peak_memory_bytes_after"]) == ["load_and_base_answers", "replay_pool", "train", "evaluate"]
     assert 0 < peaks[0] and peaks == sorted(peaks) and peaks[-1] <= record["peak_memory_bytes"]
     items = record["items"]  # every item's score, so that two runs can be compared item by item
-    assert [len(items[k]) for k in ("reliability", "generalization", "locality_exact", "locality_token")] == [6, 2, 2, 2]
+    assert [len(items[k]) for k in ("reliability", "generalization", "locality_exact",
+                                    "locality_token")] == [6, 2, 2, 2]
     for key, scores in items.items():
         assert sum(scores) / len(scores) == pytest.approx(metrics[key], abs=1e-4)
     json.dumps(record)  # the record is what --out writes
@@ -120,7 +121,8 @@ def test_bench_keeps_the_trained_tensors_as_a_snapshot(tiny_model_dir: Path, hom
     record = json.loads(out.read_text(encoding="utf-8"))
     snapshot = load_snapshot(kept)  # verified against its manifest's hashes
     assert record["snapshot"] == str(kept) and sorted(snapshot.tensors) == record["training"]["parameters"]
-    assert snapshot.manifest["bench"]["n"] == 4 and snapshot.manifest["base_fingerprint"] == record["model"]["fingerprint"]
+    assert snapshot.manifest["bench"]["n"] == 4
+    assert snapshot.manifest["base_fingerprint"] == record["model"]["fingerprint"]
     # a second run never overwrites it, and says so before any training
     again = CliRunner().invoke(cli, args)
     assert again.exit_code != 0 and "already exists" in again.output and "training" not in again.output

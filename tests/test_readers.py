@@ -29,7 +29,8 @@ def test_zsre_mapping(tmp_path: Path) -> None:
             "loc": "nq question: x", "loc_ans": "y", "cond": "c"}
     (tmp_path / "z.json").write_text(json.dumps([item]))
     fact = read_facts(tmp_path / "z.json").records[0].fact
-    assert (fact.prompt, fact.answer, fact.paraphrases, fact.probes[0].prompt) == ("Q?", "new", ("Q2?",), "nq question: x")
+    assert ((fact.prompt, fact.answer, fact.paraphrases, fact.probes[0].prompt)
+            == ("Q?", "new", ("Q2?",), "nq question: x"))
 
 
 def test_jsonl_errors_carry_line_numbers(tmp_path: Path) -> None:

@@ -62,7 +62,8 @@ def test_round_trains_gates_promotes_and_records_everything(home: Home, store: S
     # the round row: outcome, per-phase timings, loss per epoch
     r = store.get_round(result.round_id)  # type: ignore[arg-type]
     assert r.outcome == "promoted" and r.version_id == 1 and r.trigger == "manual"
-    assert {"freeze", "load", "train", "snapshot", "record", "base_probes", "evaluate", "judge", "total"} <= set(r.timings or {})
+    phases = {"freeze", "load", "train", "snapshot", "record", "base_probes", "evaluate", "judge", "total"}
+    assert phases <= set(r.timings or {})
     assert r.loss_history and len(r.loss_history) == 30
     # the version: its exact facts, a verified snapshot, the resolved edit config, the gate report
     v = store.get_version(1)

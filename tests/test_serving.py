@@ -62,7 +62,8 @@ def test_hot_swap_serves_the_edit_and_restores_the_exact_base(server: ModelServe
         assert torch.equal(p, base_copy[n]), n
 
 
-def test_refuses_a_snapshot_of_another_base_or_corrupted_and_keeps_serving(served_home: Home, loaded: LoadedModel) -> None:
+def test_refuses_a_snapshot_of_another_base_or_corrupted_and_keeps_serving(served_home: Home,
+                                                                            loaded: LoadedModel) -> None:
     import dataclasses
 
     with Store.open(served_home) as store:

@@ -18,7 +18,8 @@ UNRELATED = ["The first month of the year is", "Water boils at"]
 
 
 @pytest.fixture(scope="module")
-def scoped_api(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, loaded: LoadedModel) -> Iterator[ApiServer]:
+def scoped_api(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path,
+               loaded: LoadedModel) -> Iterator[ApiServer]:
     home = make_served_home(tmp_path_factory.mktemp("scoped-api") / "home", tiny_model_dir, loaded, scoped=True)
     server = start_api_server(home, port=0, loaded=loaded, poll_s=0.2)
     yield server

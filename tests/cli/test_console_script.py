@@ -44,7 +44,8 @@ def test_console_script_end_to_end(home: Home, tmp_path: Path) -> None:
     assert bad.returncode == error_code(InvalidFactError)[1] and b"Traceback" not in bad.stderr
     assert bad.stderr.decode().strip().splitlines() == ["error: prompt is not valid UTF-8 (lone surrogate '\\udce9')"]
     missing = locft(home, "import", str(tmp_path / "nope.jsonl"))
-    assert missing.returncode == error_code(InputFormatError)[1] and missing.stderr.decode().startswith("error: ") and b"Traceback" not in missing.stderr
+    assert missing.returncode == error_code(InputFormatError)[1]
+    assert missing.stderr.decode().startswith("error: ") and b"Traceback" not in missing.stderr
     status = json.loads(locft(home, "status", "--json").stdout)
     assert status["facts"]["active"] == 3
 

@@ -79,7 +79,8 @@ def test_add_fact_duplicate_conflict_replace(initialized: Home) -> None:
     fails("add-fact", "Who is the CEO of Acme?", "John Roe", match="conflicts with fact 1", error=ConflictError)
     assert store_state(initialized) == before
     out = run("add-fact", "Who is the CEO of Acme?", "John Roe", "--replace", "--json")
-    assert json.loads(out.stdout) == {"status": "revised", "fact_id": 1, "revision_id": 2, "previous_answer": "Jane Doe"}
+    assert json.loads(out.stdout) == {"status": "revised", "fact_id": 1, "revision_id": 2,
+                                      "previous_answer": "Jane Doe"}
 
 
 def test_add_fact_options_are_stored(initialized: Home) -> None:
@@ -112,7 +113,8 @@ def test_add_fact_options_are_stored(initialized: Home) -> None:
         ("Q\udcff?", "A", "not valid UTF-8"),  # how Python hands over an invalid UTF-8 argument
     ],
 )
-def test_add_fact_bad_input_is_one_line_and_changes_nothing(initialized: Home, prompt: str, answer: str, match: str) -> None:
+def test_add_fact_bad_input_is_one_line_and_changes_nothing(initialized: Home, prompt: str, answer: str,
+                                                             match: str) -> None:
     run("add-fact", "existing?", "yes")
     before = store_state(initialized)
     fails("add-fact", prompt, answer, match=match)
@@ -231,7 +233,8 @@ def test_status_and_round_show_say_what_a_running_round_is_doing(initialized: Ho
                 "loss": None, "updated_at": 0}
     (initialized.run_dir / PROGRESS_FILE).write_text(json.dumps(progress))
     assert "now: evaluate 576/981 (locality)" in run("round", "show", str(r.id)).output
-    assert any(line.split() == ["now", "evaluate", "576/981", "(locality)"] for line in run("status").output.splitlines())
+    assert any(line.split() == ["now", "evaluate", "576/981", "(locality)"]
+               for line in run("status").output.splitlines())
     assert json.loads(run("status", "--json").stdout)["round_progress"]["done"] == 576
     (initialized.run_dir / PROGRESS_FILE).write_text(json.dumps(progress | {"pid": 2**22 + 12345}))  # writer gone
     assert "evaluate" not in run("status").output

@@ -46,7 +46,8 @@ def test_daemon_promotes_facts_added_through_the_cli(tmp_path: Path, daemon_mode
     assert pid and f"pid {pid}" in out
     try:
         second = locftd(home, "start", check=False)
-        assert second.returncode == error_code(DaemonError)[1] and "already running" in second.stderr and str(pid) in second.stderr
+        assert second.returncode == error_code(DaemonError)[1]
+        assert "already running" in second.stderr and str(pid) in second.stderr
         for prompt, answer in FACTS[:3]:
             locft(home, "add-fact", prompt, answer)
         assert "round requested" in locft(home, "round", "request").stdout
@@ -147,8 +148,9 @@ def test_sigterm_mid_round_exits_within_the_bound(tmp_path: Path, daemon_model_d
         locft(home, "round", "request")
         first = wait_for("a round in progress", lambda: _running_round(home), timeout=60)
         os.kill(round_lock(home.run_dir).holder() or 0, signal.SIGKILL)
-        failed = wait_for("the round to be recorded as failed", lambda: (lambda r: r if r.outcome == "failed" else None)(
-            read(home, lambda s: s.get_round(first))), timeout=30)
+        failed = wait_for("the round to be recorded as failed",
+                          lambda: (lambda r: r if r.outcome == "failed" else None)(
+                              read(home, lambda s: s.get_round(first))), timeout=30)
         assert "SIGKILL" in (failed.error or "")
         assert proc.poll() is None
 

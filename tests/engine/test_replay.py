@@ -211,14 +211,16 @@ def test_reference_qa_items_are_plain_text_answers_and_exclude(tiny: LoadedModel
     # the continuation is the answer as a new word (a leading space), as lm-eval appends a choice
     question = items[1].prompt.removeprefix("Question: ").removesuffix("\nAnswer:")
     assert tiny.tokenizer.decode(items[1].token_ids).startswith(" ")
-    dropped = reference_qa_items(tiny.tokenizer, 8, exclude=["nq question: " + question.rstrip("?").upper()], max_tokens=3)
+    dropped = reference_qa_items(tiny.tokenizer, 8, exclude=["nq question: " + question.rstrip("?").upper()],
+                                 max_tokens=3)
     assert items[1] not in dropped and items[0] in dropped and items[2] in dropped
     # the prompt pools open with other questions of the same sets
     assert not {r.prompt.removeprefix("Question: ").removesuffix("\nAnswer:") for r in items} & set(
         default_replay_prompts(40, pool="mixed"))
 
 
-def test_qa_share_takes_part_of_the_pool_and_trains_towards_the_base_distribution(tiny: LoadedModel, tmp_path: Path) -> None:
+def test_qa_share_takes_part_of_the_pool_and_trains_towards_the_base_distribution(tiny: LoadedModel,
+                                                                                  tmp_path: Path) -> None:
     vocab = tiny.model.config.vocab_size
     cfg = EditConfig(replay_ratio=1.0, replay_pool_size=6, replay_qa_share=0.5, lr=1e-2, max_epochs=2,
                      replay_top_k=vocab)

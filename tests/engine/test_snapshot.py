@@ -49,7 +49,8 @@ def test_refuses_to_overwrite(tmp_path: Path, tiny: LoadedModel, trained: dict[s
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate", "delete"])
-def test_corruption_is_detected(tmp_path: Path, tiny: LoadedModel, trained: dict[str, torch.Tensor], damage: str) -> None:
+def test_corruption_is_detected(tmp_path: Path, tiny: LoadedModel, trained: dict[str, torch.Tensor],
+                                damage: str) -> None:
     info = save_snapshot(tmp_path, "v1", trained, tiny.fingerprint)
     f = info.path / "tensors.safetensors"
     data = bytearray(f.read_bytes())

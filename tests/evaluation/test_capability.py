@@ -279,7 +279,8 @@ def test_task_scores_keep_items_only_where_items_pair(model: torch.nn.Module, to
                                                      tmp_path: Path) -> None:
     scored = task_scores(model, tokenizer, ["arc_easy", "wiki_bpb"], 4, tmp_path)
     assert scored["wiki_bpb"].items is None and math.isfinite(scored["wiki_bpb"].score)
-    assert item_scores(model, tokenizer, ["arc_easy"], 4, tmp_path) == {"arc_easy": list(scored["arc_easy"].items or ())}
+    assert (item_scores(model, tokenizer, ["arc_easy"], 4, tmp_path)
+            == {"arc_easy": list(scored["arc_easy"].items or ())})
     assert has_item_scores("openbookqa") and not has_item_scores("wiki_bpb") and not has_item_scores("lm_eval:gsm8k")
 
 

@@ -41,8 +41,10 @@ def versions(spec: str) -> list[RetentionCandidate]:
         ("1x 2T 3P", [0, 1, 2, 3], 1, 0, [2]),
     ],
 )
-def test_plan_retention(spec: str, history: list[int], keep_promoted: int, keep_rejected: int, delete: list[int]) -> None:
-    plan = plan_retention(versions(spec), history, StoreConfig(keep_promoted=keep_promoted, keep_rejected=keep_rejected))
+def test_plan_retention(spec: str, history: list[int], keep_promoted: int, keep_rejected: int,
+                        delete: list[int]) -> None:
+    plan = plan_retention(versions(spec), history,
+                          StoreConfig(keep_promoted=keep_promoted, keep_rejected=keep_rejected))
     assert list(plan.delete) == delete
     promoted = [v.version_id for v in versions(spec) if v.state == "promoted"]
     assert not set(promoted) & set(plan.delete)

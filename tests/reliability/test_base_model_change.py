@@ -63,7 +63,8 @@ def test_versions_built_on_another_base_are_refused_with_the_reason(tmp_path: Pa
 
     # locft ask: refused, naming both fingerprints and the fix
     asked = run(home, "ask", "--local", FACTS[0][0])
-    assert asked.exit_code == error_code(SnapshotError)[1] and f"was built on base model {old}" in asked.stderr and new in asked.stderr
+    assert asked.exit_code == error_code(SnapshotError)[1]
+    assert f"was built on base model {old}" in asked.stderr and new in asked.stderr
     assert "restore the original model files or rebuild with a new round" in asked.stderr
     refusals.append("locft ask")
     assert run(home, "ask", "--local", "--version", "0", FACTS[0][0]).exit_code == 0  # the new base itself is fine
@@ -88,7 +89,8 @@ def test_versions_built_on_another_base_are_refused_with_the_reason(tmp_path: Pa
     # export: refused before anything is written
     out = tmp_path / "export"
     exported = run(home, "export", str(v1), str(out))
-    assert exported.exit_code == error_code(SnapshotError)[1] and "was built on base model" in exported.stderr and not out.exists()
+    assert exported.exit_code == error_code(SnapshotError)[1]
+    assert "was built on base model" in exported.stderr and not out.exists()
     refusals.append("locft export")
 
     # a round on the new base: refused by the store, which names both and says what to do

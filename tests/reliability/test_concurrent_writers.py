@@ -107,8 +107,8 @@ def test_eight_processes_add_1000_facts_each_while_rounds_run(tmp_path: Path, ti
     home = Home.resolve(tmp_path / "home")
     home.create()
     text = config_text(tiny_model_dir, max_epochs=1, gates=GATES, port=free_port(),
-                       schedule=NO_CRON + "min_pending_facts = 1\n").replace("batch_size = 4", "batch_size = 64").replace(
-        "min_locality = 0.5", "min_locality = 0.0")
+                       schedule=NO_CRON + "min_pending_facts = 1\n")
+    text = text.replace("batch_size = 4", "batch_size = 64").replace("min_locality = 0.5", "min_locality = 0.0")
     home.config_path.write_text(text, encoding="utf-8")
     Store.open(home, create=True).close()
     for prompt, answer in FACTS:  # something for the first round to train on

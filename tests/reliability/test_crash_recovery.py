@@ -134,7 +134,9 @@ def check_consistent(home: Home, expected: set[str], killed_round: int | None) -
             assert set(snap.tensors) == set(promoted.edit_config["parameters"])
         # no version of a dead round is promotable without its gates
         for v in store.list_versions():
-            if v.round_id is not None and v.id != 0 and store.get_round(v.round_id).outcome in ("interrupted", "failed"):
+            if v.id == 0 or v.round_id is None:
+                continue
+            if store.get_round(v.round_id).outcome in ("interrupted", "failed"):
                 assert v.gate is not None, f"version {v.id} of a dead round has no gate result"
         # no orphans: every snapshot directory has its row, no temporary file anywhere
         if worker is None:
@@ -217,11 +219,11 @@ def test_sigkill_at_random_points_of_20_rounds_loses_nothing(tmp_path: Path, tin
             last_id = killed_round or 0  # a round the restarted daemon began at once (a reopened request) counts
             with store_of(home) as store:  # what `locft round request` does
                 store.request_round(actor="crash-test", reason=f"kill {i}")
-            round_id = wait_for("a round in progress", lambda: next(
+            round_id = wait_for("a round in progress", lambda last_id=last_id: next(
                 (r.id for r in read(home, lambda s: s.running_rounds()) if r.id > last_id), None), timeout=SLOW)
             worker_pid = wait_for("its worker", lambda: round_lock(home.run_dir).holder(), timeout=SLOW)
             if fault is not None:
-                hit = wait_for(f"the worker to reach {fault}", lambda: reached(fault_dir) or (
+                hit = wait_for(f"the worker to reach {fault}", lambda worker_pid=worker_pid: reached(fault_dir) or (
                     None if pid_alive(worker_pid) else {"point": "finished before the point"}), timeout=SLOW)
                 where, mode = hit["point"], "daemon and worker"
             else:

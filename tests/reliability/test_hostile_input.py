@@ -158,7 +158,8 @@ def run_cli(home: Home, args: list[str]) -> Any:
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise AssertionError(f"locft {args!r} raised {result.exception!r}") from result.exception
     # 0, a usage error (2), or the status of a documented error class (locft.errors.ERROR_CODES)
-    assert result.exit_code in {0, 2} | {status for _, status in ERROR_CODES.values()}, (result.exit_code, result.output)
+    documented = {0, 2} | {status for _, status in ERROR_CODES.values()}
+    assert result.exit_code in documented, (result.exit_code, result.output)
     assert "Traceback" not in result.output
     if result.exit_code not in (0, 2) and "--json" in args:  # the contract: one JSON object on stdout
         error = json.loads(result.stdout)["error"]

@@ -102,16 +102,19 @@ def test_corrupted_snapshots_are_refused_the_daemon_keeps_serving_and_rollback_w
             assert any(problem in p for p in data["problems"]), data["problems"]
             if name == "one byte flipped":  # loading it anew is refused, naming the hash
                 asked = locft(home, "ask", "--local", "--version", str(v2), ONLY_V2_KNOWS[0], check=False)
-                assert asked.returncode == error_code(SnapshotError)[1] and "corrupted: sha256" in asked.stderr and "Traceback" not in asked.stderr
+                assert asked.returncode == error_code(SnapshotError)[1]
+                assert "corrupted: sha256" in asked.stderr and "Traceback" not in asked.stderr
             # rollback to the healthy version works, and is served at once
             assert f"version {v1}" in locft(home, "rollback", "--reason", f"v2 {name}").stdout
             wait_for(f"version {v1} to be served", lambda: served(url) == v1, timeout=10)
             assert answer(url, FACTS[0][0]) == (f"locft-v{v1}", FACTS[0][1])
             # the damaged version cannot be promoted again (CLI or API): a clear error, nothing moves
             promoted = locft(home, "promote", str(v2), check=False)
-            assert promoted.returncode == error_code(SnapshotError)[1] and problem in promoted.stderr and "Traceback" not in promoted.stderr
+            assert promoted.returncode == error_code(SnapshotError)[1]
+            assert problem in promoted.stderr and "Traceback" not in promoted.stderr
             code, body = call(url, "/locft/promote", {"version": v2, "force": True})
-            assert code == 409 and body["error"]["code"] == "version_unavailable" and problem in body["error"]["message"]
+            assert code == 409 and body["error"]["code"] == "version_unavailable"
+            assert problem in body["error"]["message"]
             assert read(home, lambda s: s.promoted_version().id) == v1 and served(url) == v1
             # repaired (restored from a backup): promotable and served again
             tensors.write_bytes(healthy)

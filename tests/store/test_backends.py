@@ -52,5 +52,6 @@ def test_a_missing_driver_is_a_store_error_that_names_the_extra() -> None:
     assert out.returncode == 0, out.stderr
     lines = out.stdout.strip().splitlines()
     assert len(lines) == 2 and "ModuleNotFoundError" not in out.stderr
-    assert lines[0] == "the database driver for postgresql+psycopg is not installed (psycopg): pip install 'locft[postgres]'"
+    assert lines[0] == ("the database driver for postgresql+psycopg is not installed (psycopg): "
+                        "pip install 'locft[postgres]'")
     assert lines[1] == "StoreError: " + lines[0]

@@ -50,7 +50,7 @@ def test_two_processes_add_500_facts_each(home: Home, tmp_path: Path) -> None:
         time.sleep(0.02)
     go.touch()
     outputs = [p.communicate(timeout=120) for p in procs]
-    for p, (out, err) in zip(procs, outputs):
+    for p, (_out, err) in zip(procs, outputs):
         assert p.returncode == 0, err
         assert "locked" not in err
     with Store.open(home) as store:

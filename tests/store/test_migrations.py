@@ -31,7 +31,8 @@ def url_of(home: Home) -> str:
 def reference_engine(backend: str, tmp_path: Path) -> Iterator[sa.Engine]:
     """An empty database on the same backend, for the models' own schema."""
     with contextlib.ExitStack() as stack:
-        url = f"sqlite:///{tmp_path / 'reference.db'}" if backend == "sqlite" else stack.enter_context(postgres_database())
+        url = (f"sqlite:///{tmp_path / 'reference.db'}" if backend == "sqlite"
+               else stack.enter_context(postgres_database()))
         engine = sa.create_engine(url)
         stack.callback(engine.dispose)
         yield engine
@@ -64,7 +65,8 @@ def test_opening_an_older_store_migrates_it_and_keeps_its_data(home: Home) -> No
         conn.exec_driver_sql("INSERT INTO fact (created_at) VALUES ('2024-01-01 00:00:00')")
         conn.exec_driver_sql(
             "INSERT INTO fact_revision (fact_id, revision, retracted, prompt, prompt_key, answer, answer_key, "
-            "paraphrases, probes, tags, created_at) VALUES (1, 1, FALSE, 'Old?', 'old', 'Yes', 'yes', '[]', '[]', '[]', "
+            "paraphrases, probes, tags, created_at) "
+            "VALUES (1, 1, FALSE, 'Old?', 'old', 'Yes', 'yes', '[]', '[]', '[]', "
             "'2024-01-01 00:00:00')"
         )
     assert "round" not in sa.inspect(engine).get_table_names()
@@ -97,7 +99,8 @@ def test_rounds_stored_as_skipped_with_a_version_become_candidates(home: Home) -
     engine.dispose()
 
     with Store.open(home) as store:
-        assert store.applied_migrations == ("0005_candidate_round_outcome",) + tuple(m.name for m in MIGRATIONS[upto + 1:])
+        assert store.applied_migrations == (("0005_candidate_round_outcome",)
+                                            + tuple(m.name for m in MIGRATIONS[upto + 1:]))
         rounds = [(r.outcome, r.version_id, r.error) for r in reversed(store.list_rounds())]
         assert rounds == [("candidate", 0, waits), ("skipped", None, "no change since version 0"),
                           ("rejected", 0, "rejected: reliability"), ("running", None, None)]
