@@ -12,7 +12,7 @@ from pydantic.fields import FieldInfo
 
 def fields_of(cls: type) -> dict[str, FieldInfo]:
     """The keys of a section (or of the whole file): name -> pydantic's FieldInfo."""
-    return dict(cls.__pydantic_fields__)  # type: ignore[attr-defined]
+    return dict(cls.__pydantic_fields__)  # type: ignore[attr-defined]  # set by pydantic.dataclasses
 
 
 _BOUNDS = {annotated_types.Gt: "gt", annotated_types.Ge: "ge", annotated_types.Lt: "lt",
@@ -68,7 +68,7 @@ def explain(exc: ValidationError, cls: type, where: str = "") -> str:
 
 def _table_class(cls: type, table: tuple[Any, ...]) -> type:
     for name in table:
-        cls = fields_of(cls)[name].annotation  # type: ignore[assignment]
+        cls = fields_of(cls)[name].annotation  # type: ignore[assignment]  # a table's annotation is its class
     return cls
 
 

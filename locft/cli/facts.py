@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -205,7 +205,7 @@ def edit_fact(
       locft facts edit 12 --answer "John Roe" --note "CEO changed in May"
       locft facts edit 12 --paraphrase "Acme's chief executive is" --paraphrase "Acme is led by"
     """
-    changes: dict[str, object] = {}
+    changes: dict[str, Any] = {}  # revise_fact's keyword arguments
     if answer is not None:
         changes["answer"] = answer
     if prompt is not None:
@@ -219,7 +219,7 @@ def edit_fact(
     if not changes:
         raise click.UsageError("nothing to change: give --answer, --prompt, --subject, --paraphrase or --probe")
     with open_store(sweep_orphans=False) as store:
-        result = store.revise_fact(fact_id, author=default_author(author), note=note, **changes)  # type: ignore[arg-type]
+        result = store.revise_fact(fact_id, author=default_author(author), note=note, **changes)
     if as_json:
         echo_json({"changed": result.changed, "revision": result.revision.to_dict()})
     elif result.changed:

@@ -34,7 +34,7 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from locft import __version__
 from locft.config import LocftConfig, load_config
@@ -42,6 +42,9 @@ from locft.daemon.triggers import Triggers, missed_cron_run, now_local
 from locft.errors import DaemonError, LocftError
 from locft.home import DaemonInfo, Home, write_daemon_info
 from locft.locks import LockHeld, PidLock, daemon_lock, round_lock
+
+if TYPE_CHECKING:
+    from locft.policies.schedule import Trigger
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +74,7 @@ def describe_exit(rc: int) -> str:
 @dataclass
 class _Worker:
     proc: subprocess.Popen[bytes]
-    trigger: str
+    trigger: Trigger
     digest: str
     request_ids: tuple[int, ...]
     started: float
@@ -195,7 +198,8 @@ class Daemon:
         events = self._store.list_events(kind=EVENT_STARTED, limit=1)
         return events[0].created_at if events else None
 
-    def _recover(self, when: str, outcome: str = "interrupted", error: str | None = None) -> None:
+    def _recover(self, when: str, outcome: Literal["interrupted", "failed"] = "interrupted",
+                 error: str | None = None) -> None:
         """Close dead rounds, but only while holding the round lock (a live round is never touched)."""
         from locft.atomic import temp_glob
         from locft.daemon.worker import PROGRESS_FILE
@@ -208,7 +212,7 @@ class Daemon:
             log.info("a round is running in pid %s: recovery postponed", exc.pid)
             return
         try:
-            rec = recover_rounds(self._store, self.home, outcome=outcome, error=error, actor="locftd")  # type: ignore[arg-type]
+            rec = recover_rounds(self._store, self.home, outcome=outcome, error=error, actor="locftd")
             (self.home.run_dir / PROGRESS_FILE).unlink(missing_ok=True)  # a dead worker's last words
             # Temp files of atomic writes cut short by a kill -9: a worker's progress file (no worker
             # runs: we hold the round lock) and, at start, a daemon's daemon.json (we hold its lock).
@@ -289,7 +293,7 @@ class Daemon:
 
     # ---- rounds -----------------------------------------------------------------------------
 
-    def _handle(self, trigger: str) -> None:
+    def _handle(self, trigger: Trigger) -> None:
         from locft.rounds.plan import plan_round, record_skipped
 
         holder = round_lock(self.home.run_dir).holder()
@@ -309,7 +313,7 @@ class Daemon:
             trigger = "request"  # one round answers the requests and whatever else fired
         automatic = trigger in ("cron", "pending")
         try:
-            plan = plan_round(store, self.config, trigger,  # type: ignore[arg-type]
+            plan = plan_round(store, self.config, trigger,
                               avoid_digest=self._failed_digest if automatic else None)
         except LocftError as exc:
             log.error("cannot plan a %s round: %s", trigger, exc)
@@ -318,7 +322,7 @@ class Daemon:
             if trigger == "pending":
                 log.debug("pending trigger: %s", plan.decision.reason)
             else:
-                record_skipped(store, trigger, plan.decision.reason, actor="locftd",  # type: ignore[arg-type]
+                record_skipped(store, trigger, plan.decision.reason, actor="locftd",
                                request_ids=self._claimed)
                 self._claimed = ()
             return
@@ -333,7 +337,7 @@ class Daemon:
             cmd.append("--log-stderr")
         return cmd
 
-    def _run_worker(self, trigger: str, digest: str) -> None:
+    def _run_worker(self, trigger: Trigger, digest: str) -> None:
         env = dict(os.environ, LOCFT_HOME=str(self.home.root))
         cmd = self._worker_command(trigger)
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env, close_fds=True)
@@ -383,7 +387,7 @@ class Daemon:
             why = describe_exit(rc)
             if timed_out:
                 why = f"timed out after {seconds:.0f} s (schedule.round_timeout_seconds); {why}"
-            outcome = "interrupted" if stopping else "failed"
+            outcome: Literal["interrupted", "failed"] = "interrupted" if stopping else "failed"
             log.error("the %s round's worker ended abnormally (%s) after %.1f s", worker.trigger, why, seconds)
             self._recover("worker ended", outcome=outcome, error=f"worker {why}")
             if not stopping:

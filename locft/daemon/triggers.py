@@ -12,10 +12,13 @@ import logging
 import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from locft.config import ScheduleConfig
 from locft.errors import DaemonError
+
+if TYPE_CHECKING:
+    from locft.policies.schedule import Trigger
 
 log = logging.getLogger(__name__)
 
@@ -54,22 +57,22 @@ class Triggers:
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
-        self._pending: set[str] = set()
+        self._pending: set[Trigger] = set()
         self._scheduler: Any = None
 
-    def add(self, trigger: str) -> None:
+    def add(self, trigger: Trigger) -> None:
         with self._cond:
             if trigger not in self._pending:
                 log.info("%s trigger queued", trigger)
             self._pending.add(trigger)
             self._cond.notify_all()
 
-    def add_later(self, trigger: str, delay_s: float) -> None:
+    def add_later(self, trigger: Trigger, delay_s: float) -> None:
         timer = threading.Timer(delay_s, self.add, args=[trigger])
         timer.daemon = True
         timer.start()
 
-    def take(self, timeout: float, stop: threading.Event) -> str | None:
+    def take(self, timeout: float, stop: threading.Event) -> Trigger | None:
         """The highest-priority trigger, waiting up to `timeout`; None once `stop` is set."""
         with self._cond:
             if not self._pending and not stop.is_set():

@@ -284,7 +284,7 @@ def scope_file_payload(scope: Scope) -> tuple[bytes, dict[str, torch.Tensor]]:
 CALIBRATION_PROMPTS = 1000  # generic prompts for the similarity threshold (1% of them = 10 let in)
 
 
-def scope_for_facts(loaded: LoadedModel, facts: Sequence[EditFact], prompt_format: str, match: str,
+def scope_for_facts(loaded: LoadedModel, facts: Sequence[EditFact], prompt_format: str, match: ScopeMatch,
                     *, false_positive_rate: float = 0.01, layer: int | None = None,
                     tuned_layers: Iterable[int] = (), exclude: Iterable[str] = ()) -> Scope:
     """`build_scope` with its calibration prompts drawn from the offline generic pool (the replay
@@ -294,7 +294,7 @@ def scope_for_facts(loaded: LoadedModel, facts: Sequence[EditFact], prompt_forma
         from locft.engine.replay import default_replay_prompts
 
         calibration = default_replay_prompts(CALIBRATION_PROMPTS, exclude=exclude, pool="mixed")
-    return build_scope(loaded, facts, prompt_format, match,  # type: ignore[arg-type]
+    return build_scope(loaded, facts, prompt_format, match,
                        calibration_prompts=calibration, false_positive_rate=false_positive_rate, layer=layer,
                        tuned_layers=tuned_layers)
 

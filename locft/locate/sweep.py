@@ -159,6 +159,7 @@ def locate(
                                       settings.capability_limit, cache_dir)
         lower = lower_is_better(tasks)
     replay = None
+    assert resolved.replay_ratio is not None  # resolve_edit_config fills it
     if resolved.replay_ratio > 0 and resolved.pipeline == "breadth-first":
         from locft.engine.replay import replay_for
 

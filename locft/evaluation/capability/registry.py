@@ -77,6 +77,7 @@ def _yaml_loader() -> type:
     """A safe PyYAML loader that keeps lm-eval's `!function utils.f` tags as that text."""
     import yaml
 
+    # the C loader where PyYAML was built with libyaml; a base chosen at run time is untyped
     class Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
         pass
 
