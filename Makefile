@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: venv run test test-fast clean
+.PHONY: venv run lint test test-fast clean
 
 venv: $(VENV)/.installed
 
@@ -22,7 +22,12 @@ $(VENV)/.installed: pyproject.toml Makefile
 run: venv
 	$(VENV)/bin/locft demo
 
-test: venv
+# ruff (pyflakes, pycodestyle, import order, bugbear, pyupgrade) and mypy; settings in pyproject.toml
+lint: venv
+	$(VENV)/bin/ruff check locft tests bench
+	$(VENV)/bin/mypy
+
+test: venv lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 test-fast: venv
