@@ -84,7 +84,7 @@ def section(name: str) -> Callable[[type[C]], type[C]]:
             except ValidationError as exc:
                 raise ConfigError(explain(exc, built, name)) from None
 
-        built.__init__ = __init__  # type: ignore[method-assign]
+        built.__init__ = __init__  # type: ignore[method-assign]  # wrapped on purpose
         return cast("type[C]", built)  # the same class, made a pydantic dataclass
 
     return build

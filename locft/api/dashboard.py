@@ -139,7 +139,7 @@ def router(state: AppState) -> APIRouter:
               limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0, le=10**9)) -> dict[str, Any]:
         if status not in ("active", "pending", "retracted", "all"):
             raise bad_request("status must be active, pending, retracted or all", "status", "invalid_value")
-        return views.facts(store, status, search, limit, offset, cache=trained_cache)  # type: ignore[arg-type]
+        return views.facts(store, status, search, limit, offset, cache=trained_cache)  # type: ignore[arg-type]  # checked above
 
     @r.get("/locft/facts/{ident}", summary="One fact and its revisions")
     def fact_one(ident: str) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from locft.facts import EditFact, Probe
 
 if TYPE_CHECKING:
     from locft.store import FactRevisionInfo
+    from locft.store.fact_records import FactFilter
 
 
 def parse_probe(text: str) -> Probe:
@@ -122,10 +123,10 @@ def facts() -> None:
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True, help="At most this many.")
 @click.option("--offset", type=click.IntRange(min=0), default=0, help="Skip this many first (paging).")
 @json_option
-def list_facts(status: str, search: str | None, limit: int, offset: int, as_json: bool) -> None:
+def list_facts(status: FactFilter, search: str | None, limit: int, offset: int, as_json: bool) -> None:
     """List facts, newest first."""
     with open_store(sweep_orphans=False) as store:
-        items = store.list_facts(status, search=search, limit=limit, offset=offset)  # type: ignore[arg-type]
+        items = store.list_facts(status, search=search, limit=limit, offset=offset)
     if as_json:
         echo_json([f.to_dict() for f in items])
         return

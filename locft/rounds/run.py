@@ -50,7 +50,7 @@ class _State:
     gated: bool = False
     # the gate decision once it is committed (outcome, reason for a rejection): a stop or crash
     # during cleanup after it must not record the round as interrupted or failed
-    decided: tuple[str, str | None] | None = None
+    decided: tuple[RoundOutcome, str | None] | None = None
     loss: list[float] = field(default_factory=list)
 
 
@@ -99,7 +99,7 @@ def run_round(
                            promoted_version_id=store.promoted_version().id)
     except BaseException as exc:  # KeyboardInterrupt too: the round must not stay 'running'
         interrupted = isinstance(exc, (KeyboardInterrupt, SystemExit))
-        outcome = "interrupted" if interrupted else "failed"
+        outcome: RoundOutcome = "interrupted" if interrupted else "failed"
         message = "interrupted" if interrupted else f"{type(exc).__name__}: {exc}"
         try:
             _abandon(store, state, outcome, message, clock, actor)
@@ -270,15 +270,15 @@ def _run(
 
 
 def _finish(
-    store: Store, round_id: int, outcome: str, *, version_id: int | None = None, timings: dict[str, float],
+    store: Store, round_id: int, outcome: RoundOutcome, *, version_id: int | None = None, timings: dict[str, float],
     loss: list[float], error: str | None = None, actor: str | None = None,
 ) -> None:
-    store.finish_round(round_id, outcome, version_id=version_id, error=error, timings=timings,  # type: ignore[arg-type]
+    store.finish_round(round_id, outcome, version_id=version_id, error=error, timings=timings,
                        loss_history=loss, actor=actor)
 
 
 def _abandon(
-    store: Store, state: _State, outcome: str, error: str | None, clock: PhaseClock, actor: str | None
+    store: Store, state: _State, outcome: RoundOutcome, error: str | None, clock: PhaseClock, actor: str | None
 ) -> None:
     """Leave nothing half-done: no unrecorded snapshot, no ungated candidate, no 'running' round."""
     if state.decided is not None:  # stopped during cleanup: the committed decision is the outcome

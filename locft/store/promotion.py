@@ -171,7 +171,7 @@ def _move(
         .where(col(PromotedPointer.id) == 1, col(PromotedPointer.version_id) == previous)
         .values(version_id=target, promotion_id=promotion.id, updated_at=now)
     )
-    if moved.rowcount != 1:  # type: ignore[attr-defined]
+    if moved.rowcount != 1:  # type: ignore[attr-defined]  # an UPDATE's result is a CursorResult
         raise StoreError("the promoted version changed while moving it; try again")
     kind = ev.VERSION_PROMOTED if action == "promote" else ev.VERSION_ROLLED_BACK
     append_event(session, kind, actor=actor, version_id=target, at=now,

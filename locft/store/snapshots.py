@@ -121,7 +121,7 @@ class SnapshotsMixin(StoreBase):
 
     def apply_retention(self, *, dry_run: bool = False, actor: str | None = None) -> RetentionResult:
         """Delete the snapshot directories the retention policy lets go (rows stay)."""
-        versions = self.list_versions()  # type: ignore[attr-defined]
+        versions = self.list_versions()  # type: ignore[attr-defined]  # VersionsMixin's, beside this in Store
         with self._read() as session:
             history = list(session.exec(select(Promotion.version_id).order_by(col(Promotion.id))))
         plan = plan_retention(
