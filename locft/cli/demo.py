@@ -42,6 +42,7 @@ def demo(epochs: int | None) -> None:
     from locft.engine.data import resolve_prompt_format
     from locft.engine.generate import greedy_generate
     from locft.engine.model_io import load_base
+    from locft.engine.result import TrainProgress
     from locft.engine.scope import scope_coverage, scope_for_facts, scoped_edit_defaults
     from locft.engine.scoped import answering, tuned_layer_indices
     from locft.engine.train import edit
@@ -63,7 +64,7 @@ def demo(epochs: int | None) -> None:
 
     bar = tqdm(total=cfg.max_epochs, unit="epoch", desc="LocFT-BF", file=sys.stderr)
 
-    def progress(p) -> None:
+    def progress(p: TrainProgress) -> None:
         if p.phase == "train" and p.step == p.steps_per_epoch:
             bar.update(1)
             bar.set_postfix(loss=f"{p.loss:.4f}")

@@ -14,6 +14,8 @@ just the gradient ([rows, hidden]) for backward. Same values, same gradient.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
@@ -22,7 +24,7 @@ _CHUNK_ROWS = 128  # rows whose logits exist at once: 24 MiB each at a 49,152-to
 
 class _FrozenHeadLoss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                 targets: torch.Tensor, target_weights: torch.Tensor, constant: torch.Tensor) -> torch.Tensor:
         losses = torch.empty(len(hidden), dtype=torch.float32, device=hidden.device)
         need_grad = ctx.needs_input_grad[0]
@@ -40,7 +42,7 @@ class _FrozenHeadLoss(torch.autograd.Function):
         return losses
 
     @staticmethod
-    def backward(ctx, grad_losses: torch.Tensor):
+    def backward(ctx: Any, grad_losses: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         (grad,) = ctx.saved_tensors
         return grad * grad_losses.to(grad.dtype)[:, None], None, None, None, None, None
 
