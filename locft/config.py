@@ -198,7 +198,9 @@ class EditConfig:
         "replay_top_k next-token probabilities, renormalized) or tokens (its greedy token)"))
     replay_top_k: Int = Field(default=32, ge=1, description=(
         "next-token probabilities of the base model kept per replay position"))
-    augment_prefixes: Int = Field(default=0, ge=0, description=(
+    # one copy is what lets COUNTERFACT-style paraphrases (an unrelated sentence, then the
+    # question) generalize; more copies multiply the rows of every epoch (bench/results/scope)
+    augment_prefixes: Int = Field(default=1, ge=0, description=(
         "the paper's augmentation: each fact is also trained behind this many unrelated sentences "
         "(engine.augment); 0: off; breadth-first only"))
     # a step keeps its activations for backward, so these bound activation memory
