@@ -37,16 +37,41 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 GRACEFUL_SHUTDOWN_S = 3.0  # open streams get this long; the daemon must stop within 15 s
 
 
+# A client that has begun a request (or opened a connection) and then sends nothing for this
+# long is answered 408 and cut off: uvicorn itself waits for headers and bodies forever, so
+# silent clients would otherwise hold their connections until the process ends.
+REQUEST_READ_TIMEOUT_S = 30.0
+
+
 class _Protocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, whose refusals of unparseable requests (a malformed request
-    line, a path that is not ASCII) are JSON in OpenAI's error shape like every other error."""
+    line, a path that is not ASCII) are JSON in OpenAI's error shape like every other error, and
+    which times out a client that stops sending in the middle of a request."""
+
+    _refused = False
+    _reading = False  # from a request's first byte to the end of its body
+    _read_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_read_timer()  # a new connection owes a request
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_read_timer()
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        self._reading = True
+        super().on_message_begin()
+
+    def on_message_complete(self) -> None:
+        self._reading = False
+        super().on_message_complete()
 
     def send_400_response(self, msg: str) -> None:
-        body = json.dumps(ApiError(400, "invalid HTTP request (a malformed request line or header, or a path "
-                                        "that is not ASCII)", code="invalid_http").body()).encode()
-        head = (b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: "
-                + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n")
-        self.transport.write(head + body)
+        self._cancel_read_timer()
+        self._write_error(ApiError(400, "invalid HTTP request (a malformed request line or header, or a path "
+                                        "that is not ASCII)", code="invalid_http"), b"400 Bad Request")
         # Half-close and drop what the client still sends: closing with unread data would reset
         # the connection, and a client still sending (a huge request line) would lose the answer.
         self._refused = True
@@ -57,9 +82,45 @@ class _Protocol(HttpToolsProtocol):
             self.transport.close()
 
     def data_received(self, data: bytes) -> None:
-        if getattr(self, "_refused", False):
+        if self._refused:
             return
         super().data_received(data)
+        if self._refused:
+            return
+        if self._reading:
+            self._arm_read_timer()
+        else:
+            self._cancel_read_timer()  # between requests uvicorn's keep-alive timeout applies
+
+    def _write_error(self, err: ApiError, status_line: bytes) -> None:
+        body = json.dumps(err.body()).encode()
+        head = (b"HTTP/1.1 " + status_line + b"\r\ncontent-type: application/json\r\ncontent-length: "
+                + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n")
+        self.transport.write(head + body)
+
+    def _arm_read_timer(self) -> None:
+        self._cancel_read_timer()
+        self._read_timer = asyncio.get_running_loop().call_later(REQUEST_READ_TIMEOUT_S, self._read_timed_out)
+
+    def _cancel_read_timer(self) -> None:
+        if self._read_timer is not None:
+            self._read_timer.cancel()
+            self._read_timer = None
+
+    def _read_timed_out(self) -> None:
+        self._read_timer = None
+        if self._refused or self.transport.is_closing():
+            return
+        waiting_on_client = self._reading or self.cycle is None
+        if not waiting_on_client:
+            return
+        if self.cycle is None or not self.cycle.response_started:
+            self._write_error(ApiError(408, f"the request was not received in time: nothing arrived for "
+                                            f"{REQUEST_READ_TIMEOUT_S:g} s", code="request_timeout"),
+                              b"408 Request Timeout")
+        log.info("closed a connection from %s: a request not received within %g s",
+                 f"{self.client[0]}:{self.client[1]}" if self.client else "-", REQUEST_READ_TIMEOUT_S)
+        self.transport.close()  # a handler waiting for the body gets http.disconnect
 
 
 class ApiServer:

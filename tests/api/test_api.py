@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from locft.api import ApiServer, start_api_server
+from locft.api import server as server_module
 from locft.config import ModelConfig, load_config
 from locft.engine.model_io import load_base
 from locft.home import Home
@@ -347,3 +348,48 @@ def test_a_stream_whose_client_goes_away_is_cancelled(api: ApiServer) -> None:
     time.sleep(0.2)
     assert server.tokens_generated - before < 200  # stopped early, not generated to the end
     assert complete(client(api)).choices[0].text.strip() == ANSWER  # and the server carries on
+
+
+def _read_until_closed(sock: Any) -> bytes:
+    seen = b""
+    while chunk := sock.recv(4096):
+        seen += chunk
+    return seen
+
+
+@pytest.mark.parametrize("sent", [
+    b"",  # connected, never sent a byte
+    b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n",  # headers begun, never finished
+    b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"prompt\": ",  # a body cut short
+], ids=["nothing", "partial-headers", "partial-body"])
+def test_a_client_that_stops_sending_mid_request_gets_408_and_is_cut_off(
+        api: ApiServer, monkeypatch: pytest.MonkeyPatch, sent: bytes) -> None:
+    import socket
+
+    monkeypatch.setattr(server_module, "REQUEST_READ_TIMEOUT_S", 0.3)
+    sock = socket.create_connection((api.host, api.port), timeout=10)
+    sock.sendall(sent)
+    started = time.monotonic()
+    answer = _read_until_closed(sock)  # the server closes it: a recv timeout here fails the test
+    sock.close()
+    assert time.monotonic() - started < 5
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 "), answer
+    assert json.loads(body)["error"]["code"] == "request_timeout"
+    assert raw(api, "GET", "/health")[0] == 200
+
+
+def test_the_read_timeout_never_cuts_a_response_the_client_is_reading(
+        api: ApiServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    monkeypatch.setattr(server_module, "REQUEST_READ_TIMEOUT_S", 0.05)
+    body = json.dumps({"model": "locft-v0", "prompt": "Hello", "max_tokens": 120, "stream": True}).encode()
+    sock = socket.create_connection((api.host, api.port), timeout=30)
+    started = time.monotonic()
+    sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n"
+                 + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    answer = _read_until_closed(sock)
+    sock.close()
+    assert time.monotonic() - started > 0.2, answer[:600]
+    assert b"HTTP/1.1 200 " in answer and b"data: [DONE]" in answer, answer[-500:]
