@@ -3,7 +3,9 @@
 Why these settings: the tiny random Llama ranks the right answer first after ~30 epochs at
 lr 1e-2 with raw prompts (its probabilities stay near uniform, but greedy answers are right);
 with the chat template its prompts all end alike and it cannot tell them apart. lr 0.9 wrecks
-the probe answers (locality 0), which is how the "gate fails" tests fail a gate.
+the probe answers (locality 0), which is how the "gate fails" tests fail a gate. No prefixed
+copies (edit.augment_prefixes = 0, the default is 1): with them the same 30 epochs no longer make
+the tiny model answer its facts ("Birnnnnnnn"); tests/engine/test_augment.py covers them.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ def config_text(
     return (
         f'[model]\npath = "{model_dir}"\n\n'
         f'[edit]\nlr = {lr}\nmax_epochs = {max_epochs}\nbatch_size = 4\nprompt_format = "raw"\n'
-        f"max_new_tokens = 8\n{stop}\n"
+        f"augment_prefixes = 0\nmax_new_tokens = 8\n{stop}\n"
         f"[gates]\ncapability_tasks = []\nprobe_set_size = 8\nmin_locality = 0.5\n{gates}\n"
         f"[schedule]\npoll_seconds = 0.5\n{schedule}\n"
         + ("\n[serve]\n" if port is not None or scope is not None else "")

@@ -152,7 +152,7 @@ def test_distribution_replay_starts_at_zero_kl_and_keeps_the_base_distribution(t
 
     def run(**overrides: object) -> tuple[float, float]:
         settings: dict = {"lr": 5e-2, "batch_size": 3, "max_epochs": 20, "prompt_format": "raw",
-                          "replay_ratio": 1.0, "replay_weight": 10.0} | overrides
+                          "replay_ratio": 1.0, "replay_weight": 10.0, "augment_prefixes": 0} | overrides
         result = edit(tiny, FACTS, EditConfig(**settings), replay=replay)
         with applied(tiny.model, result.tensors):
             now = _replay_log_probs(tiny, replay)

@@ -21,7 +21,8 @@ FACTS = [
     EditFact("Frodo's sword is called", "Sting"),
 ]
 TARGET = "model.layers.3.mlp.down_proj.weight"  # proportional default for the 4-layer tiny model
-LEARN = EditConfig(lr=1e-2, batch_size=4, max_epochs=30, prompt_format="raw")
+# no prefixed copies (the default's one per fact): tests/round_helpers.py says why
+LEARN = EditConfig(lr=1e-2, batch_size=4, max_epochs=30, prompt_format="raw", augment_prefixes=0)
 
 
 def hashes(model: torch.nn.Module) -> dict[str, str]:
