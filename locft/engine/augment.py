@@ -28,7 +28,8 @@ def prefix_sentences() -> tuple[str, ...]:
 
     out: list[str] = []
     seen: set[str] = set()
-    for passage in offline_column(*_SOURCE):
+    for passage in offline_column(*_SOURCE, needed_by="prefix augmentation reads its sentences there "
+                                                           "(edit.augment_prefixes = 0 turns it off)"):
         first = _SENTENCE_END.split(" ".join(passage.split()), maxsplit=1)[0]
         words = first.split()
         if not (6 <= len(words) <= 25) or not first[0].isupper() or first[-1] != ".":

