@@ -58,7 +58,7 @@ class LiveRound:
             self._thread.join(5)
 
     def sample(self) -> dict[str, Any] | None:
-        from locft.daemon.worker import read_progress
+        from locft.rounds.live import read_progress
 
         progress = read_progress(self.run_dir)
         with self._lock:

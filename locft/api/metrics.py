@@ -52,7 +52,7 @@ class _StateCollector(Collector):
         self.state = state
 
     def collect(self) -> Iterator[Any]:
-        from locft.daemon.worker import read_progress
+        from locft.rounds.live import read_progress
 
         server = self.state.server
         yield GaugeMetricFamily("locft_served_version", "The version answering `model: locft`",

@@ -226,7 +226,7 @@ def show_cmd(round_id: int, as_json: bool) -> None:
     if r.error:
         click.echo(f"  note: {r.error}")
     if r.outcome == "running":
-        from locft.daemon.worker import describe_progress, read_progress
+        from locft.rounds.live import describe_progress, read_progress
 
         progress = read_progress(resolve_home().run_dir)
         click.echo(f"  now: {describe_progress(progress)}" if progress else

@@ -25,8 +25,8 @@ def status(as_json: bool) -> None:
       locft status --json | jq .facts.pending
     """
     from locft.config import load_config
-    from locft.daemon.worker import describe_progress, read_progress
     from locft.home import read_daemon_info
+    from locft.rounds.live import describe_progress, read_progress
 
     home = resolve_home()
     config = load_config(home.root)

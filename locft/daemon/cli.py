@@ -121,9 +121,9 @@ def status(home_path: str | None, as_json: bool) -> None:
     Exit code 0 when running, 3 when not (like `systemctl status`).
     """
     from locft.config import load_config
-    from locft.daemon.worker import describe_progress, read_progress
     from locft.home import read_daemon_info
     from locft.locks import daemon_lock
+    from locft.rounds.live import describe_progress, read_progress
     from locft.store import Store
 
     home = _home(home_path)

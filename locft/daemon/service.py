@@ -202,7 +202,7 @@ class Daemon:
                  error: str | None = None) -> None:
         """Close dead rounds, but only while holding the round lock (a live round is never touched)."""
         from locft.atomic import temp_glob
-        from locft.daemon.worker import PROGRESS_FILE
+        from locft.rounds.live import PROGRESS_FILE
         from locft.rounds.recovery import recover_rounds
 
         lock = round_lock(self.home.run_dir)

@@ -223,7 +223,7 @@ def test_status_shows_promoted_facts_rounds_and_daemon(initialized: Home) -> Non
 
 
 def test_status_and_round_show_say_what_a_running_round_is_doing(initialized: Home) -> None:
-    from locft.daemon.worker import PROGRESS_FILE
+    from locft.rounds.live import PROGRESS_FILE
 
     with Store.open(initialized) as store:
         r = store.start_round("request")
