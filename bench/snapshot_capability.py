@@ -20,6 +20,7 @@ import argparse
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -125,6 +126,7 @@ def main() -> None:
         # forward rows (answer choices) sent to the edit; the rest got the base model exactly
         "scope_rows": rows.to_dict() if scope is not None else None,
         "scope_items": only.to_dict() if only is not None else None,  # items run; the rest kept the base's
+        "command": " ".join(["python", Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
     }
     if args.paired:
         record["paired"] = paired_by_task(base_items, candidate_items, tasks)
