@@ -89,7 +89,8 @@ def _bench(d: dict[str, Any]) -> tuple[str, str]:
     replay = "no replay" if not cfg.get("replay_ratio") else f"replay {cfg['replay_ratio']}"
     copies = cfg.get("augment_prefixes") or 0
     augment = f"{copies} prefixed cop{'y' if copies == 1 else 'ies'} per fact" if copies else "no prefixed copies"
-    setting = f"{where}; {_layers(cfg)}; {replay}; {augment}; n {d.get('n')}, eval sample {d.get('eval_sample') or 'all'}"
+    sample = f"n {d.get('n')}, eval sample {d.get('eval_sample') or 'all'}"
+    setting = f"{where}; {_layers(cfg)}; {replay}; {augment}; {sample}"
     metrics = _quality(d["metrics"], d.get("metrics_unscoped"))
     if d.get("metrics_unscoped"):
         metrics += " (unscoped in brackets)"
