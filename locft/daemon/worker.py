@@ -27,6 +27,7 @@ import sys
 import threading
 from collections.abc import Sequence
 
+from locft.policies.schedule import TRIGGERS
 from locft.rounds.live import RoundProgressFile
 
 EXIT_OK = 0
@@ -87,7 +88,7 @@ class _Stopper:
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m locft.daemon.worker", description=__doc__.split("\n")[0])
     parser.add_argument("--home", required=True)
-    parser.add_argument("--trigger", required=True, choices=("cron", "pending", "request", "manual"))
+    parser.add_argument("--trigger", required=True, choices=TRIGGERS)
     parser.add_argument("--request-ids", default="", help="comma-separated round request ids this round answers")
     parser.add_argument("--actor", default="locftd")
     parser.add_argument("--parent-pid", type=int, default=None)

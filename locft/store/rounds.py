@@ -11,17 +11,16 @@ import sqlalchemy as sa
 from sqlmodel import col, select
 
 from locft.errors import NotFoundError, StoreError
+from locft.policies.schedule import TRIGGERS, Trigger
 from locft.store import events as ev
 from locft.store.db import StoreBase, aware, clamp_count, utcnow
 from locft.store.events import append_event
 from locft.store.models import GateResult, Promotion, Round, RoundRequest, Version
 
-RoundTrigger = Literal["cron", "pending", "request", "manual"]
 # How a round ended (its row says 'running' until then). 'candidate': its version passed the gates
 # and waits for `locft promote` (manual promotion); 'skipped': the round decided not to train (it
 # records no version).
 RoundOutcome = Literal["promoted", "candidate", "rejected", "skipped", "failed", "interrupted"]
-TRIGGERS: tuple[str, ...] = ("cron", "pending", "request", "manual")
 FINAL_OUTCOMES: tuple[str, ...] = get_args(RoundOutcome)
 
 
@@ -109,7 +108,7 @@ class Recovery:
 
 class RoundsMixin(StoreBase):
     def start_round(
-        self, trigger: RoundTrigger, *, actor: str | None = None, request_ids: Sequence[int] = ()
+        self, trigger: Trigger, *, actor: str | None = None, request_ids: Sequence[int] = ()
     ) -> RoundInfo:
         """Record a round as running (and link the requests it answers)."""
         if trigger not in TRIGGERS:
