@@ -23,6 +23,8 @@ from typing import Any
 
 import results_table  # a sibling script: the naming of records
 
+from locft.recorded import BENCH_DATA_VAR
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -31,7 +33,6 @@ else:  # pragma: no cover
 REPO = Path(__file__).resolve().parent.parent
 SUITE = REPO / "bench" / "suite.toml"
 RESULTS = REPO / "bench" / "results"
-DATA_ENV = "LOCFT_BENCH_DATA"
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ class Preset:
             return Path(self.repo_data)  # the command runs in the repository root
         if data_dir is None:
             raise SystemExit(f"{self.name} reads {self.data} from the data directory: "
-                             f"set ${DATA_ENV} or pass --data-dir")
+                             f"set ${BENCH_DATA_VAR} or pass --data-dir")
         return data_dir / str(self.data)
 
     def bench_args(self, data: Path) -> list[str]:
@@ -96,8 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("presets", nargs="*", metavar="PRESET")
     parser.add_argument("--list", action="store_true", help="name and describe every preset")
-    parser.add_argument("--data-dir", type=Path, default=os.environ.get(DATA_ENV) or None,
-                        help=f"the directory holding the benchmark files (default: ${DATA_ENV})")
+    parser.add_argument("--data-dir", type=Path, default=os.environ.get(BENCH_DATA_VAR) or None,
+                        help=f"the directory holding the benchmark files (default: ${BENCH_DATA_VAR})")
     parser.add_argument("--out-dir", type=Path, default=RESULTS,
                         help="records go to OUT_DIR/<folder>/ (default: bench/results)")
     parser.add_argument("--dry-run", action="store_true", help="print each command, run nothing")
@@ -128,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             continue
         (REPO / out).parent.mkdir(parents=True, exist_ok=True)
-        done = subprocess.run(command, cwd=REPO)
+        env = os.environ | ({BENCH_DATA_VAR: str(data_dir)} if data_dir else {})  # the record names files by it
+        done = subprocess.run(command, cwd=REPO, env=env)
         if done.returncode:
             return done.returncode
     return 0

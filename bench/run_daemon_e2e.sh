@@ -14,6 +14,9 @@
 # answers), so a rerun skips that one-time work; recorded in commands.txt. OUT: where the results go.
 set -euo pipefail
 N=${N:-200}
+# commands.txt names the data as $LOCFT_BENCH_DATA when it came from there (records name no
+# directory of the machine they ran on)
+if [ -z "${DATA:-}" ] && [ -n "${LOCFT_BENCH_DATA:-}" ]; then DATA_SHOWN='$LOCFT_BENCH_DATA'; else DATA_SHOWN=${DATA:-.}; fi
 DATA=${DATA:-${LOCFT_BENCH_DATA:-.}}
 OUT=${OUT:-bench/results/rounds/round_n${N}_$(date +%F)_$(git rev-parse --short HEAD)}
 RAW="$OUT/daemon_e2e"
@@ -32,7 +35,7 @@ import json, sys
 src, dst, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 json.dump(json.load(open(src))[:n], open(dst, "w"), indent=1)
 EOF
-echo "# python: first $N items of $DATA/zsre_dev.json -> $WORK/zsre_$N.json" >> "$RAW/commands.txt"
+echo "# python: first $N items of $DATA_SHOWN/zsre_dev.json -> $WORK/zsre_$N.json" >> "$RAW/commands.txt"
 
 step locft init
 if [ -n "$CACHE" ]; then

@@ -107,7 +107,9 @@ def main() -> None:
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), flush=True)
-    record = {"rows": rows, "load_average": os.getloadavg(), "command": " ".join(sys.argv)}
+    from locft.recorded import recorded_command
+
+    record = {"rows": rows, "load_average": os.getloadavg(), "command": recorded_command()}
     if not args.out:
         return
     Path(args.out + ".json").write_text(json.dumps(record, indent=1) + "\n")

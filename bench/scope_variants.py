@@ -49,15 +49,21 @@ def main() -> None:
     from locft.engine.model_io import load_base
     from locft.engine.resolve import resolve_edit_config
     from locft.engine.scope import scope_coverage, scope_for_facts
+    from locft.errors import ConfigError
     from locft.locate.candidates import sample_facts
     from locft.readers import load_edit_facts
+    from locft.recorded import expand_recorded_path, recorded_command
     from locft.text import exact_match
 
     torch.set_num_threads(args.threads)
     record = json.loads(args.record.read_text())
     if not record.get("items_unscoped"):
         parser.error("the record has no items_unscoped: run `locft bench` with --scope gated")
-    facts = load_edit_facts(Path(record["data"]), "auto", limit=record["offset"] + record["n"])[record["offset"]:]
+    try:
+        data = expand_recorded_path(record["data"])
+    except ConfigError as exc:
+        parser.error(str(exc))
+    facts = load_edit_facts(data, "auto", limit=record["offset"] + record["n"])[record["offset"]:]
     loaded = load_base(ModelConfig(), args.home)
     cfg = resolve_edit_config(loaded, EditConfig(seed=record["config"]["seed"]), len(facts))
     fmt = record["config"]["prompt_format"]
@@ -120,7 +126,7 @@ def main() -> None:
         "scope_subjects": record.get("scope_subjects"),
         "base_generalization": round(sum(base_para_ok) / len(base_para_ok), 4) if base_para_ok else None,
         "variants": out, "seconds": round(time.perf_counter() - t, 1), "threads": args.threads,
-        "command": " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
+        "command": recorded_command(),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")

@@ -20,7 +20,6 @@ import argparse
 import json
 import math
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -80,6 +79,7 @@ def main() -> None:
         measure_capability,
         task_scores,
     )
+    from locft.recorded import recorded_command
 
     torch.set_num_threads(args.threads)
     tasks = [t for t in args.tasks.split(",") if t]
@@ -126,7 +126,7 @@ def main() -> None:
         # forward rows (answer choices) sent to the edit; the rest got the base model exactly
         "scope_rows": rows.to_dict() if scope is not None else None,
         "scope_items": only.to_dict() if only is not None else None,  # items run; the rest kept the base's
-        "command": " ".join(["python", Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+        "command": recorded_command(),
     }
     if args.paired:
         record["paired"] = paired_by_task(base_items, candidate_items, tasks)

@@ -49,6 +49,7 @@ def main() -> None:
     from locft.evaluation.editing import base_probe_generations, evaluate_edits
     from locft.locate.candidates import sample_facts
     from locft.readers import load_edit_facts
+    from locft.recorded import recorded_command, recorded_path
 
     torch.set_num_threads(args.threads)
     facts = load_edit_facts(args.data, "auto", limit=args.n)
@@ -83,13 +84,13 @@ def main() -> None:
             "probes_in_scope": coverage_share(scope_coverage(loaded, scope, probes, cfg.prompt_format)),
         }
     record = {
-        "snapshot": str(args.snapshot), "parameters": sorted(snapshot.tensors), "data": str(args.data),
+        "snapshot": str(args.snapshot), "parameters": sorted(snapshot.tensors), "data": recorded_path(args.data),
         "n": len(facts), "eval_sample": len(sampled) if args.eval_sample else None, "seed": cfg.seed,
         "metrics": evaluation.metrics(), "scope": scope.summary() if scope else None,
         "scope_rebuilt": args.rebuild_scope, "scope_coverage": coverage,
         "seconds": round(time.perf_counter() - t, 1), "threads": args.threads,
         "items": evaluation.items(),
-        "command": " ".join(["python", Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
+        "command": recorded_command(),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=1) + "\n")

@@ -21,6 +21,7 @@ from locft.config import EditConfig, ModelConfig, to_dict
 from locft.errors import LocftError
 from locft.locate.candidates import sample_facts
 from locft.readers import load_edit_facts
+from locft.recorded import recorded_command, recorded_path
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +164,7 @@ def run_benchmark(spec: BenchSpec, on_event: Callable[[str, Any], None] | None =
         from locft.engine.snapshot import save_snapshot
 
         save_snapshot(spec.save_snapshot.parent, spec.save_snapshot.name, result.tensors, loaded.fingerprint,
-                      extra={"bench": {"data": str(spec.data), "n": len(facts), "offset": spec.offset,
+                      extra={"bench": {"data": recorded_path(spec.data), "n": len(facts), "offset": spec.offset,
                                        "edit_config": to_dict(result.config or cfg)}}, scope=scope)
         emit("phase", f"saved the trained tensors to {spec.save_snapshot}")
     def evaluate(which: str, with_scope: Any) -> Any:
@@ -188,7 +189,7 @@ def run_benchmark(spec: BenchSpec, on_event: Callable[[str, Any], None] | None =
         peaks["capability"] = peak_rss_bytes()
     train = result.summary()
     return {
-        "data": str(spec.data),
+        "data": recorded_path(spec.data),
         "n": len(facts),
         "offset": spec.offset,
         "eval_sample": len(sampled) if spec.eval_sample is not None else None,
@@ -223,5 +224,5 @@ def run_benchmark(spec: BenchSpec, on_event: Callable[[str, Any], None] | None =
         "items": evaluation.items(),
         "items_unscoped": unscoped.items() if unscoped is not None else None,
         "environment": environment(),
-        "command": " ".join(["locft"] + sys.argv[1:]) if Path(sys.argv[0]).name == "locft" else " ".join(sys.argv),
+        "command": recorded_command(),
     }

@@ -19,7 +19,6 @@ import hashlib
 import json
 import logging
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -30,6 +29,7 @@ import torch
 
 from locft.config import EditConfig, ModelConfig, to_dict
 from locft.errors import LocftError
+from locft.recorded import recorded_command, recorded_path
 
 log = logging.getLogger(__name__)
 
@@ -249,7 +249,7 @@ def run_speed(spec: SpeedSpec, on_event: Callable[[str, Any], None] | None = Non
         generation = time_generation(loaded, prompts, cfg.prompt_format, cfg.max_new_tokens)
     return {
         "kind": "speed",
-        "data": str(spec.data),
+        "data": recorded_path(spec.data),
         "n": len(facts),
         "offset": spec.offset,
         "epochs": cfg.max_epochs,
@@ -262,7 +262,7 @@ def run_speed(spec: SpeedSpec, on_event: Callable[[str, Any], None] | None = Non
         "speed": speed,
         "generation": generation,
         "environment": environment(),
-        "command": " ".join(["locft"] + sys.argv[1:]) if Path(sys.argv[0]).name == "locft" else " ".join(sys.argv),
+        "command": recorded_command(),
     }
 
 

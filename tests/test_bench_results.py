@@ -85,7 +85,7 @@ def test_every_preset_option_is_a_locft_bench_option() -> None:
 
 def test_the_runner_names_the_record_and_needs_a_data_directory(tmp_path: Path, monkeypatch,
                                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.delenv(run.DATA_ENV, raising=False)
+    monkeypatch.delenv(run.BENCH_DATA_VAR, raising=False)
     with pytest.raises(SystemExit, match="LOCFT_BENCH_DATA"):
         run.main(["zsre-1000", "--dry-run"])
     assert run.main(["zsre-1000", "--dry-run", "--data-dir", str(tmp_path), "--out-dir", str(tmp_path)]) == 0

@@ -13,7 +13,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "paired_quality.py"
 
 def _record(path: Path, generalization: list[int], token: list[float], seed: int = 0) -> Path:
     record: dict[str, Any] = {
-        "data": "../shared/data/zsre_dev.json", "n": 3, "offset": 0, "eval_sample": 4, "config": {"seed": seed},
+        "data": "$LOCFT_BENCH_DATA/zsre_dev.json", "n": 3, "offset": 0, "eval_sample": 4, "config": {"seed": seed},
         "items": {"reliability": [1, 1, 1], "generalization": generalization,
                   "locality_exact": [0, 1, 0, 0], "locality_token": token},
     }
