@@ -39,5 +39,24 @@ def test_product_text_refers_to_nothing_outside_the_repository() -> None:
     offenders = [str(p.relative_to(ROOT)) for p in (ROOT / "locft").rglob("*.py")
                  if re.search(r"MEASURED\.md", p.read_text(encoding="utf-8"))]
     assert offenders == []
+    assert _files_naming_the_workspace() == []
     for path in re.findall(r"`(examples/[^`\s]+)`|locft import (examples/\S+)", readme):
         assert (ROOT / (path[0] or path[1])).exists()
+
+
+PRODUCT_FILES = ("README.md", "Makefile", "pyproject.toml", ".ci", "locft", "bench", "docs", "examples", "contrib")
+
+
+def _files_naming_the_workspace() -> list[str]:
+    """Product files (records and docs included) that name ../shared or MEASURED.md."""
+    outside = re.compile(r"\.\./shared\b|/shared/data/|MEASURED\.md")
+    found = []
+    for top in PRODUCT_FILES:
+        root = ROOT / top
+        for path in [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file()):
+            if "__pycache__" in path.parts or path.suffix in (".png", ".pyc"):
+                continue
+            if outside.search(path.read_text(encoding="utf-8", errors="replace")):
+                found.append(str(path.relative_to(ROOT)))
+    return found
+
