@@ -77,28 +77,39 @@ class Batch:
     target_lens: torch.Tensor  # [B]
 
 
+def to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`host` on `device` in one copy that does not wait for the device: from pinned memory on
+    CUDA (the host's allocator keeps the pinned block until the copy has run)."""
+    if device.type == "cuda":
+        host = host.pin_memory()
+    return host.to(device, non_blocking=True)
+
+
 def collate(examples: Sequence[Example], pad_id: int, device: torch.device) -> Batch:
-    lengths = [len(e.input_ids) for e in examples]
-    width = max(lengths)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
-    rows, cols, labels = [], [], []
-    for i, e in enumerate(examples):
-        ids[i, : lengths[i]] = torch.tensor(e.input_ids, dtype=torch.long)
-        mask[i, : lengths[i]] = 1
-        for pos in range(e.prompt_len, lengths[i]):
-            rows.append(i)
-            cols.append(pos - 1)  # the logit at pos-1 predicts the token at pos
-            labels.append(e.input_ids[pos])
-    return Batch(
-        input_ids=ids.to(device),
-        attention_mask=mask.to(device),
-        rows=torch.tensor(rows, dtype=torch.long, device=device),
-        cols=torch.tensor(cols, dtype=torch.long, device=device),
-        labels=torch.tensor(labels, dtype=torch.long, device=device),
-        lengths=torch.tensor(lengths, dtype=torch.long),
-        target_lens=torch.tensor([e.target_len for e in examples], dtype=torch.long, device=device),
-    )
+    """The examples as one right-padded batch on `device`.
+
+    Built with a fixed number of tensor operations whatever the batch size (no Python loop over
+    rows, which a training step would pay once per row on the host), and sent to the device in
+    one copy: the parts travel as one int64 buffer, pinned on CUDA so that the copy runs
+    asynchronously, and are split there into views."""
+    n = len(examples)
+    lengths = torch.tensor([len(e.input_ids) for e in examples], dtype=torch.long)
+    prompt_lens = torch.tensor([e.prompt_len for e in examples], dtype=torch.long)
+    width = int(lengths.max())
+    mask = torch.arange(width)[None, :] < lengths[:, None]  # [n, width]: each row's own positions
+    ids = torch.full((n, width), pad_id, dtype=torch.long)
+    ids[mask] = torch.tensor([t for e in examples for t in e.input_ids], dtype=torch.long)  # row-major order
+    target_lens = lengths - prompt_lens
+    rows = torch.repeat_interleave(torch.arange(n), target_lens)
+    # the k-th target token of a row sits at prompt_len + k; the logit at the position before predicts it
+    first = target_lens.cumsum(0) - target_lens
+    cols = prompt_lens[rows] - 1 + (torch.arange(len(rows)) - first[rows])
+    labels = ids[rows, cols + 1]
+    parts = (ids.view(-1), mask.view(-1).long(), rows, cols, labels, target_lens)
+    flat = to_device(torch.cat(parts), device)
+    ids_d, mask_d, rows_d, cols_d, labels_d, target_lens_d = flat.split([len(p) for p in parts])
+    return Batch(input_ids=ids_d.view(n, width), attention_mask=mask_d.view(n, width), rows=rows_d, cols=cols_d,
+                 labels=labels_d, lengths=lengths, target_lens=target_lens_d)
 
 
 def per_sample_mean(token_losses: torch.Tensor, batch: Batch) -> torch.Tensor:

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from locft.engine.data import Batch, Example, collate, per_sample_mean
+from locft.engine.data import Batch, Example, collate, per_sample_mean, to_device
 from locft.engine.device import module_device
 from locft.engine.model_io import LoadedModel
 from locft.engine.precision import computing_in
@@ -120,10 +120,36 @@ def _shared_prefix(examples: Sequence[Example]) -> tuple[int, list[bool]]:
     return prefix, shares
 
 
-def _packed_rows(lengths: Sequence[int], width: int, dtype: torch.dtype, device: torch.device) -> list[torch.Tensor]:
-    """Views [length, width] into one new buffer, one per length, in order."""
-    buffer = torch.empty((sum(lengths), width), dtype=dtype, device=device)
-    return list(buffer.split(list(lengths)))
+class _PackedRows:
+    """Rows of different lengths in one buffer (not one heap block per row, between the capture
+    batches' freed activations), and one zero row after them that padding reads: `padded` gathers
+    any rows into a right-padded batch with one indexing operation."""
+
+    def __init__(self, lengths: Sequence[int], width: int, dtype: torch.dtype, device: torch.device):
+        self.lengths = torch.tensor(list(lengths), dtype=torch.long)
+        self.starts = self.lengths.cumsum(0) - self.lengths
+        self.pad_row = int(self.lengths.sum())
+        self.buffer = torch.empty((self.pad_row + 1, width), dtype=dtype, device=device)
+        self.buffer[self.pad_row].zero_()
+        self.rows = list(self.buffer[: self.pad_row].split(list(lengths)))
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.rows[index]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def gather_index(self, indices: Sequence[int]) -> torch.Tensor:
+        """[len(indices), longest row] positions in the buffer (on the host): each row's own, then
+        the zero row."""
+        chosen = torch.tensor(list(indices), dtype=torch.long)
+        lengths = self.lengths[chosen]
+        positions = torch.arange(int(lengths.max()))[None, :]
+        return torch.where(positions < lengths[:, None], self.starts[chosen][:, None] + positions, self.pad_row)
+
+    def padded(self, index: torch.Tensor) -> torch.Tensor:
+        """The rows `index` (a gather_index on the buffer's device) point at: [rows, longest, width]."""
+        return self.buffer[index]
 
 
 def _per_row(shared: Any, rows: int) -> Any:
@@ -165,7 +191,7 @@ class Forward:
         if mode == "cached" and self.stack is None:
             log.warning("cached forward is not possible for these parameters; using full forward")
             self.mode = "full"
-        self.cache: list[torch.Tensor] = []  # per example, from position offsets[i] on
+        self.cache: _PackedRows | None = None  # per example, from position offsets[i] on
         self.prefix_len = 0
         self.offsets: list[int] = [0] * len(examples)  # prefix_len for rows that share the prefix, else 0
         self.prefix_hidden: torch.Tensor | None = None  # [1, prefix_len, hidden]
@@ -179,8 +205,7 @@ class Forward:
     def build_cache(self, progress: TrainProgressCallback | None = None) -> None:
         """Hidden states entering layer `start`, per example, computed once without grad.
 
-        All rows live in one buffer allocated up front (self.cache holds views into it), not
-        in one heap block per row between the capture batches' freed activations. The shared
+        All rows live in one buffer allocated up front (_PackedRows). The shared
         prefix runs once here too: rows that start with it run only their own tokens, attending
         to the prefix's keys and values."""
         assert self.stack is not None
@@ -190,7 +215,7 @@ class Forward:
         offsets = [keep_from if s else 0 for s in shares]
         by_length = sorted(range(len(self.examples)), key=lambda i: len(self.examples[i].input_ids))
         groups = [[i for i in by_length if offsets[i]], [i for i in by_length if not offsets[i]]]
-        self.cache, self.prefix_hidden = [], None
+        self.cache, self.prefix_hidden = None, None
         with torch.no_grad(), self._capturing() as captured:
             prefix_kv = self._capture_prefix(captured, self.examples[groups[0][0]].input_ids[:keep_from]) \
                 if keep_from else None
@@ -199,9 +224,9 @@ class Forward:
                 for b in range(0, len(group), _CAPTURE_BATCH):
                     idx = group[b : b + _CAPTURE_BATCH]
                     hidden, skipped, kv = self._capture_batch(captured, idx, offsets, kv)
-                    if not self.cache:
-                        self.cache = _packed_rows([len(e.input_ids) - o for e, o in zip(self.examples, offsets)],
-                                                  hidden.shape[-1], hidden.dtype, self._cache_device())
+                    if self.cache is None:
+                        self.cache = _PackedRows([len(e.input_ids) - o for e, o in zip(self.examples, offsets)],
+                                                 hidden.shape[-1], hidden.dtype, self._cache_device())
                     for j, i in enumerate(idx):
                         own = len(self.examples[i].input_ids) - offsets[i]
                         self.cache[i].copy_(hidden[j, skipped[j] : skipped[j] + own])
@@ -303,10 +328,11 @@ class Forward:
 
     def _drop_shared_prefix(self) -> None:
         assert self.prefix_hidden is not None
+        assert self.cache is not None
         prefix = self.prefix_hidden[0]
-        cache = _packed_rows([o + len(c) for o, c in zip(self.offsets, self.cache)], prefix.shape[-1],
-                             prefix.dtype, prefix.device)
-        for whole, own, offset in zip(cache, self.cache, self.offsets):
+        cache = _PackedRows([o + len(c) for o, c in zip(self.offsets, self.cache.rows)], prefix.shape[-1],
+                            prefix.dtype, self.cache.buffer.device)
+        for whole, own, offset in zip(cache.rows, self.cache.rows, self.offsets):
             whole[:offset].copy_(prefix[:offset])
             whole[offset:].copy_(own)
         self.cache, self.prefix_len, self.prefix_hidden = cache, 0, None
@@ -328,9 +354,8 @@ class Forward:
             p, b = self.prefix_len, hidden_in.shape[0]
             with _layers_numbered_from_zero(layers):
                 shared = DynamicCache()
-                ones = torch.ones((1, p), dtype=attention_mask.dtype, device=attention_mask.device)
-                self.stack.decoder(inputs_embeds=self.prefix_hidden, attention_mask=ones, use_cache=True,
-                                   **{self._cache_kw(): shared})
+                # no mask: the prefix has no padding (a mask of ones would make the model check that on the host)
+                self.stack.decoder(inputs_embeds=self.prefix_hidden, use_cache=True, **{self._cache_kw(): shared})
                 prefix_mask = shares.to(attention_mask.dtype)[:, None].expand(b, p)
                 positions = torch.arange(p, p + hidden_in.shape[1], device=hidden_in.device).expand(b, -1)
                 out = self.stack.decoder(
@@ -351,14 +376,15 @@ class Forward:
             logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
             return logits[batch.rows, batch.cols], True, batch
         if mode == "cached":
-            rows = [self.cache[i] for i in indices]
-            hidden_in = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)
-            # lengths and offsets in one host-to-device copy; the mask is built on the device
-            lengths_offsets = torch.tensor([[len(r) for r in rows], [self.offsets[i] for i in indices]],
-                                           dtype=torch.long).to(hidden_in.device, non_blocking=True)
-            own_mask = (torch.arange(hidden_in.shape[1], device=hidden_in.device)[None, :]
-                        < lengths_offsets[0][:, None]).to(batch.attention_mask.dtype)
-            offsets = lengths_offsets[1]
+            assert self.cache is not None
+            # the rows' places in the cache and their offsets in one host-to-device copy; the
+            # batch and its mask are gathered on the device
+            index = self.cache.gather_index(indices)
+            host = torch.cat([index.view(-1), torch.tensor([self.offsets[i] for i in indices], dtype=torch.long)])
+            places, offsets = to_device(host, self.cache.buffer.device).split([index.numel(), len(indices)])
+            places = places.view(index.shape)
+            hidden_in = self.cache.padded(places)
+            own_mask = (places != self.cache.pad_row).to(batch.attention_mask.dtype)
             hidden = self._upper_layers(hidden_in, own_mask, offsets > 0,
                                         any(self.offsets[i] for i in indices))
             at = batch.rows.to(hidden.device)

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from locft.config import EditConfig
-from locft.engine.data import Example
+from locft.engine.data import Example, to_device
 from locft.engine.forward import Forward
 from locft.engine.memory import release_freed_memory
 from locft.engine.model_io import LoadedModel
@@ -141,8 +141,8 @@ def _accumulate_gradients(
                          cfg.micro_batch_tokens):
         per_sample = forward.sample_losses([r[0] for r in chunk])
         # each row's loss weight and whether it is an edit row, in one host-to-device copy
-        host = torch.tensor([[r[1], float(r[2])] for r in chunk], dtype=torch.float64)
-        scale_kind = host.to(per_sample.device, non_blocking=True)
+        scale_kind = to_device(torch.tensor([[r[1], float(r[2])] for r in chunk], dtype=torch.float64),
+                               per_sample.device)
         (per_sample * scale_kind[:, 0].to(per_sample.dtype)).sum().backward()
         losses, is_edit_row = per_sample.detach().double(), scale_kind[:, 1] > 0
         zero = losses.new_zeros(())

@@ -27,7 +27,20 @@ def test_activation_cache_rows_share_one_buffer(tiny: LoadedModel) -> None:
     storages = {row.untyped_storage().data_ptr() for row in forward.cache}
     assert len(storages) == 1
     assert [len(row) for row in forward.cache] == [len(e.input_ids) - forward.prefix_len for e in forward.examples]
-    assert sum(row.numel() for row in forward.cache) == forward.cache[0].untyped_storage().nbytes() // 4
+    # and one zero row after them, which padding reads
+    width = forward.cache[0].shape[-1]
+    assert sum(row.numel() for row in forward.cache) + width == forward.cache[0].untyped_storage().nbytes() // 4
+
+
+def test_activation_cache_gathers_a_padded_batch_in_one_index(tiny: LoadedModel) -> None:
+    # what the cached loop feeds the upper layers: the chosen rows, right-padded with zeros
+    forward = _chat_forward(tiny)
+    assert forward.cache is not None
+    chosen = [3, 0, 2] if len(forward.cache) > 3 else [1, 0]
+    index = forward.cache.gather_index(chosen)
+    expected = torch.nn.utils.rnn.pad_sequence([forward.cache[i] for i in chosen], batch_first=True)
+    assert torch.equal(forward.cache.padded(index), expected)
+    assert ((index != forward.cache.pad_row).sum(1) == torch.tensor([len(forward.cache[i]) for i in chosen])).all()
 
 
 def test_activation_cache_reports_the_rows_captured_as_train_progress(tiny: LoadedModel) -> None:
