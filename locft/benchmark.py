@@ -104,6 +104,7 @@ def _capability(loaded: Any, tensors: dict[str, Any], scope: Any, spec: BenchSpe
 
 def run_benchmark(spec: BenchSpec, on_event: Callable[[str, Any], None] | None = None) -> dict[str, Any]:
     """Load, measure the base answers to probes, train, evaluate; return the result record."""
+    from locft.checks import require_offline_data
     from locft.engine.model_io import load_base
     from locft.engine.replay import replay_for, replay_pool_size
     from locft.engine.resolve import resolve_edit_config
@@ -117,6 +118,7 @@ def run_benchmark(spec: BenchSpec, on_event: Callable[[str, Any], None] | None =
         from locft.evaluation.capability import resolve_tasks
 
         resolve_tasks(spec.capability_tasks)
+    require_offline_data(scoped_edit_defaults(spec.edit, spec.scope == "gated"))
     if spec.save_snapshot is not None and spec.save_snapshot.exists():  # before training, not after
         raise LocftError(f"{spec.save_snapshot} already exists; name a new snapshot directory")
     facts = load_edit_facts(spec.data, spec.data_format, limit=spec.offset + spec.n)[spec.offset :]

@@ -87,6 +87,14 @@ def check_offline_data(edit: EditConfig) -> list[Problem]:
     return problems
 
 
+def require_offline_data(edit: EditConfig) -> None:
+    """check_offline_data as an error: a benchmark calls it before loading a model, so that missing
+    data fails in a second, not after the model is built and the base answers are generated."""
+    problems = check_offline_data(edit)
+    if problems:
+        raise ConfigError("; ".join(str(p) for p in problems))
+
+
 def _check_hf_directory(directory: Path) -> str | None:
     """Why `directory` cannot load as a Hugging Face model, or None. Reads config.json only."""
     config = directory / "config.json"

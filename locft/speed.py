@@ -52,6 +52,8 @@ class SpeedSpec:
     # also time warm greedy generation of this many prompts (the facts' prompts, cycled) at the
     # device's default batch and at the CPU's 32; None: not timed
     generate_prompts: int | None = None
+    # also profile this many steps of each loop in a separate run (locft.step_profile); None: not
+    profile_steps: int | None = None
 
 
 def _read_config(path: Path) -> Any:
@@ -65,7 +67,8 @@ def _read_config(path: Path) -> Any:
         raise LocftError(f"{path}: not a Hugging Face config.json with a model_type ({exc})") from None
 
 
-def _tokenizer(directory: Path | None) -> Any:
+def random_init_tokenizer(directory: Path | None) -> Any:
+    """The tokenizer of a random-init model: an HF tokenizer directory, or the embedded model's."""
     from transformers import AutoTokenizer
 
     from locft.engine.model_io import embedded_gguf_path
@@ -89,7 +92,7 @@ def random_init_model(config_json: Path, model_cfg: ModelConfig, tokenizer_dir: 
     from locft.engine.model_io import LoadedModel, _resolve_dtype
 
     config = _read_config(config_json)
-    tok = _tokenizer(tokenizer_dir)
+    tok = random_init_tokenizer(tokenizer_dir)
     if int(getattr(config, "vocab_size", 0) or 0) < len(tok):
         config.vocab_size = len(tok)  # every token id must have an embedding row
     # the tokenizer's special ids, and no pad id: an embedding padding_idx would zero eos's row (pad == eos)
@@ -152,6 +155,7 @@ def time_loop(loaded: Any, facts: list[Any], cfg: EditConfig, on_event: Callable
         "micro_batch_size": result.config.micro_batch_size if result.config else None,
         "micro_batch_tokens": result.config.micro_batch_tokens if result.config else None,
         "steps": result.steps,
+        "augmented_rows": result.n_augmented,  # prefixed copies trained beside the facts (edit.augment_prefixes)
         "cache_seconds": round(result.cache_seconds, 3),
         "setup_seconds": round(result.setup_seconds, 3),
         "shared_prefix_tokens": result.shared_prefix_tokens,
@@ -206,11 +210,13 @@ def _device_info(device: torch.device) -> dict[str, Any]:
 def run_speed(spec: SpeedSpec, on_event: Callable[[str, Any], None] | None = None) -> dict[str, Any]:
     """Measure training speed (and optionally generation) and return the JSON-ready record."""
     from locft.benchmark import environment
+    from locft.checks import require_offline_data
     from locft.engine.model_io import load_base
     from locft.engine.resolve import resolve_edit_config
     from locft.readers import load_edit_facts
 
     emit = on_event or (lambda kind, payload: None)
+    require_offline_data(spec.edit)  # augmentation's sentences (on by default): before an 8B model is built
     facts = load_edit_facts(spec.data, spec.data_format, limit=spec.offset + spec.n)[spec.offset :]
     if not facts:
         raise LocftError(f"{spec.data}: no facts after offset {spec.offset}")
@@ -227,13 +233,19 @@ def run_speed(spec: SpeedSpec, on_event: Callable[[str, Any], None] | None = Non
     asked = replace(spec.edit, skip_loss=0.0, stop_loss=0.0, forward_mode="cached" if spec.compare_reference
                     else spec.edit.forward_mode)
     cfg = resolve_edit_config(loaded, asked, len(facts))
+    configs = {cfg.forward_mode: cfg}
+    if spec.compare_reference:  # the same rows and tokens per pass as the cached loop: the comparison is of the loops
+        configs["reference"] = replace(cfg, forward_mode="reference")
     loops: dict[str, dict[str, Any]] = {}
-    emit("phase", f"training {cfg.max_epochs} epochs over {len(facts)} facts ({cfg.forward_mode})")
-    loops[cfg.forward_mode] = time_loop(loaded, facts, cfg, emit)
-    if spec.compare_reference:
-        emit("phase", f"training {cfg.max_epochs} epochs over {len(facts)} facts (reference)")
-        # the same rows and tokens per pass as the cached loop: the comparison is of the loops
-        loops["reference"] = time_loop(loaded, facts, replace(cfg, forward_mode="reference"), emit)
+    for mode, loop_cfg in configs.items():
+        emit("phase", f"training {cfg.max_epochs} epochs over {len(facts)} facts ({mode})")
+        loops[mode] = time_loop(loaded, facts, loop_cfg, emit)
+    if spec.profile_steps:
+        from locft.step_profile import profile_loop
+
+        for mode, loop_cfg in configs.items():
+            emit("phase", f"profiling {spec.profile_steps} steps of the {mode} loop")
+            loops[mode]["profile"] = profile_loop(loaded, facts, loop_cfg, spec.profile_steps)
     speed: dict[str, Any] = {f"{mode}_s_per_edit_epoch": loop["s_per_edit_epoch"] for mode, loop in loops.items()}
     if spec.compare_reference:
         speed["ratio"] = loops["reference"]["s_per_edit_epoch"] / loops["cached"]["s_per_edit_epoch"]
@@ -276,6 +288,7 @@ def speed_table(record: dict[str, Any]) -> str:
         ("facts / epochs", f"{record['n']} / {record['epochs']} (first epoch is warm-up)"),
         ("batch / location", f"{record['config']['batch_size']} / {record['config']['location']} "
                              f"{record['config']['layers']}"),
+        ("augmented copies per fact", str(record["config"]["augment_prefixes"])),
     ]
     for mode, loop in loops.items():
         peak = loop["peak_memory"].get("device_peak_allocated_bytes", loop["peak_memory"]["process_peak_rss_bytes"])
@@ -284,6 +297,14 @@ def speed_table(record: dict[str, Any]) -> str:
                                                  f"{peak / 2**30:.2f} GiB, ran {loop['forward_mode']})"))
     if "ratio" in speed:
         rows.append(("reference / cached", f"{speed['ratio']:.2f}x"))
+    for mode, loop in loops.items():
+        profile = loop.get("profile")
+        if profile and profile.get("steps"):
+            busy = profile["device"]
+            rows.append((f"{mode} profile", f"{profile['wall_ms_per_step']} ms a step, {profile['operators_per_step']} "
+                                            "operators" + (f", {busy['kernels_per_step']} kernels, "
+                                                           f"{busy['host_syncs_per_step']} host syncs, device busy "
+                                                           f"{busy['busy_share']:.0%}" if busy else "")))
     gen = record.get("generation")
     if gen:
         rows.append(("generation", f"{gen['prompts']} x {gen['max_new_tokens']}: {gen['seconds_at_default']} s at "

@@ -17,7 +17,7 @@ LAYER = {
     "policies": 1,
     "engine": 2, "store": 2,
     "evaluation": 3,
-    "rounds": 4, "serving": 4, "locate": 4, "benchmark": 4, "speed": 4, "checks": 4,
+    "rounds": 4, "serving": 4, "locate": 4, "benchmark": 4, "speed": 4, "step_profile": 4, "checks": 4,
     "api": 5,
     "cli": 6, "daemon": 6,
 }  # every other top-level module of locft is a shared plain module: layer 0

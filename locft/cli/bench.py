@@ -114,6 +114,10 @@ def _table(record: dict[str, Any]) -> str:
               help="With --random-init: an HF tokenizer directory instead of the embedded model's.")
 @click.option("--time-generation", "generate_prompts", type=click.IntRange(min=1), default=None, metavar="N",
               help="Speed only: also time warm greedy generation of N prompts at the device's default batch and at 32.")
+@click.option("--profile-steps", "profile_steps", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Speed only: also profile N steps of each loop in a separate run: per step the wall time, "
+                   "operators, host syncs and, on CUDA, kernels, host-to-device copies and the device's busy "
+                   "share, and the costliest operators (speed.loops.*.profile in the JSON).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Write the result record as JSON here.")
 def bench(data: Path, n: int, offset: int, data_format: str, pipeline: str | None, location: str | None,
           layers: tuple[int, ...], lr: float | None, batch_size: int | None, max_epochs: int | None,
@@ -123,7 +127,7 @@ def bench(data: Path, n: int, offset: int, data_format: str, pipeline: str | Non
           threads: int | None, save_snapshot: Path | None, out: Path | None, scope: str | None = None,
           scope_subjects: str = "given", random_init: Path | None = None,
           compare_reference: bool = False, tokenizer_dir: Path | None = None,
-          generate_prompts: int | None = None) -> None:
+          generate_prompts: int | None = None, profile_steps: int | None = None) -> None:
     """Edit N facts of a benchmark file into the base model and measure the result.
 
     Prints reliability, generalization and locality (by greedy generation and normalized exact
@@ -162,9 +166,9 @@ def bench(data: Path, n: int, offset: int, data_format: str, pipeline: str | Non
         import torch
 
         torch.set_num_threads(threads)
-    if random_init is not None or compare_reference or generate_prompts:
+    if random_init is not None or compare_reference or generate_prompts or profile_steps:
         _speed(data, n, offset, data_format, edit_cfg, config.model, home, random_init, compare_reference,
-               tokenizer_dir, generate_prompts, max_epochs, out)
+               tokenizer_dir, generate_prompts, profile_steps, max_epochs, out)
         return
     bar: tqdm | None = None
 
@@ -211,7 +215,8 @@ def bench(data: Path, n: int, offset: int, data_format: str, pipeline: str | Non
 
 def _speed(data: Path, n: int, offset: int, data_format: str, edit_cfg: EditConfig, model: ModelConfig, home: Path,
            random_init: Path | None, compare_reference: bool, tokenizer_dir: Path | None,
-           generate_prompts: int | None, max_epochs: int | None, out: Path | None) -> None:
+           generate_prompts: int | None, profile_steps: int | None, max_epochs: int | None,
+           out: Path | None) -> None:
     """The speed-only run (locft.speed): no evaluation; 3 epochs unless --epochs says otherwise."""
     import dataclasses
 
@@ -220,7 +225,7 @@ def _speed(data: Path, n: int, offset: int, data_format: str, edit_cfg: EditConf
     spec = SpeedSpec(data=data, n=n, offset=offset, data_format=data_format, model=model, home=home,
                      edit=dataclasses.replace(edit_cfg, max_epochs=max_epochs or DEFAULT_SPEED_EPOCHS),
                      random_init=random_init, tokenizer=tokenizer_dir, compare_reference=compare_reference,
-                     generate_prompts=generate_prompts, seed=edit_cfg.seed)
+                     generate_prompts=generate_prompts, profile_steps=profile_steps, seed=edit_cfg.seed)
     record = run_speed(spec, lambda kind, payload: click.echo(f"- {payload}", err=True) if kind == "phase" else None)
     click.echo(speed_table(record))
     if out is not None:
