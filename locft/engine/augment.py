@@ -17,7 +17,8 @@ from collections.abc import Sequence
 from locft.errors import ConfigError
 from locft.facts import EditFact
 
-_SOURCE = ("sciq/none/validation", "support")
+# the offline dataset and column the sentences come from
+PREFIX_SOURCE = ("sciq/none/validation", "support")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
@@ -28,7 +29,7 @@ def prefix_sentences() -> tuple[str, ...]:
 
     out: list[str] = []
     seen: set[str] = set()
-    for passage in offline_column(*_SOURCE, needed_by="prefix augmentation reads its sentences there "
+    for passage in offline_column(*PREFIX_SOURCE, needed_by="prefix augmentation reads its sentences there "
                                                            "(edit.augment_prefixes = 0 turns it off)"):
         first = _SENTENCE_END.split(" ".join(passage.split()), maxsplit=1)[0]
         words = first.split()
