@@ -9,10 +9,11 @@ asked, and a fact outside it is "not measured", not wrong).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any, Literal
+from typing import Any
+
+from locft.store.fact_records import FactFilter
 
 Correct = bool | None  # True / False, or None: not measured
-FactFilter = Literal["active", "pending", "retracted", "all"]
 
 
 def _report(version: Any) -> dict[str, Any]:
