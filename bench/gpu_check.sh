@@ -37,7 +37,7 @@ if [ -n "$INPUTS" ]; then
   for wheel in "$INPUTS"/wheels/*.whl; do
     [ -e "$wheel" ] || continue
     module=$(basename "$wheel" | cut -d- -f1)
-    "$PY" -c "import $module" 2>/dev/null || "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$site" "$wheel"
+    "$PY" -c "import $module" 2>/dev/null || "$PY" -m pip install -q --root-user-action=ignore --no-index --no-deps --no-compile --target "$site" "$wheel"
   done
   export PYTHONPATH=$(cd "$INPUTS/site" && pwd):$site${PYTHONPATH:+:$PYTHONPATH}
 fi

