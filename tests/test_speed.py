@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -68,41 +69,35 @@ def test_compare_reference_times_both_loops_with_the_same_pass_sizes(tmp_path: P
     assert gen["same_answers_share"] == 1.0
 
 
-def test_bench_command_random_init(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _bench_random_init(tmp_path: Path, tokenizer: Path, n: int, epochs: int, batch_size: int,
+                       *extra: str) -> tuple[str, dict[str, Any]]:
+    """`locft bench --random-init` at the tiny shape, layer 3, float32: its output and its record."""
     from locft.cli.main import cli
 
-    monkeypatch.setenv("LOCFT_HOME", str(tmp_path / "home"))
     out = tmp_path / "speed.json"
     result = CliRunner().invoke(cli, [
-        "bench", "--data", str(_facts(tmp_path / "facts.jsonl", 6)), "--n", "6", "--random-init",
-        str(_config(tmp_path)), "--tokenizer", str(tiny_model_dir), "--compare-reference", "--epochs", "2",
-        "--batch-size", "3", "--layer", "3", "--location", "model.layers.{L}.mlp.down_proj.weight",
-        "--compute-dtype", "float32", "--out", str(out),
-    ])
+        "bench", "--data", str(_facts(tmp_path / "facts.jsonl", n)), "--n", str(n), "--random-init",
+        str(_config(tmp_path)), "--tokenizer", str(tokenizer), "--compare-reference", "--epochs", str(epochs),
+        "--batch-size", str(batch_size), "--layer", "3", "--location", "model.layers.{L}.mlp.down_proj.weight",
+        "--compute-dtype", "float32", *extra, "--out", str(out),
+    ], env={"LOCFT_HOME": str(tmp_path / "home")})
     assert result.exit_code == 0, result.output
-    assert "reference / cached" in result.output
-    record = json.loads(out.read_text())
+    return result.output, json.loads(out.read_text())
+
+
+def test_bench_command_random_init(tmp_path: Path, tiny_model_dir: Path) -> None:
+    output, record = _bench_random_init(tmp_path, tiny_model_dir, 6, 2, 3)
+    assert "reference / cached" in output
     assert record["kind"] == "speed" and record["n"] == 6 and record["epochs"] == 2
     assert {"cached_s_per_edit_epoch", "reference_s_per_edit_epoch", "ratio"} <= set(record["speed"])
     assert record["generation"] is None and record["config"]["layers"] == [3]
 
 
-def test_profile_steps_profile_each_loop_after_warm_up(tmp_path: Path, tiny_model_dir: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    from locft.cli.main import cli
-
-    monkeypatch.setenv("LOCFT_HOME", str(tmp_path / "home"))
-    out = tmp_path / "speed.json"
+def test_profile_steps_profile_each_loop_after_warm_up(tmp_path: Path, tiny_model_dir: Path) -> None:
     # 8 facts in batches of 2: 4 steps an epoch; 3 warm steps and 2 profiled ones end in epoch 2
-    result = CliRunner().invoke(cli, [
-        "bench", "--data", str(_facts(tmp_path / "facts.jsonl", 8)), "--n", "8", "--random-init",
-        str(_config(tmp_path)), "--tokenizer", str(tiny_model_dir), "--compare-reference", "--epochs", "1",
-        "--batch-size", "2", "--layer", "3", "--location", "model.layers.{L}.mlp.down_proj.weight",
-        "--compute-dtype", "float32", "--profile-steps", "2", "--out", str(out),
-    ])
-    assert result.exit_code == 0, result.output
-    assert "cached profile" in result.output and "reference profile" in result.output
-    loops = json.loads(out.read_text())["speed"]["loops"]
+    output, record = _bench_random_init(tmp_path, tiny_model_dir, 8, 1, 2, "--profile-steps", "2")
+    assert "cached profile" in output and "reference profile" in output
+    loops = record["speed"]["loops"]
     for loop in loops.values():
         profile = loop["profile"]
         assert profile["steps"] == 2 and profile["wall_ms_per_step"] > 0
