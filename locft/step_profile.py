@@ -13,6 +13,7 @@ comparing shares, not for the speed figure.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -45,15 +46,14 @@ class _Window:
 
     def step_ended(self, device: torch.device) -> None:
         self.seen += 1
+        if not self.skip <= self.seen <= self.skip + self.steps:
+            return
+        _sync(device)  # a step's device work belongs to it (read after the sync)
+        self.marks.append(time.perf_counter())
         if self.seen == self.skip:
-            _sync(device)
-            self.marks.append(time.perf_counter())
             self.profiler.start()
-        elif self.skip < self.seen <= self.skip + self.steps:
-            _sync(device)  # a step's device work belongs to it (read after the sync)
-            self.marks.append(time.perf_counter())
-            if self.seen == self.skip + self.steps:
-                self.profiler.stop()
+        elif self.done:
+            self.profiler.stop()
 
 
 def _sync(device: torch.device) -> None:
@@ -125,10 +125,10 @@ def profile_loop(loaded: Any, facts: list[Any], cfg: EditConfig, steps: int,
         if p.phase == "train":
             window.step_ended(loaded.device)
 
-    needed_epochs = -(-(WARM_STEPS + steps) // max(1, -(-len(facts) // (cfg.batch_size or 1))))
+    steps_per_epoch = math.ceil(len(facts) / (cfg.batch_size or 1))
+    epochs = max(cfg.max_epochs, math.ceil((WARM_STEPS + steps) / steps_per_epoch))
     try:
-        edit(loaded, facts, replace(cfg, max_epochs=max(cfg.max_epochs, needed_epochs)), progress=progress,
-             should_stop=lambda: window.done)
+        edit(loaded, facts, replace(cfg, max_epochs=epochs), progress=progress, should_stop=lambda: window.done)
     except EditCancelled:
         pass  # the profile is complete: the rest of the epoch is not needed
     if len(window.marks) < steps + 1:
